@@ -1,0 +1,3 @@
+from loadgen.cli.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `loadgen` command line."""

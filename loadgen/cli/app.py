@@ -1,0 +1,86 @@
+"""Entry point: parses options, dispatches to a command, and turns failures into exit statuses.
+
+0: the run completed (failed requests are data); 2: invalid input, with the place and what was expected;
+1: any other failure, with a one-line reason; 128 + signal number: interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+LOAD_COMMANDS = ("run", "ui")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="loadgen", description="Phase-aware load generator for LLM serving endpoints.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def load_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("workload", help="workload YAML file")
+        sp.add_argument("--endpoint", help="endpoint YAML file or OpenAI-compatible base URL (overrides the workload)")
+        sp.add_argument("--db", help="results database (default: results/<workload name>.duckdb)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one workload key by its dotted path, e.g. load.rate=20 (repeatable)",
+        )
+
+    load_opts(sub.add_parser("run", help="run a workload headless and summarise it"))
+    ui = sub.add_parser("ui", help="run a workload from Locust's web UI")
+    load_opts(ui)
+    ui.add_argument("--web-host", default="127.0.0.1", help="address for the web UI (default 127.0.0.1)")
+    ui.add_argument("--web-port", type=int, default=8089, help="port for the web UI (default 8089)")
+
+    sv = sub.add_parser("serve", help="serve an endpoint's emulator (OpenAI-compatible, streaming)")
+    sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' section")
+    sv.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+
+    va = sub.add_parser("validate", help="check a workload and its endpoint without sending a request")
+    va.add_argument("workload")
+    va.add_argument("--endpoint")
+    va.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    q = sub.add_parser("query", help="run SQL over a results database and print a table")
+    q.add_argument("db", help="results database")
+    q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LOAD_COMMANDS:
+        import loadgen.cli.run  # noqa: F401  (Locust's monkey-patching must come first)
+
+    from loadgen.cli import commands, show
+    from loadgen.spec import SpecError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return commands.dispatch(args)
+    except UsageError as e:
+        show.err.print(f"loadgen: invalid option: {e}", markup=False, highlight=False)
+        return 2
+    except SpecError as e:
+        show.err.print(f"loadgen: {e}", markup=False, highlight=False)
+        return 2
+    except commands.Failure as e:
+        show.err.print(f"loadgen: {e}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        show.err.print("loadgen: interrupted")
+        return 130

@@ -1,0 +1,87 @@
+"""The commands behind `loadgen`. Each returns an exit status or raises SpecError / Failure."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from loadgen.cli import show
+from loadgen.emulator.launch import LaunchError
+from loadgen.schedule import preview
+from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
+from loadgen.spec.redact import redact_url
+from loadgen.store import StoreError
+
+
+class Failure(Exception):
+    """Exit status 1 with a one-line reason."""
+
+
+def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
+    from loadgen.cli.run import execute
+
+    try:
+        return execute(args.workload, args.endpoint, args.db, args.overrides, ui)
+    except (StoreError, LaunchError) as e:
+        raise Failure(str(e)) from None
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    return cmd_run(args, ui=(args.web_host, args.web_port))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from loadgen.emulator.server import serve
+
+    endpoint = load_endpoint(args.endpoint)
+    if endpoint.emulate is None:
+        raise SpecError(args.endpoint, "this endpoint has no 'emulate' section to serve", where="emulate")
+    if not 0 <= args.port <= 65535:
+        raise SpecError("--port", f"expected a port number from 0 to 65535, got {args.port}")
+    try:
+        serve(endpoint, args.host, args.port)
+    except OSError as e:
+        raise Failure(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    workload, path = load_workload(args.workload, args.overrides)
+    endpoint = resolve_endpoint(workload, path, args.endpoint)
+    ep = endpoint.model_dump(mode="json", exclude_none=True)
+    if endpoint.url:
+        ep["url"] = redact_url(endpoint.url)
+    resolved = {"workload": workload.model_dump(mode="json", exclude_none=True), "endpoint": ep}
+    show.out.print(yaml.safe_dump(resolved, sort_keys=False), markup=False, highlight=False)
+    show.out.print(show.preview_table([preview(s, workload.seed, i) for i, s in enumerate(workload.stages)]))
+    show.out.print(f"{path}: valid", markup=False, highlight=False)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        raise SpecError(args.db, "no such results database")
+    try:
+        con = duckdb.connect(args.db, read_only=True)
+    except duckdb.Error as e:
+        raise Failure(f"cannot open {args.db}: {str(e).splitlines()[0]}") from None
+    try:
+        cur = con.execute(args.sql)
+        rows = cur.fetchall() if cur.description else []
+        cols = [c[0] for c in cur.description] if cur.description else []
+    except duckdb.Error as e:
+        raise SpecError("SQL", str(e).splitlines()[0]) from None
+    finally:
+        con.close()
+    show.out.print(show.result_table(cols, rows))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ui": cmd_ui, "serve": cmd_serve, "validate": cmd_validate, "query": cmd_query}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)

@@ -1,0 +1,160 @@
+"""`loadgen run` and `loadgen ui`: resolve the specs, reach the endpoint, run the engine, store and summarise."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+# Locust (through the engine) monkey-patches the standard library for gevent; that must happen before
+# anything below imports ssl or threading, so this module is imported only by the commands that send load.
+from loadgen.load.engine import Engine, Outcome  # isort: skip
+
+import duckdb
+
+from loadgen.cli import show
+from loadgen.cli.commands import Failure
+from loadgen.emulator.launch import BackgroundEmulator, LaunchError
+from loadgen.load.context import RunContext
+from loadgen.load.recorder import Recorder
+from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
+from loadgen.spec.redact import redact_url
+from loadgen.store import Store
+
+
+def _api_headers(endpoint: EndpointSpec, source: str) -> dict[str, str]:
+    if endpoint.api_key_env is None:
+        return {}
+    key = os.environ.get(endpoint.api_key_env)
+    if not key:
+        raise SpecError(source, f"environment variable {endpoint.api_key_env} is not set", where="api_key_env")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _preflight(base_url: str, headers: dict[str, str]) -> None:
+    """Reach the endpoint before anything is written: an unreachable endpoint is a failure, not a run."""
+    req = urllib.request.Request(base_url.rstrip("/") + "/models", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered; whether /models exists does not matter
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise Failure(f"cannot reach the endpoint at {redact_url(base_url)}: {reason}") from None
+
+
+def default_db(workload: WorkloadSpec) -> Path:
+    return Path("results") / f"{workload.name}.duckdb"
+
+
+def _spec_record(workload: WorkloadSpec, endpoint: EndpointSpec, base_url: str) -> dict[str, Any]:
+    ep = endpoint.model_dump(mode="json")
+    ep["url"] = redact_url(endpoint.url) if endpoint.url else None
+    return {"workload": workload.model_dump(mode="json"), "endpoint": ep, "base_url": redact_url(base_url)}
+
+
+def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    cur = db.execute("SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [run_id])
+    cols = [c[0] for c in cur.description]
+    rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    show.out.print(show.summary_table(f"run {run_id}", rows))
+    cur = db.execute("SELECT * FROM errors WHERE run_id = ? ORDER BY stage, requests DESC", [run_id])
+    cols = [c[0] for c in cur.description]
+    errs = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    if errs:
+        show.out.print(show.errors_table(errs))
+
+
+def execute(
+    workload_path: str,
+    endpoint_ref: str | None,
+    db_path: str | None,
+    overrides: list[str],
+    ui: tuple[str, int] | None = None,
+) -> int:
+    workload, wpath = load_workload(workload_path, overrides)
+    endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
+    for i, stage in enumerate(workload.stages):
+        if stage.load.arrival == "trace":
+            raise SpecError(
+                str(wpath),
+                "trace replay is not available in this version of loadgen",
+                where=f"stages[{i}].load.arrival" if len(workload.stages) > 1 else "load.arrival",
+            )
+    headers = _api_headers(endpoint, endpoint_ref or str(wpath))
+    db_file = Path(db_path) if db_path else default_db(workload)
+
+    emulator: BackgroundEmulator | None = None
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
+        try:
+            if endpoint.emulated:
+                try:
+                    emulator = BackgroundEmulator(endpoint, Path(tmp))
+                except LaunchError as e:
+                    raise Failure(str(e)) from None
+                base_url = emulator.url
+            else:
+                assert endpoint.url is not None
+                base_url = endpoint.url
+            _preflight(base_url, headers)
+            return _run(workload, endpoint, base_url, headers, db_file, ui)
+        finally:
+            if emulator is not None:
+                emulator.stop()
+
+
+def _run(
+    workload: WorkloadSpec,
+    endpoint: EndpointSpec,
+    base_url: str,
+    headers: dict[str, str],
+    db_file: Path,
+    ui: tuple[str, int] | None,
+) -> int:
+    store = Store(db_file)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_id = f"{workload.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    try:
+        store.begin_run(run_id, workload.name, endpoint.name, _spec_record(workload, endpoint, base_url))
+        recorder = Recorder(lambda batch: store.write(run_id, batch))
+        ctx = RunContext(
+            base_url=base_url,
+            api=workload.api,
+            server=endpoint.server if not endpoint.emulated else "emulator",
+            model=workload.model or endpoint.model,
+            seed=workload.seed,
+            headers=headers,
+            timeouts=workload.timeouts,
+            recorder=recorder,
+        )
+        engine = Engine(ctx, workload.stages)
+        outcome: Outcome
+        try:
+            if ui is None:
+                with show.ProgressView() as view:
+                    engine.on_progress = view.update
+                    outcome = engine.run_headless()
+            else:
+                host, port = ui
+                outcome = engine.run_ui(host, port, lambda url: show.err.print(f"Locust web UI: {url}"))
+        except BaseException:
+            store.finish_run(run_id, "failed", None, "loadgen stopped on an unexpected error")
+            raise
+        store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, outcome.note)
+        print_summary(store.con, run_id)
+        if outcome.note:
+            show.err.print(f"[yellow]note:[/] {outcome.note}")
+        show.err.print(f"results: {db_file} (run {run_id}, {outcome.status})")
+    finally:
+        store.close()
+    if outcome.status == "failed":
+        raise Failure(outcome.note or "the run failed")
+    if outcome.signum is not None:
+        return 128 + outcome.signum
+    return 0

@@ -1,0 +1,140 @@
+"""Terminal output with rich: live progress, summary tables, query results, previews."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from loadgen.load.recorder import Progress
+from loadgen.schedule.plan import Preview
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return str(v)
+
+
+class ProgressView:
+    """A live status line on stderr: done/planned, in flight, errors, rolling TTFT and TPOT medians."""
+
+    def __init__(self) -> None:
+        self.live = Live(console=err, auto_refresh=False, transient=False)
+
+    def __enter__(self) -> ProgressView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, p: Progress) -> None:
+        total = p.planned
+        line = Text.assemble(
+            (f"{p.stage} ", "bold cyan"),
+            (f"{p.done}" + (f"/{total}" if total else ""), "bold"),
+            f" done  {p.in_flight} in flight  ",
+            (f"{p.errors} errors", "red" if p.errors else "dim"),
+            f"  TTFT p50 {_ms(p.ttft_p50_ms)} ms  TPOT p50 {_ms(p.tpot_p50_ms)} ms  {p.elapsed_s:,.0f} s",
+        )
+        parts: list[Any] = [line]
+        if total:
+            parts.insert(0, ProgressBar(total=total, completed=p.done, width=40))
+        self.live.update(Group(*parts), refresh=True)
+
+
+SUMMARY_COLUMNS = (
+    ("stage", "stage"),
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("ttft_p50_ms", "TTFT p50"),
+    ("ttft_p90_ms", "TTFT p90"),
+    ("ttft_p99_ms", "TTFT p99"),
+    ("tpot_p50_ms", "TPOT p50"),
+    ("tpot_p90_ms", "TPOT p90"),
+    ("tpot_p99_ms", "TPOT p99"),
+    ("e2e_p50_ms", "E2E p50"),
+    ("lag_p99_ms", "lag p99"),
+    ("output_tokens_per_s", "out tok/s"),
+    ("requests_per_s", "req/s"),
+    ("goodput_rps", "goodput req/s"),
+)
+
+
+def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
+    """Few stages: one column per stage (fits a narrow terminal); many stages (sweeps): one row per stage."""
+    if len(rows) <= 5:
+        t = Table(title=title, title_justify="left", header_style="bold")
+        t.add_column("metric")
+        for row in rows:
+            t.add_column(str(row["stage"]), justify="right")
+        for key, label in SUMMARY_COLUMNS[1:]:
+            unit = " ms" if key.endswith("_ms") else ""
+            t.add_row(label + unit, *(_ms(r[key]) if unit else _num(r[key]) for r in rows))
+        return t
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for key, label in SUMMARY_COLUMNS:
+        t.add_column(label + (" ms" if key.endswith("_ms") else ""), justify="left" if key == "stage" else "right")
+    for row in rows:
+        t.add_row(*(_num(row[k]) if not k.endswith("_ms") else _ms(row[k]) for k, _ in SUMMARY_COLUMNS))
+    return t
+
+
+def errors_table(rows: Sequence[dict[str, Any]]) -> Table:
+    t = Table(title="errors by class", title_justify="left", header_style="bold red")
+    for col in ("stage", "error", "requests", "example"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["stage"], r["error"] or "-", str(r["requests"]), (r["example"] or "")[:100])
+    return t
+
+
+def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    t = Table(header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*(_num(v) for v in row))
+    return t
+
+
+def preview_table(previews: Sequence[Preview]) -> Table:
+    t = Table(title="schedule preview", title_justify="left", header_style="bold")
+    for c in (
+        "stage",
+        "arrival",
+        "users/cap",
+        "requests",
+        "duration s",
+        "rate req/s",
+        "prompt p10/50/90",
+        "output p10/50/90",
+    ):
+        t.add_column(c)
+    for p in previews:
+        t.add_row(
+            p.stage,
+            p.arrival,
+            str(p.users),
+            "until duration" if p.requests is None else str(p.requests),
+            _num(p.duration_s),
+            _num(p.rate),
+            "/".join(map(str, p.prompt_pcts)),
+            "/".join(map(str, p.output_pcts)),
+        )
+    return t

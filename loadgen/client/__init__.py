@@ -1,0 +1,1 @@
+"""Talking to OpenAI-compatible streaming endpoints: request bodies, SSE parsing, per-event timestamps."""

@@ -1,0 +1,45 @@
+"""What every load-generating user of a run shares: where to send, how, and the current stage's dispatch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gevent.event
+
+from loadgen.load.dispatch import Dispatch
+from loadgen.load.recorder import Recorder
+from loadgen.spec.workload import TimeoutSpec
+
+
+@dataclass
+class RunContext:
+    base_url: str
+    api: str
+    server: str
+    model: str
+    seed: int
+    headers: dict[str, str]
+    timeouts: TimeoutSpec
+    recorder: Recorder
+    t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
+    dispatch: Dispatch | None = None  # None between stages
+    gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching
+    waiting: int = 0  # users ready and waiting at the gate; a stage's clock starts once all are
+
+    def wait_at_gate(self) -> None:
+        self.waiting += 1
+        try:
+            self.gate.wait()
+        finally:
+            self.waiting -= 1
+
+    def open_stage(self, dispatch: Dispatch) -> None:
+        self.dispatch = dispatch
+        self.gate.set()
+
+    def close_stage(self) -> None:
+        d, self.dispatch = self.dispatch, None
+        self.gate.clear()
+        if d is not None:
+            d.ended.set()  # wakes users that waited for more work; they now wait at the gate

@@ -1,0 +1,57 @@
+"""Handing one stage's planned requests to Locust users, in order, and knowing when the stage is over."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import gevent.event
+
+from loadgen.schedule.plan import Planned
+from loadgen.spec.workload import StageSpec
+
+
+class Dispatch:
+    """Shared by all users of a stage. Greenlets switch only at I/O, so take() needs no lock."""
+
+    def __init__(self, stage: StageSpec, plan: Iterator[Planned], t0: float, first_id: int, clock=time.perf_counter):
+        self.stage = stage
+        self.next_id = first_id  # one past the highest request ID taken, for the next stage's plan
+        self.plan = plan
+        self.t0 = t0  # the run clock's origin
+        self.clock = clock
+        self.start_s = clock() - t0  # the stage's start on the run clock
+        self.outstanding = 0  # taken from the plan and not yet finished
+        self.exhausted = False
+        self.stopping = False  # set on interrupt: no new sends
+        self.ended = gevent.event.Event()
+
+    def now_s(self) -> float:
+        return self.clock() - self.t0
+
+    def take(self) -> Planned | None:
+        """The next request to send, or None when the stage sends no more."""
+        if self.exhausted or self.stopping:
+            return None
+        limit = self.stage.stop.duration_s
+        if limit is not None and self.now_s() - self.start_s >= limit:
+            self.exhausted = True
+            return None
+        item = next(self.plan, None)
+        if item is None:
+            self.exhausted = True
+            return None
+        self.outstanding += 1
+        self.next_id = item.request_id + 1
+        return item
+
+    def finish(self) -> None:
+        self.outstanding -= 1
+
+    def release(self) -> None:
+        """A user took an item but will not send it (the run is stopping)."""
+        self.outstanding -= 1
+
+    @property
+    def done(self) -> bool:
+        return (self.exhausted or self.stopping) and self.outstanding == 0

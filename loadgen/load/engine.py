@@ -1,0 +1,179 @@
+"""Running a workload through Locust: headless, or driven from Locust's web UI.
+
+The engine knows nothing of databases or terminals: finished requests go to the recorder's writer and
+progress goes to a callback, so the same engine can later feed a Locust master from its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gevent
+import gevent.event
+from locust import LoadTestShape
+from locust.env import Environment
+
+from loadgen.load.context import RunContext
+from loadgen.load.monitor import DelayMonitor
+from loadgen.load.recorder import Progress
+from loadgen.load.stages import StageWalker
+from loadgen.load.user import StreamUser
+from loadgen.spec.workload import StageSpec
+
+GRACE_S = 5.0  # after an interrupt, in-flight requests get this long before they are cut off
+TICK_S = 0.002
+PROGRESS_EVERY_S = 0.5
+# Above this p99 of its own scheduling delay, loadgen says its stamps (and so the latencies) may be inflated.
+DELAY_WARN_MS = 1.0
+
+# Locust logs every ramp and the spawn-rate advice at INFO/WARNING; loadgen has its own progress view.
+logging.getLogger("locust").setLevel(logging.ERROR)
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | interrupted | failed
+    client_delay_p99_ms: float | None
+    note: str | None
+    signum: int | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        ctx: RunContext,
+        stages: Sequence[StageSpec],
+        on_progress: Callable[[Progress], None] | None = None,
+    ):
+        self.ctx = ctx
+        self.stages = stages
+        self.on_progress = on_progress
+        self.walker = StageWalker(ctx, stages)
+        self.monitor = DelayMonitor()
+        self.signum: int | None = None
+        self._interrupted_at: float | None = None
+        self.user_class = type("LLMUser", (StreamUser,), {"ctx": ctx, "abstract": False, "host": ctx.base_url})
+        self.planned = (
+            sum(s.stop.requests for s in stages if s.stop.requests is not None)
+            if all(s.stop.requests is not None for s in stages)
+            else None
+        )
+
+    def interrupt(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self._interrupted_at = time.perf_counter()
+            self.walker.stop()
+
+    def progress(self) -> Progress:
+        rec = self.ctx.recorder
+        ttft, tpot = rec.rolling_p50()
+        d = self.ctx.dispatch
+        return Progress(
+            planned=self.planned,
+            done=rec.done,
+            in_flight=rec.in_flight,
+            errors=rec.errors,
+            ttft_p50_ms=ttft,
+            tpot_p50_ms=tpot,
+            stage=d.stage.name if d is not None else "",
+            elapsed_s=time.perf_counter() - self.ctx.t0,
+        )
+
+    def _outcome(self) -> Outcome:
+        p99 = self.monitor.p99_ms()
+        note = None
+        if p99 is not None and p99 > DELAY_WARN_MS:
+            note = (
+                f"loadgen's own event loop ran {p99:.1f} ms late (p99), above its {DELAY_WARN_MS:.0f} ms bound: "
+                "the client was saturated and measured latencies may be inflated by up to that much"
+            )
+        if self.ctx.recorder.write_error is not None:
+            return Outcome("failed", p99, f"writing results failed: {self.ctx.recorder.write_error}")
+        status = "interrupted" if self.signum is not None else "completed"
+        return Outcome(status, p99, note, self.signum)
+
+    def run_headless(self) -> Outcome:
+        env = Environment(user_classes=[self.user_class], host=self.ctx.base_url)
+        runner = env.create_local_runner()
+        handlers = [gevent.signal_handler(s, self.interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
+        self.ctx.recorder.start()
+        self.monitor.start()
+        last_progress = time.perf_counter()
+        if self.on_progress is not None:  # the first render is the slowest; do it before any clock starts
+            self.on_progress(self.progress())
+        try:
+            while True:
+                want = self.walker.step(runner.user_count)
+                if want is None:
+                    break
+                if want != runner.target_user_count:
+                    runner.start(want, spawn_rate=want)
+                if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
+                    break
+                now = time.perf_counter()
+                if self.on_progress is not None and now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    self.on_progress(self.progress())
+                gevent.sleep(TICK_S)
+        finally:
+            runner.quit()  # users still in flight record themselves as interrupted
+            for h in handlers:
+                h.cancel()
+            self.monitor.stop()
+            self.ctx.recorder.stop()
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+        return self._outcome()
+
+    def run_ui(self, host: str, port: int, on_listening: Callable[[str], None]) -> Outcome:
+        """Serve Locust's web UI; the run starts with its Start button and ends with its plan (or Stop)."""
+        walker = self.walker
+        finished = gevent.event.Event()
+        plan_done = gevent.event.Event()
+
+        class Shape(LoadTestShape):
+            def tick(self_inner) -> tuple[int, float] | None:
+                runner = self_inner.runner
+                want = walker.step(runner.user_count if runner is not None else 0)
+                if want is None:
+                    plan_done.set()
+                    finished.set()
+                    return None
+                return (want, float(want))
+
+        env = Environment(user_classes=[self.user_class], host=self.ctx.base_url, shape_class=Shape())
+        runner = env.create_local_runner()
+        web = env.create_web_ui(host=host, port=port)
+        env.events.test_stop.add_listener(lambda **_: finished.set())
+        handlers = [gevent.signal_handler(s, self.interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
+        started = gevent.event.Event()
+        env.events.test_start.add_listener(lambda **_: started.set())
+        on_listening(f"http://{host}:{port}")
+        try:
+            while not started.is_set() and self.signum is None:
+                gevent.sleep(0.1)
+            if self.signum is None:
+                self.ctx.t0 = time.perf_counter()
+                self.ctx.recorder.start()
+                self.monitor.start()
+                while not finished.is_set():
+                    if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
+                        break
+                    if self.on_progress is not None:
+                        self.on_progress(self.progress())
+                    gevent.sleep(PROGRESS_EVERY_S)
+        finally:
+            runner.quit()
+            web.stop()
+            for h in handlers:
+                h.cancel()
+            self.monitor.stop()
+            self.ctx.recorder.stop()
+        if not plan_done.is_set() and self.signum is None:  # stopped from the web UI
+            self.signum = signal.SIGINT
+        return self._outcome()

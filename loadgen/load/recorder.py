@@ -1,0 +1,93 @@
+"""Collecting finished requests: live counters for the progress view, and batched hand-off to a writer.
+
+The writer (DuckDB) runs on a real OS thread from gevent's hub threadpool: a database call made on a greenlet
+would freeze every user until it returned. A crash loses at most one flush interval of results.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gevent
+import gevent.event
+
+from loadgen.metrics import Derived, derive
+from loadgen.results import RequestResult
+from loadgen.spec.workload import SloSpec
+
+Writer = Callable[[Sequence[tuple[RequestResult, Derived]]], None]
+FLUSH_INTERVAL_S = 0.5
+
+
+@dataclass
+class Progress:
+    planned: int | None
+    done: int
+    in_flight: int
+    errors: int
+    ttft_p50_ms: float | None
+    tpot_p50_ms: float | None
+    stage: str
+    elapsed_s: float
+
+
+def _median(values: deque[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[len(s) // 2]
+
+
+class Recorder:
+    def __init__(self, writer: Writer, window: int = 200):
+        self.writer = writer
+        self.buffer: list[tuple[RequestResult, Derived]] = []
+        self.done = 0
+        self.errors = 0
+        self.in_flight = 0
+        self.ttft: deque[float] = deque(maxlen=window)
+        self.tpot: deque[float] = deque(maxlen=window)
+        self._flusher: gevent.Greenlet | None = None
+        self._stop = gevent.event.Event()
+        self.write_error: BaseException | None = None
+
+    def add(self, r: RequestResult, slo: SloSpec) -> Derived:
+        d = derive(r, slo)
+        self.buffer.append((r, d))
+        self.done += 1
+        if r.status != "ok":
+            self.errors += 1
+        if d.ttft_ms is not None and r.status == "ok":
+            self.ttft.append(d.ttft_ms)
+        if d.tpot_ms is not None and r.status == "ok":
+            self.tpot.append(d.tpot_ms)
+        return d
+
+    def rolling_p50(self) -> tuple[float | None, float | None]:
+        return _median(self.ttft), _median(self.tpot)
+
+    def flush(self) -> None:
+        batch, self.buffer = self.buffer, []
+        if batch:
+            gevent.get_hub().threadpool.apply(self.writer, (batch,))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except Exception as e:  # keep the load going; the engine reports the failure at the end
+                self.write_error = e
+                return
+
+    def start(self) -> None:
+        self._flusher = gevent.spawn(self._loop)
+
+    def stop(self) -> None:
+        """Final flush, after any write in progress has finished (one writer at a time)."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        if self.write_error is None:
+            self.flush()

@@ -1,0 +1,60 @@
+"""Walking a run's stages in turn. Shared by the headless loop and the web UI's load shape."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+from loadgen.load.context import RunContext
+from loadgen.load.dispatch import Dispatch
+from loadgen.schedule.plan import plan_stage
+from loadgen.spec.workload import StageSpec
+
+START_TIMEOUT_S = 30.0  # a stage starts even if Locust has not brought up all its users by then
+
+
+class StageWalker:
+    """Each stage: ask Locust for its users, start its clock once they are up, end it when its plan is done."""
+
+    def __init__(self, ctx: RunContext, stages: Sequence[StageSpec]):
+        self.ctx = ctx
+        self.stages = stages
+        self.index = -1  # the stage being run or prepared
+        self.next_id = 0  # request IDs are unique across the run's stages
+        self.stopping = False
+        self._asked_at: float | None = None  # when the prepared stage's users were asked for
+
+    def stop(self) -> None:
+        """No new sends; the stage ends once its in-flight requests have."""
+        self.stopping = True
+        if self.ctx.dispatch is not None:
+            self.ctx.dispatch.stopping = True
+
+    def step(self, users_running: int) -> int | None:
+        """Advance as far as possible; return the number of users wanted now, or None when the run is over."""
+        ctx = self.ctx
+        d = ctx.dispatch
+        if d is not None:
+            if not d.done:
+                return d.stage.load.users
+            self.next_id = d.next_id
+            ctx.close_stage()
+        if self.stopping:
+            return None
+        if self._asked_at is None:
+            if self.index + 1 >= len(self.stages):
+                return None
+            self.index += 1
+            self._asked_at = time.perf_counter()
+        stage = self.stages[self.index]
+        ready = users_running == stage.load.users and ctx.waiting == stage.load.users
+        if ready or time.perf_counter() - self._asked_at > START_TIMEOUT_S:
+            self._asked_at = None
+            plan = plan_stage(stage, ctx.seed, self.index, first_id=self.next_id)
+            # Draw the first request now: setting up the random streams takes milliseconds, which would
+            # otherwise delay the stage's first send behind its schedule.
+            first = next(plan, None)
+            plan = itertools.chain([first] if first is not None else [], plan)
+            ctx.open_stage(Dispatch(stage, plan, ctx.t0, self.next_id))
+        return stage.load.users

@@ -1,0 +1,90 @@
+"""The Locust user: takes the next planned request, waits for its scheduled time, streams it, records it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import gevent
+from locust import User, constant, task
+
+from loadgen.client.http import StreamClient
+from loadgen.client.openai import PATHS, request_body
+from loadgen.client.prompts import make_prompt
+from loadgen.load.context import RunContext
+from loadgen.results import RequestResult
+
+
+class StreamUser(User):
+    abstract = True
+    wait_time = constant(0)
+    ctx: ClassVar[RunContext]  # set by the engine on a subclass made for the run
+
+    def on_start(self) -> None:
+        c = self.ctx
+        self.http = StreamClient(c.base_url, c.headers, c.timeouts.connect_s, c.timeouts.idle_s)
+
+    def on_stop(self) -> None:
+        self.http.close()
+
+    @task
+    def send_next(self) -> None:
+        c = self.ctx
+        d = c.dispatch
+        if d is None:
+            c.wait_at_gate()
+            return
+        item = d.take()
+        if item is None:
+            d.ended.wait()
+            return
+        try:
+            if item.offset_s is None:  # closed loop: send as soon as this user is free
+                scheduled = d.now_s()
+            else:  # open loop: keep the schedule; a late pick-up shows as lag, never as a shifted schedule
+                scheduled = d.start_s + item.offset_s
+                delay = scheduled - d.now_s()
+                if delay > 0:
+                    gevent.sleep(delay)
+        except BaseException:
+            d.release()
+            raise
+        if d.stopping:
+            d.release()
+            return
+        body = request_body(
+            c.api, c.server, c.model, make_prompt(item.prompt_tokens, item.request_id, c.seed), item.output_tokens
+        )
+        r = RequestResult(
+            request_id=item.request_id,
+            stage=item.stage,
+            scheduled_s=scheduled,
+            sent_s=scheduled,
+            prompt_tokens=item.prompt_tokens,
+            max_tokens=item.output_tokens,
+        )
+        path = PATHS[c.api]
+        c.recorder.in_flight += 1
+        try:
+            self.http.stream(r, path, body, c.t0)
+        finally:
+            c.recorder.in_flight -= 1
+            d.finish()
+            derived = c.recorder.add(r, d.stage.slo)
+            self._report(path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
+
+    def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
+        """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""
+        fire = self.environment.events.request.fire
+        exc = None if r.status == "ok" else Exception(f"{r.error}: {r.error_detail}")
+        fire(
+            request_type="POST",
+            name=path,
+            response_time=e2e or 0.0,
+            response_length=r.output_tokens,
+            exception=exc,
+            context={},
+        )
+        if ttft is not None and r.status == "ok":
+            fire(request_type="TTFT", name=path, response_time=ttft, response_length=0, exception=None, context={})
+        if tpot is not None and r.status == "ok":
+            fire(request_type="TPOT", name=path, response_time=tpot, response_length=0, exception=None, context={})

@@ -1,0 +1,50 @@
+"""The one definition of each per-request metric. The database stores these values; SQL views only aggregate.
+
+ttft_ms = first_token - sent; tpot_ms = (last_token - first_token) / (output_tokens - 1), NULL below 2 tokens;
+e2e_ms = end - sent; lag_ms = sent - scheduled; ttft_sched_ms = first_token - scheduled (what a user waiting
+since the scheduled time saw, so that a send held back by the in-flight cap is not hidden);
+slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadgen.results import RequestResult
+from loadgen.spec.workload import SloSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    lag_ms: float
+    ttft_ms: float | None
+    ttft_sched_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    slo_ok: bool
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else (a - b) * 1000.0
+
+
+def derive(r: RequestResult, slo: SloSpec) -> Derived:
+    first, last = r.first_token_s, r.last_token_s
+    n = r.output_tokens
+    tpot = (last - first) * 1000.0 / (n - 1) if first is not None and last is not None and n >= 2 else None
+    ttft, e2e = _ms(first, r.sent_s), _ms(r.end_s, r.sent_s)
+    ok = r.status == "ok" and ttft is not None
+    if slo.ttft_ms is not None and (ttft is None or ttft > slo.ttft_ms):
+        ok = False
+    if slo.e2e_ms is not None and (e2e is None or e2e > slo.e2e_ms):
+        ok = False
+    if slo.tpot_ms is not None and tpot is not None and tpot > slo.tpot_ms:  # one token: no decode to judge
+        ok = False
+    return Derived(
+        lag_ms=(r.sent_s - r.scheduled_s) * 1000.0,
+        ttft_ms=ttft,
+        ttft_sched_ms=_ms(first, r.scheduled_s),
+        tpot_ms=tpot,
+        e2e_ms=e2e,
+        slo_ok=ok,
+    )

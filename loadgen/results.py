@@ -1,0 +1,42 @@
+"""What one request produced: raw timestamps and counts, as plain data. Metrics are derived in metrics.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestResult:
+    request_id: int
+    stage: str
+    scheduled_s: float  # run clock (seconds since the run's start)
+    sent_s: float
+    prompt_tokens: int  # what loadgen asked for; the server's own count is server_prompt_tokens
+    max_tokens: int
+    end_s: float | None = None
+    status: str = "ok"  # ok | error | interrupted
+    error: str | None = None  # short class: timeout, connect, http_429, http_4xx, http_5xx, stream_broken, malformed
+    error_detail: str | None = None
+    http_status: int | None = None
+    event_times: list[float] = field(default_factory=list)  # one per event carrying output, run clock
+    event_tokens: list[int] = field(default_factory=list)
+    usage_completion_tokens: int | None = None
+    server_prompt_tokens: int | None = None
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self.event_times[0] if self.event_times else None
+
+    @property
+    def last_token_s(self) -> float | None:
+        return self.event_times[-1] if self.event_times else None
+
+    @property
+    def output_tokens(self) -> int:
+        if self.usage_completion_tokens is not None:
+            return self.usage_completion_tokens
+        return sum(self.event_tokens)
+
+    @property
+    def output_tokens_source(self) -> str:
+        return "usage" if self.usage_completion_tokens is not None else "events"

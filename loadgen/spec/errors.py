@@ -1,0 +1,20 @@
+"""The one error type for bad input: it names the file, the place in it and what was expected."""
+
+from __future__ import annotations
+
+
+class SpecError(Exception):
+    """Invalid input (workload, endpoint, trace or option). The CLI turns it into exit status 2."""
+
+    def __init__(self, source: str, message: str, *, where: str | None = None, line: int | None = None):
+        self.source = source
+        self.where = where
+        self.line = line
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        place = self.source if self.line is None else f"{self.source}:{self.line}"
+        if self.where:
+            place = f"{place}: {self.where}"
+        return f"{place}: {self.message}"

@@ -1,0 +1,173 @@
+"""Reading workload and endpoint files: YAML with line numbers, `--set` overrides, stages, clear errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from loadgen.spec.endpoint import EndpointSpec
+from loadgen.spec.errors import SpecError
+from loadgen.spec.workload import StageSpec, WorkloadSpec
+
+Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo")
+
+
+def _line_map(node: yaml.Node, path: Path_ = (), lines: dict[Path_, int] | None = None) -> dict[Path_, int]:
+    """Map every key path in a composed YAML document to its 1-based line."""
+    lines = {} if lines is None else lines
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, key.value)
+            lines[child] = key.start_mark.line + 1
+            _line_map(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _line_map(value, (*path, i), lines)
+    return lines
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(source, f"cannot read: {e}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(source, f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise SpecError(source, "expected a mapping of keys (name:, load:, ...) at the top level", line=1)
+    return data, _line_map(node) if node is not None else {}
+
+
+def _parse_path(dotted: str) -> Path_:
+    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set dotted.key=value` overrides; values are read as YAML scalars (numbers, booleans, lists)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError("--set", f"expected KEY=VALUE (for instance load.rate=20), got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise SpecError("--set", f"{key}: value {raw!r} is not a valid YAML scalar") from None
+        path = _parse_path(key)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, dict):
+                node = node.setdefault(part, {})
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                where = ".".join(map(str, path[: i + 1]))
+                raise SpecError("--set", f"{key}: '{where}' is not a mapping or a valid list index")
+        if isinstance(node, dict):
+            node[path[-1]] = value
+        elif isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
+            node[path[-1]] = value
+        else:
+            raise SpecError("--set", f"{key}: cannot set a key inside a {type(node).__name__}")
+    return data
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind.startswith("union_tag") or kind == "model_attributes_type":
+        return msg
+    return f"{msg} (got {err['input']!r})" if not isinstance(err["input"], dict | list) else msg
+
+
+def validate(model: type[M], data: Any, source: str, lines: dict[Path_, int], prefix: Path_ = ()) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        # Tagged unions add the tag to the location (prompt_tokens.normal.std); drop it to get the YAML path.
+        loc = tuple(p for p in err["loc"] if p not in ("fixed", "uniform", "normal", "lognormal", "choice"))
+        full = (*prefix, *loc)
+        line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in full).replace(".[", "[")
+        raise SpecError(source, _describe(err), where=where or None, line=line) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple[WorkloadSpec, Path]:
+    """Parse a workload file into a spec whose `stages` are fully resolved (at least one)."""
+    path = Path(path)
+    raw, lines = read_yaml(path)
+    raw = apply_overrides(raw, overrides or [])
+    source = str(path)
+    stages_raw = raw.pop("stages", None) or []
+    if not isinstance(stages_raw, list):
+        raise SpecError(source, "expected a list of stages", where="stages", line=lines.get(("stages",)))
+    spec = validate(WorkloadSpec, raw, source, lines)
+    base = spec.model_dump(include=set(STAGE_KEYS))
+    base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
+    stages: list[StageSpec] = []
+    for i, stage in enumerate(stages_raw or [{"name": "main"}]):
+        prefix: Path_ = ("stages", i)
+        if not isinstance(stage, dict):
+            raise SpecError(source, "expected a mapping with 'name'", where=f"stages[{i}]", line=lines.get(prefix))
+        unknown = set(stage) - {"name", *STAGE_KEYS}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise SpecError(
+                source,
+                f"unknown stage key (a stage may set: name, {', '.join(STAGE_KEYS)})",
+                where=f"stages[{i}].{key}",
+                line=lines.get((*prefix, key)),
+            )
+        merged = _merge(base, stage)
+        merged.setdefault("name", f"stage{i}")
+        stages.append(validate(StageSpec, merged, source, lines, prefix if stages_raw else ()))
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
+    return spec.model_copy(update={"stages": stages}), path
+
+
+def load_endpoint(path: str | Path) -> EndpointSpec:
+    path = Path(path)
+    raw, lines = read_yaml(path)
+    return validate(EndpointSpec, raw, str(path), lines)
+
+
+def resolve_endpoint(workload: WorkloadSpec, workload_path: Path, override: str | None = None) -> EndpointSpec:
+    """The endpoint named by `--endpoint` or the workload: a base URL, or a file relative to the workload file."""
+    ref = override if override is not None else workload.endpoint
+    if ref.startswith(("http://", "https://")):
+        return validate(EndpointSpec, {"name": ref, "url": ref}, "--endpoint" if override else str(workload_path), {})
+    path = Path(ref) if override is not None else workload_path.parent / ref
+    return load_endpoint(path)
