@@ -73,13 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return commands.dispatch(args)
     except UsageError as e:
-        show.err.print(f"loadgen: invalid option: {e}", markup=False, highlight=False)
+        show.err.print(f"loadgen: invalid option: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except SpecError as e:
-        show.err.print(f"loadgen: {e}", markup=False, highlight=False)
+        show.err.print(f"loadgen: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except commands.Failure as e:
-        show.err.print(f"loadgen: {e}", markup=False, highlight=False)
+        show.err.print(f"loadgen: {e}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         show.err.print("loadgen: interrupted")

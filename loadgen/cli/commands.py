@@ -55,9 +55,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if endpoint.url:
         ep["url"] = redact_url(endpoint.url)
     resolved = {"workload": workload.model_dump(mode="json", exclude_none=True), "endpoint": ep}
-    show.out.print(yaml.safe_dump(resolved, sort_keys=False), markup=False, highlight=False)
+    show.out.print(yaml.safe_dump(resolved, sort_keys=False), markup=False, highlight=False, soft_wrap=True)
     show.out.print(show.preview_table([preview(s, workload.seed, i) for i, s in enumerate(workload.stages)]))
-    show.out.print(f"{path}: valid", markup=False, highlight=False)
+    show.out.print(f"{path}: valid", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

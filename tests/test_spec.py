@@ -1,0 +1,136 @@
+"""Workload and endpoint files: what loads, and what a user is told when it does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
+from loadgen.spec.workload import Choice, Fixed, Normal
+
+from conftest import ROOT
+
+BASE = """\
+name: t
+endpoint: ep.yaml
+load:
+  arrival: poisson
+  rate: 4
+  concurrency: 8
+requests:
+  prompt_tokens: {dist: normal, mean: 512, std: 128, min: 16, max: 3968}
+  output_tokens: 64
+stop: {requests: 10}
+"""
+
+
+def test_shipped_chat_workload_resolves_with_its_emulated_endpoint():
+    spec, path = load_workload(ROOT / "workloads" / "chat.yaml")
+    assert spec.name == "chat" and spec.api == "chat"
+    assert [s.name for s in spec.stages] == ["main"]
+    endpoint = resolve_endpoint(spec, path)
+    assert endpoint.emulated and endpoint.emulate is not None
+
+
+def test_lengths_accept_a_number_or_each_distribution(write):
+    spec, _ = load_workload(write("w.yaml", BASE))
+    stage = spec.stages[0]
+    assert isinstance(stage.requests.output_tokens, Fixed) and stage.requests.output_tokens.value == 64
+    assert isinstance(stage.requests.prompt_tokens, Normal) and stage.requests.prompt_tokens.max == 3968
+    text = BASE.replace("output_tokens: 64", "output_tokens: {dist: choice, values: [1, 128], weights: [3, 1]}")
+    spec, _ = load_workload(write("w2.yaml", text))
+    assert isinstance(spec.stages[0].requests.output_tokens, Choice)
+
+
+def error_of(path, overrides=None) -> SpecError:
+    with pytest.raises(SpecError) as e:
+        load_workload(path, overrides)
+    return e.value
+
+
+def test_unknown_key_names_file_line_and_key(write):
+    p = write("w.yaml", BASE.replace("  rate: 4", "  rat: 4"))
+    msg = str(error_of(p))
+    assert str(p) in msg and ":5:" in msg and "load.rat" in msg and "unknown key" in msg
+
+
+def test_open_arrival_without_rate_says_what_is_missing(write):
+    p = write("w.yaml", BASE.replace("  rate: 4\n", ""))
+    e = error_of(p)
+    assert e.where == "load" and "needs 'rate'" in e.message and e.line == 3
+
+
+def test_wrong_type_names_the_value(write):
+    e = error_of(write("w.yaml", BASE.replace("rate: 4", "rate: fast")))
+    assert e.where == "load.rate" and "fast" in e.message and e.line == 5
+
+
+def test_bad_distribution_parameters(write):
+    e = error_of(write("w.yaml", BASE.replace("std: 128", "std: -1")))
+    assert e.where == "requests.prompt_tokens.std" and e.line == 8
+    e = error_of(write("w.yaml", BASE.replace("dist: normal", "dist: zipf")))
+    assert e.where == "requests.prompt_tokens" and "zipf" in e.message
+    e = error_of(write("w.yaml", BASE.replace("min: 16, max: 3968", "min: 500, max: 100")))
+    assert "must not exceed" in e.message
+
+
+def test_a_run_must_be_bounded(write):
+    e = error_of(write("w.yaml", BASE.replace("stop: {requests: 10}", "stop: {}")))
+    assert e.where == "stop" and "duration_s" in e.message
+
+
+def test_yaml_syntax_error_has_a_line(write):
+    e = error_of(write("w.yaml", BASE + "load: [unclosed\n"))
+    assert e.line is not None and "YAML" in e.message
+
+
+def test_missing_file_and_non_mapping(write, tmp_path):
+    assert "file not found" in str(error_of(tmp_path / "nope.yaml"))
+    assert "mapping" in str(error_of(write("w.yaml", "- just\n- a list\n")))
+
+
+def test_set_overrides_by_dotted_path_with_yaml_values(write):
+    p = write("w.yaml", BASE)
+    spec, _ = load_workload(p, ["load.rate=20", "stop.requests=3", "requests.output_tokens=7", "slo.ttft_ms=250"])
+    s = spec.stages[0]
+    assert s.load.rate == 20 and s.stop.requests == 3 and s.requests.output_tokens == Fixed(value=7)
+    assert s.slo.ttft_ms == 250
+
+
+def test_bad_set_overrides_are_spec_errors(write):
+    p = write("w.yaml", BASE)
+    assert error_of(p, ["load.rate"]).source == "--set"
+    assert "cannot set a key inside a str" in error_of(p, ["name.x=1"]).message
+    assert error_of(p, ["load.rate=-3"]).where == "load.rate"
+
+
+def test_stages_override_the_base_and_are_named(write):
+    text = BASE + "stages:\n  - {name: c1, load: {arrival: closed, concurrency: 1}}\n  - {name: c8, load: {concurrency: 8}}\n"
+    spec, _ = load_workload(write("w.yaml", text))
+    c1, c8 = spec.stages
+    assert (c1.name, c1.load.arrival, c1.load.concurrency) == ("c1", "closed", 1)
+    assert (c8.name, c8.load.arrival, c8.load.rate) == ("c8", "poisson", 4)
+    assert c1.requests == c8.requests  # inherited from the base
+
+
+def test_stage_errors_point_into_the_stage(write):
+    text = BASE + "stages:\n  - {name: a}\n  - {name: b, load: {rate: 0}}\n"
+    e = error_of(write("w.yaml", text))
+    assert e.where == "stages[1].load.rate" and e.line == 13
+    text = BASE + "stages:\n  - {name: a, seed: 3}\n"
+    e = error_of(write("w.yaml", text))
+    assert e.where == "stages[0].seed" and "unknown stage key" in e.message
+    text = BASE + "stages:\n  - {name: a}\n  - {name: a}\n"
+    assert "unique" in error_of(write("w.yaml", text)).message
+
+
+def test_endpoint_needs_a_url_or_an_emulator(write):
+    with pytest.raises(SpecError, match="give 'url'"):
+        load_endpoint(write("ep.yaml", "name: x\n"))
+    with pytest.raises(SpecError, match="http"):
+        load_endpoint(write("ep.yaml", "name: x\nurl: ftp://127.0.0.1/v1\n"))
+
+
+def test_endpoint_override_accepts_a_base_url(write):
+    spec, path = load_workload(write("w.yaml", BASE))
+    ep = resolve_endpoint(spec, path, "http://127.0.0.1:9/v1")
+    assert ep.url == "http://127.0.0.1:9/v1" and not ep.emulated

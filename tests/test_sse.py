@@ -1,0 +1,95 @@
+"""SSE parsing and the reading of OpenAI stream chunks."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from loadgen.client.openai import read_chunk, request_body
+from loadgen.client.sse import SSEParser
+
+STREAM = (
+    b": keep-alive comment\n\n"
+    b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+    b"event: message\nid: 3\nretry: 100\n"
+    b'data: {"choices":[{"delta":\n'
+    b'data: {"content":"lo"}}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [
+    b'{"choices":[{"delta":{"role":"assistant","content":""}}]}',
+    b'{"choices":[{"delta":{"content":"Hel"}}]}',
+    b'{"choices":[{"delta":\n{"content":"lo"}}]}',
+    b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}',
+    b"[DONE]",
+]
+
+
+def parse_in_pieces(data: bytes, size: int) -> list[bytes]:
+    p = SSEParser()
+    out: list[bytes] = []
+    for i in range(0, len(data), size):
+        out += p.feed(data[i : i + size])
+    return out + p.close()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 10_000])
+def test_events_split_anywhere_across_reads(size):
+    assert parse_in_pieces(STREAM, size) == EXPECTED
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_crlf_and_lone_cr_line_endings(ending, size):
+    assert parse_in_pieces(STREAM.replace(b"\n", ending), size) == EXPECTED
+
+
+def test_field_without_space_and_unknown_fields():
+    p = SSEParser()
+    assert p.feed(b"data:x\ndatum: no\nfoo\n\n") == [b"x"]
+    assert p.feed(b"data\n\n") == [b""]  # a bare "data" field is an empty data line
+
+
+def test_a_final_event_without_its_blank_line_is_delivered_on_close():
+    p = SSEParser()
+    assert p.feed(b"data: [DONE]") == []
+    assert p.close() == [b"[DONE]"]
+
+
+def test_role_only_and_empty_events_carry_no_text():
+    assert read_chunk(EXPECTED[0]).chars == 0
+    assert read_chunk(b'{"choices":[{"delta":{}}]}').chars == 0
+    assert read_chunk(b'{"choices":[{"delta":{"content":null}}]}').chars == 0
+    assert read_chunk(EXPECTED[1]).chars == 3
+
+
+def test_completions_text_and_usage_only_events():
+    assert read_chunk(b'{"choices":[{"text":" world"}]}').chars == 6
+    u = read_chunk(EXPECTED[3])
+    assert (u.chars, u.completion_tokens, u.prompt_tokens) == (0, 2, 5)
+    assert read_chunk(b"[DONE]").done
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"choices": [3]}', "'choices'"),
+        (b'{"error": {"message": "overloaded"}}', "overloaded"),
+    ],
+)
+def test_malformed_and_error_payloads_say_why(payload, reason):
+    c = read_chunk(payload)
+    assert c.error is not None and reason in c.error
+
+
+def test_request_body_asks_for_a_stream_with_usage_and_the_exact_length():
+    body = orjson.loads(request_body("chat", "vllm", "m", "hi there", 64))
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == [{"role": "user", "content": "hi there"}]
+    assert body["max_tokens"] == 64 and body["min_tokens"] == 64 and body["ignore_eos"] is True
+    body = orjson.loads(request_body("completions", "openai", "m", "hi", 8))
+    assert body["prompt"] == "hi" and body["max_completion_tokens"] == 8 and "ignore_eos" not in body
