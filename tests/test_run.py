@@ -25,17 +25,53 @@ slo: {{ttft_ms: 10000, tpot_ms: 1000}}
 """
 
 CONTRACT_COLUMNS = {
-    "runs": {"run_id": "VARCHAR", "workload": "VARCHAR", "endpoint": "VARCHAR", "started_at": "TIMESTAMP WITH TIME ZONE",
-             "finished_at": "TIMESTAMP WITH TIME ZONE", "status": "VARCHAR", "spec": "JSON"},
-    "requests": {"run_id": "VARCHAR", "request_id": "BIGINT", "stage": "VARCHAR", "scheduled_s": "DOUBLE",
-                 "sent_s": "DOUBLE", "first_token_s": "DOUBLE", "last_token_s": "DOUBLE", "end_s": "DOUBLE",
-                 "prompt_tokens": "INTEGER", "max_tokens": "INTEGER", "output_tokens": "INTEGER", "lag_ms": "DOUBLE",
-                 "ttft_ms": "DOUBLE", "tpot_ms": "DOUBLE", "e2e_ms": "DOUBLE", "status": "VARCHAR", "error": "VARCHAR",
-                 "http_status": "INTEGER"},
+    "runs": {
+        "run_id": "VARCHAR",
+        "workload": "VARCHAR",
+        "endpoint": "VARCHAR",
+        "started_at": "TIMESTAMP WITH TIME ZONE",
+        "finished_at": "TIMESTAMP WITH TIME ZONE",
+        "status": "VARCHAR",
+        "spec": "JSON",
+    },
+    "requests": {
+        "run_id": "VARCHAR",
+        "request_id": "BIGINT",
+        "stage": "VARCHAR",
+        "scheduled_s": "DOUBLE",
+        "sent_s": "DOUBLE",
+        "first_token_s": "DOUBLE",
+        "last_token_s": "DOUBLE",
+        "end_s": "DOUBLE",
+        "prompt_tokens": "INTEGER",
+        "max_tokens": "INTEGER",
+        "output_tokens": "INTEGER",
+        "lag_ms": "DOUBLE",
+        "ttft_ms": "DOUBLE",
+        "tpot_ms": "DOUBLE",
+        "e2e_ms": "DOUBLE",
+        "status": "VARCHAR",
+        "error": "VARCHAR",
+        "http_status": "INTEGER",
+    },
     "events": {"run_id": "VARCHAR", "request_id": "BIGINT", "idx": "INTEGER", "t_s": "DOUBLE", "tokens": "INTEGER"},
 }
-SUMMARY_COLUMNS = ["run_id", "stage", "requests", "errors", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms",
-                   "tpot_p90_ms", "tpot_p99_ms", "e2e_p50_ms", "output_tokens_per_s", "requests_per_s", "goodput_rps"]
+SUMMARY_COLUMNS = [
+    "run_id",
+    "stage",
+    "requests",
+    "errors",
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p90_ms",
+    "tpot_p99_ms",
+    "e2e_p50_ms",
+    "output_tokens_per_s",
+    "requests_per_s",
+    "goodput_rps",
+]
 
 
 def rows(db, sql, *params):

@@ -71,8 +71,12 @@ def test_closed_loop_has_no_send_times_and_counts_requests():
 
 
 def test_lengths_follow_their_distributions():
-    s = stage(requests={"prompt_tokens": {"dist": "normal", "mean": 512, "std": 128, "min": 16, "max": 600},
-                        "output_tokens": {"dist": "choice", "values": [1, 100], "weights": [3, 1]}})
+    s = stage(
+        requests={
+            "prompt_tokens": {"dist": "normal", "mean": 512, "std": 128, "min": 16, "max": 600},
+            "output_tokens": {"dist": "choice", "values": [1, 100], "weights": [3, 1]},
+        }
+    )
     plan = list(plan_stage(s, 3, 0))
     prompts = np.array([p.prompt_tokens for p in plan])
     assert prompts.min() >= 16 and prompts.max() == 600  # clipped at max

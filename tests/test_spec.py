@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import ROOT
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
 from loadgen.spec.workload import Choice, Fixed, Normal
-
-from conftest import ROOT
 
 BASE = """\
 name: t
@@ -104,7 +103,10 @@ def test_bad_set_overrides_are_spec_errors(write):
 
 
 def test_stages_override_the_base_and_are_named(write):
-    text = BASE + "stages:\n  - {name: c1, load: {arrival: closed, concurrency: 1}}\n  - {name: c8, load: {concurrency: 8}}\n"
+    text = (
+        BASE
+        + "stages:\n  - {name: c1, load: {arrival: closed, concurrency: 1}}\n  - {name: c8, load: {concurrency: 8}}\n"
+    )
     spec, _ = load_workload(write("w.yaml", text))
     c1, c8 = spec.stages
     assert (c1.name, c1.load.arrival, c1.load.concurrency) == ("c1", "closed", 1)
