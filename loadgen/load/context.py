@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import gevent.event
 
+from loadgen.client.stamps import ReadDelays
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
 from loadgen.spec.workload import TimeoutSpec
@@ -22,6 +23,7 @@ class RunContext:
     headers: dict[str, str]
     timeouts: TimeoutSpec
     recorder: Recorder
+    read_delays: ReadDelays = field(default_factory=ReadDelays)
     t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching

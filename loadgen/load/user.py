@@ -21,7 +21,8 @@ class StreamUser(User):
 
     def on_start(self) -> None:
         c = self.ctx
-        self.http = StreamClient(c.base_url, c.headers, c.timeouts.connect_s, c.timeouts.idle_s)
+        self.http = StreamClient(c.base_url, c.headers, c.timeouts.connect_s, c.timeouts.idle_s, c.read_delays)
+        self.http.connect()
 
     def on_stop(self) -> None:
         self.http.close()

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMPTZ,
     status VARCHAR NOT NULL,          -- running | completed | interrupted | failed
     spec JSON NOT NULL,               -- resolved workload and endpoint, without secrets
-    client_delay_p99_ms DOUBLE,       -- loadgen's own scheduling delay: latencies may be inflated by about this much
+    client_delay_p99_ms DOUBLE,       -- bound on loadgen's own stamping error (p99), see README
     note VARCHAR
 )"""
 

@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmarks: start the truth server, run loadgen, read its database, check bounds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+HERE = Path(__file__).resolve().parent
+
+
+@contextmanager
+def truth_server(ttft_ms: float, itl_ms: float, log: Path | None = None):
+    args = [sys.executable, str(HERE / "truth_server.py"), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
+    if log is not None:
+        args += ["--log", str(log)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip() if proc.stdout else ""
+        if not url.startswith("http://"):
+            raise SystemExit("the truth server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run_loadgen(workload: Path, url: str, db: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "loadgen", "run", str(workload), "--endpoint", url, "--db", str(db)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"loadgen run failed ({res.returncode}):\n{res.stderr[-2000:]}")
+    print(res.stdout)
+    if "note:" in res.stderr:
+        print(res.stderr[res.stderr.index("note:") :].split("results:")[0].strip())
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+class Bounds:
+    """Collects figures against their bounds; `finish()` prints the verdict and exits non-zero on a miss."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.missed: list[str] = []
+        print(f"== {title}")
+
+    def check(self, name: str, value: float, op: str, bound: float, unit: str = "") -> None:
+        ok = value <= bound if op == "<=" else value >= bound
+        mark = "ok  " if ok else "MISS"
+        print(f"  {mark} {name:<44} {value:>12,.3f} {unit:<6} (bound {op} {bound:,} {unit})")
+        if not ok:
+            self.missed.append(name)
+
+    def finish(self) -> None:
+        if self.missed:
+            print(f"{self.title}: MISSED {', '.join(self.missed)}")
+            raise SystemExit(1)
+        print(f"{self.title}: all bounds met")
