@@ -63,7 +63,8 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
     cur = db.execute("SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [run_id])
     cols = [c[0] for c in cur.description]
     rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-    show.out.print(show.summary_table(f"run {run_id}", rows))
+    show.out.print(f"run {run_id}", highlight=False)
+    show.out.print(show.summary_table("summary", rows))
     cur = db.execute("SELECT * FROM errors WHERE run_id = ? ORDER BY stage, requests DESC", [run_id])
     cols = [c[0] for c in cur.description]
     errs = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
@@ -134,23 +135,31 @@ def _run(
             recorder=recorder,
         )
         engine = Engine(ctx, workload.stages)
-        outcome: Outcome
+
+        def finish(outcome: Outcome) -> None:
+            store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, outcome.note)
+            print_summary(store.con, run_id)
+            if outcome.note:
+                show.err.print(f"[yellow]note:[/] {outcome.note}")
+            show.err.print(f"results: {db_file} (run {run_id}, {outcome.status})")
+
         try:
             if ui is None:
                 with show.ProgressView() as view:
                     engine.on_progress = view.update
                     outcome = engine.run_headless()
+                finish(outcome)
             else:
                 host, port = ui
-                outcome = engine.run_ui(host, port, lambda url: show.err.print(f"Locust web UI: {url}"))
+                outcome = engine.run_ui(
+                    host,
+                    port,
+                    lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
+                    finish,
+                )
         except BaseException:
             store.finish_run(run_id, "failed", None, "loadgen stopped on an unexpected error")
             raise
-        store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, outcome.note)
-        print_summary(store.con, run_id)
-        if outcome.note:
-            show.err.print(f"[yellow]note:[/] {outcome.note}")
-        show.err.print(f"results: {db_file} (run {run_id}, {outcome.status})")
     finally:
         store.close()
     if outcome.status == "failed":

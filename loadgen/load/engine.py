@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,11 +134,15 @@ class Engine:
             self.on_progress(self.progress())
         return self._outcome()
 
-    def run_ui(self, host: str, port: int, on_listening: Callable[[str], None]) -> Outcome:
-        """Serve Locust's web UI; the run starts with its Start button and ends with its plan (or Stop)."""
+    def run_ui(
+        self, host: str, port: int, on_listening: Callable[[str], None], on_finished: Callable[[Outcome], None]
+    ) -> Outcome:
+        """Serve Locust's web UI. The run starts with its Start button and ends with its plan or its Stop button;
+        then `on_finished` gets the outcome and the UI stays up, showing the final figures, until a signal."""
         walker = self.walker
         finished = gevent.event.Event()
         plan_done = gevent.event.Event()
+        started = gevent.event.Event()
 
         class Shape(LoadTestShape):
             def tick(self_inner) -> tuple[int, float] | None:
@@ -145,38 +150,51 @@ class Engine:
                 want = walker.step(runner.user_count if runner is not None else 0)
                 if want is None:
                     plan_done.set()
-                    finished.set()
                     return None
                 return (want, float(want))
 
         env = Environment(user_classes=[self.user_class], host=self.ctx.base_url, shape_class=Shape())
         runner = env.create_local_runner()
+        # Locust's UI reads its own options from sys.argv, which holds loadgen's; loadgen has parsed them already.
+        sys.argv = sys.argv[:1]
         web = env.create_web_ui(host=host, port=port)
-        env.events.test_stop.add_listener(lambda **_: finished.set())
-        handlers = [gevent.signal_handler(s, self.interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
-        started = gevent.event.Event()
         env.events.test_start.add_listener(lambda **_: started.set())
+        env.events.test_stop.add_listener(lambda **_: finished.set())
+        closing = gevent.event.Event()
+
+        def on_signal(signum: int) -> None:
+            if not finished.is_set():
+                self.interrupt(signum)
+            closing.set()
+
+        handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
         on_listening(f"http://{host}:{port}")
         try:
-            while not started.is_set() and self.signum is None:
+            while not started.is_set() and not closing.is_set():
                 gevent.sleep(0.1)
-            if self.signum is None:
+            if started.is_set():
                 self.ctx.t0 = time.perf_counter()
                 self.ctx.recorder.start()
                 self.monitor.start()
                 while not finished.is_set():
                     if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
+                        runner.stop()  # users still in flight record themselves as interrupted
                         break
                     if self.on_progress is not None:
                         self.on_progress(self.progress())
                     gevent.sleep(PROGRESS_EVERY_S)
+                runner.stop()
+                if not plan_done.is_set() and self.signum is None:  # stopped from the web UI
+                    self.signum = signal.SIGINT
+            self.monitor.stop()
+            self.ctx.recorder.stop()
+            outcome = self._outcome()
+            on_finished(outcome)
+            if self.signum is None:  # completed: keep the final figures on view until told to close
+                closing.wait()
         finally:
             runner.quit()
             web.stop()
             for h in handlers:
                 h.cancel()
-            self.monitor.stop()
-            self.ctx.recorder.stop()
-        if not plan_done.is_set() and self.signum is None:  # stopped from the web UI
-            self.signum = signal.SIGINT
-        return self._outcome()
+        return outcome

@@ -1,0 +1,73 @@
+"""`loadgen ui`: Locust's web UI drives the same workload, shows TTFT/TPOT rows, and writes the same database."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import duckdb
+
+from conftest import FAST_ENDPOINT, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, data: bytes | None = None) -> bytes:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read()
+
+
+def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        "name: ui\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 2}\n"
+        "requests: {prompt_tokens: 32, output_tokens: 8}\nstop: {requests: 12}\n",
+    )
+    db, port = tmp_path / "ui.duckdb", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "ui", str(w), "--db", str(db), "--web-port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get(base + "/")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the web UI did not come up"
+                time.sleep(0.1)
+        get(base + "/swarm", b"")  # the Start button
+        while True:
+            stats = json.loads(get(base + "/stats/requests"))
+            if stats["state"] == "stopped":
+                break
+            assert time.monotonic() < deadline, "the run did not finish"
+            time.sleep(0.2)
+        rows = {(s["method"], s["name"]): s["num_requests"] for s in stats["stats"]}
+        assert rows[("POST", "/chat/completions")] == 12
+        assert rows[("TTFT", "/chat/completions")] == 12 and rows[("TPOT", "/chat/completions")] == 12
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "TTFT p50" in out
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+    assert con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM requests").fetchone() == (12, 12)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (96,)
