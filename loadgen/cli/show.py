@@ -42,6 +42,8 @@ class ProgressView:
 
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(*exc)
+        if not err.is_terminal:  # rich ends a non-terminal live display without a line break
+            err.line()
 
     def update(self, p: Progress) -> None:
         total = p.planned

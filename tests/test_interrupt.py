@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM stop a run cleanly: new sends stop, in-flight requests get a grace period, all is kept."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from conftest import ROOT
+
+SLOW_ENDPOINT = """
+name: slow-emu
+emulate: {kind: simple, overhead_ms: 1, prefill_tokens_per_s: 100000, tpot_ms: 10}
+"""
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_marks_the_run_interrupted_and_keeps_what_was_measured(write, tmp_path, signum, code):
+    write("ep.yaml", SLOW_ENDPOINT)
+    # Each request streams for about 10 s, longer than the 5 s grace period, so some are cut off in flight.
+    w = write(
+        "w.yaml",
+        "name: int\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 3}\n"
+        "requests: {prompt_tokens: 16, output_tokens: {dist: choice, values: [2, 1000]}}\n"
+        "stop: {requests: 100}\n",
+    )
+    db = tmp_path / "int.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", str(w), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    time.sleep(4)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "interrupted" in err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status, finished_at IS NOT NULL FROM runs").fetchall() == [("interrupted", True)]
+    statuses = dict(con.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall())
+    assert statuses.get("interrupted", 0) >= 1 and statuses.get("ok", 0) >= 1
+    assert set(statuses) <= {"ok", "interrupted"}
+    # A request cut off in flight keeps the tokens it had received.
+    partial = con.execute(
+        "SELECT r.output_tokens, count(e.idx) FROM requests r JOIN events e USING (run_id, request_id) "
+        "WHERE r.status = 'interrupted' GROUP BY r.request_id, r.output_tokens"
+    ).fetchall()
+    assert partial and all(n == events and 0 < n < 1000 for n, events in partial)
