@@ -14,7 +14,7 @@ from conftest import ROOT
 
 SLOW_ENDPOINT = """
 name: slow-emu
-emulate: {kind: simple, overhead_ms: 1, prefill_tokens_per_s: 100000, tpot_ms: 10}
+emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {overhead_ms: 10}}
 """
 
 

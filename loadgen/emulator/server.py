@@ -1,4 +1,5 @@
-"""The emulator's HTTP server (aiohttp): /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+"""The emulator's HTTP server (aiohttp): OpenAI-compatible completions and chat completions, streaming or not,
+timed by an engine (engine.py); plus /v1/models, /health and Prometheus-style /metrics."""
 
 from __future__ import annotations
 
@@ -7,24 +8,31 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 
-from loadgen.emulator.model import SimpleTiming
+from loadgen.emulator.engine import Backend, Seq, build, engines
 from loadgen.spec.endpoint import EndpointSpec
 
 OUTPUT_WORDS = (" the", " model", " says", " hello", " and", " then", " more", " words")
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_request_error"):
+    def __init__(self, message: str, status: int = 400, kind: str = "BadRequestError"):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.kind = status, kind
 
 
-def _error(message: str, status: int, code: str) -> web.Response:
-    body = {"error": {"message": message, "type": code, "code": status}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def _error(message: str, status: int, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {
+        "object": "error",
+        "message": message,
+        "type": kind,
+        "code": status,
+        "error": {"message": message, "type": kind, "code": status},
+    }
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 def _count_prompt(body: dict[str, Any], chat: bool) -> int:
@@ -44,27 +52,34 @@ def _count_prompt(body: dict[str, Any], chat: bool) -> int:
                 raise BadRequest("each message needs a 'content' string")
         return total
     prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
     if isinstance(prompt, str):
         return len(prompt.split())
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return len(prompt)
-    if isinstance(prompt, list) and len(prompt) == 1:
-        inner = prompt[0]
-        if isinstance(inner, str):
-            return len(inner.split())
-        if isinstance(inner, list) and all(isinstance(t, int) for t in inner):
-            return len(inner)
     raise BadRequest("'prompt' must be a string or a list of token IDs")
+
+
+def _positive_int(body: dict[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRequest(f"'{key}' must be a non-negative integer")
+        return value
+    return None
 
 
 class Emulator:
     def __init__(self, endpoint: EndpointSpec):
         assert endpoint.emulate is not None
         self.endpoint = endpoint
-        self.timing = SimpleTiming(endpoint.emulate)
-        self.waiting = 0
-        self.prompt_tokens_total = 0
-        self.generated_tokens_total = 0
+        self.spec = endpoint.emulate
+        self.model_cfg = self.spec.model_profile()
+        self.backend: Backend = build(self.spec)
+        self.rng = np.random.default_rng(self.spec.seed)
         self.requests_total = 0
 
     def app(self) -> web.Application:
@@ -74,21 +89,39 @@ class Emulator:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+
+        async def on_startup(_: web.Application) -> None:
+            self.backend.start()
+
+        app.on_startup.append(on_startup)
         return app
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def models(self, _: web.Request) -> web.Response:
-        data = {"object": "list", "data": [{"id": self.endpoint.model, "object": "model", "owned_by": "loadgen"}]}
-        return web.Response(body=orjson.dumps(data), content_type="application/json")
+        card = {
+            "id": self.endpoint.model,
+            "object": "model",
+            "owned_by": "loadgen",
+            "max_model_len": self.model_cfg.max_context,
+        }
+        return web.Response(body=orjson.dumps({"object": "list", "data": [card]}), content_type="application/json")
 
     async def metrics(self, _: web.Request) -> web.Response:
+        es = engines(self.backend)
+        errors = [e.errors for e in es]
         lines = [
-            f"loadgen_emulator_requests_running {self.timing.running}",
+            "# loadgen emulator metrics (vLLM-style names where vLLM has them)",
+            f"vllm:num_requests_running {sum(e.running for e in es)}",
+            f"vllm:num_requests_waiting {sum(e.waiting for e in es)}",
+            f"vllm:gpu_cache_usage_perc {max(e.kv_usage() for e in es):.6f}",
+            f"vllm:prompt_tokens_total {sum(e.prompt_tokens_total for e in es)}",
+            f"vllm:generation_tokens_total {es[-1].generation_tokens_total}",
             f"loadgen_emulator_requests_total {self.requests_total}",
-            f"loadgen_emulator_prompt_tokens_total {self.prompt_tokens_total}",
-            f"loadgen_emulator_generation_tokens_total {self.generated_tokens_total}",
+            f"loadgen_emulator_steps_total {sum(e.steps_total for e in es)}",
+            f'loadgen_emulator_step_release_error_ms{{quantile="0.5"}} {max(x.pct(50) for x in errors):.4f}',
+            f'loadgen_emulator_step_release_error_ms{{quantile="0.99"}} {max(x.pct(99) for x in errors):.4f}',
         ]
         return web.Response(text="\n".join(lines) + "\n")
 
@@ -98,7 +131,7 @@ class Emulator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=False)
 
-    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], int, int]:
+    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], int, int, int]:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -109,94 +142,138 @@ class Emulator:
         if model != self.endpoint.model:
             raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
         prompt_tokens = _count_prompt(body, chat)
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise BadRequest("'max_tokens' must be a positive integer")
-        limit = self.timing.spec.max_context
+        max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
+        if max_tokens is None:
+            max_tokens = 16
+        if max_tokens < 1:
+            raise BadRequest("'max_tokens' must be at least 1")
+        min_tokens = _positive_int(body, "min_tokens") or 0
+        limit = self.model_cfg.max_context
         if prompt_tokens + max_tokens > limit:
             raise BadRequest(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
-                f"{max_tokens} in the completion)."
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} in the completion)."
             )
-        # The emulator never stops early: every request generates max_tokens, as min_tokens/ignore_eos ask.
-        return body, prompt_tokens, max_tokens
+        if not self.backend.fits(prompt_tokens, max_tokens):
+            raise BadRequest("the request needs more KV cache than the emulated hardware has")
+        # Without ignore_eos the model may stop early: its natural length is drawn from the emulator's seed.
+        if body.get("ignore_eos") is True:
+            target = max_tokens
+        else:
+            natural = 1 + int(self.rng.exponential(self.spec.eos_mean_tokens))
+            target = min(max_tokens, max(natural, min_tokens, 1))
+        return body, prompt_tokens, max_tokens, target
+
+    def _fault(self) -> str | None:
+        f = self.spec.faults
+        u = self.rng.random()
+        for name, rate in (
+            ("error", f.error_rate),
+            ("rate_limit", f.rate_limit_rate),
+            ("drop", f.drop_rate),
+            ("malformed", f.malformed_rate),
+            ("stall", f.stall_rate),
+        ):
+            if u < rate:
+                return name
+            u -= rate
+        return None
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body, prompt_tokens, max_tokens = self._parse(await request.read(), chat)
+            body, prompt_tokens, max_tokens, target = self._parse(await request.read(), chat)
         except BadRequest as e:
-            return _error(str(e), e.status, e.code)
+            return _error(str(e), e.status, e.kind)
+        fault = self._fault()
+        f = self.spec.faults
+        if fault == "error":
+            return _error("emulated server error", f.error_status, "InternalServerError")
+        if fault == "rate_limit":
+            return _error("emulated rate limit", 429, "RateLimitError", {"Retry-After": f"{f.retry_after_s:g}"})
         self.requests_total += 1
-        self.prompt_tokens_total += prompt_tokens
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": max_tokens,
-            "total_tokens": prompt_tokens + max_tokens,
+        seq = Seq(prompt_tokens, target)
+        self.backend.submit(seq)
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.endpoint.model,
         }
-        timing = self.timing
-        loop = asyncio.get_running_loop()
-        timing.running += 1
+        finish = "length" if target == max_tokens else "stop"
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": target, "total_tokens": prompt_tokens + target}
         try:
-            start = loop.time()
-            due = start + timing.prefill_s(prompt_tokens)
             if not body.get("stream"):
-                for _ in range(max_tokens - 1):
-                    due += timing.step_s()
-                await asyncio.sleep(max(due - loop.time(), 0))
-                self.generated_tokens_total += max_tokens
-                text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(max_tokens))
-                choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-                if chat:
-                    choice["message"] = {"role": "assistant", "content": text}
-                else:
-                    choice["text"] = text
-                out = {
-                    "id": rid,
-                    "object": kind,
-                    "created": created,
-                    "model": self.endpoint.model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-                return web.Response(body=orjson.dumps(out), content_type="application/json")
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            await resp.prepare(request)
-            head = {
-                "id": rid,
-                "object": f"{kind}.chunk" if chat else kind,
-                "created": created,
-                "model": self.endpoint.model,
-            }
-            if chat:  # like vLLM, a chat stream opens with a role-only event that carries no text
-                role = {
-                    **head,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                }
-                await resp.write(b"data: " + orjson.dumps(role) + b"\n\n")
-            for i in range(max_tokens):
-                await asyncio.sleep(max(due - loop.time(), 0))
-                word = OUTPUT_WORDS[i % len(OUTPUT_WORDS)]
-                finish = "length" if i == max_tokens - 1 else None
-                c: dict[str, Any] = {"index": 0, "finish_reason": finish}
-                if chat:
-                    c["delta"] = {"content": word}
-                else:
-                    c["text"] = word
-                await resp.write(b"data: " + orjson.dumps({**head, "choices": [c]}) + b"\n\n")
-                self.generated_tokens_total += 1
-                due += timing.step_s()
-            opts = body.get("stream_options")
-            if isinstance(opts, dict) and opts.get("include_usage"):
-                await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
+                while await seq.take():
+                    pass
+                return self._whole(head, chat, target, finish, usage)
+            return await self._stream(request, body, head, chat, seq, finish, usage, fault)
         finally:
-            timing.running -= 1
+            if not seq.done:
+                seq.cancelled = True  # the client went away: the engine frees its place
+
+    def _whole(self, head: dict, chat: bool, n: int, finish: str, usage: dict) -> web.Response:
+        text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        out = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict,
+        head: dict,
+        chat: bool,
+        seq: Seq,
+        finish: str,
+        usage: dict,
+        fault: str | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        prefix = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+
+        def event(word: str, last: bool) -> bytes:
+            fr = f'"{finish}"' if last else "null"
+            part = orjson.dumps({"content": word}) if chat else None
+            inner = (b'"delta":' + part) if chat else (b'"text":' + orjson.dumps(word))
+            return b"data: " + prefix + inner + b',"finish_reason":' + fr.encode() + b"}]}\n\n"
+
+        if chat:  # like vLLM, a chat stream opens with a role-only event that carries no text
+            role = {
+                **head,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            }
+            await resp.write(b"data: " + orjson.dumps(role) + b"\n\n")
+        f = self.spec.faults
+        sent = 0
+        while n := await seq.take():
+            if fault == "stall" and sent == 0:
+                await asyncio.sleep(f.stall_first_ms / 1000)
+            if fault == "stall" and sent + n >= seq.target and seq.target > 1:
+                await asyncio.sleep(f.stall_between_ms / 1000)
+            chunks = []
+            for i in range(sent, sent + n):
+                chunks.append(event(OUTPUT_WORDS[i % len(OUTPUT_WORDS)], i == seq.target - 1))
+            sent += n
+            if fault == "malformed" and sent >= seq.target // 2:
+                chunks.append(b"data: {not json\n\n")
+                fault = None
+            await resp.write(b"".join(chunks))
+            if fault == "drop" and sent >= seq.target // 2:
+                seq.cancelled = True
+                assert request.transport is not None
+                request.transport.abort()  # the connection drops mid-stream, with no chunked terminator
+                return resp
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
 
 def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> None:

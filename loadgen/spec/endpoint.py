@@ -2,29 +2,116 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
+from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig, load_profile, profile_names
 from loadgen.spec.workload import Strict
 
 # Server families differ in how they are told to produce exactly max_tokens tokens (see client/openai.py).
 Server = Literal["vllm", "sglang", "tgi", "trtllm", "llamacpp", "groq", "openai", "emulator"]
 
 
-class SimpleModel(Strict):
-    """A latency model with no hardware behind it: prefill at a fixed token rate, decode slowing with load.
+class Serving(Strict):
+    """How a GPU engine schedules, as vLLM's options of the same names."""
 
-    The hardware models (GPU continuous batching, GroqRack, disaggregated) are their own engines; this one is
-    the minimal stand-in that lets a run work end to end on a laptop.
-    """
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 16384
+    chunked_prefill: bool = False  # False: prefill-first steps (vLLM V0); True: prefill chunks ride with decodes
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
 
-    kind: Literal["simple"] = "simple"
-    overhead_ms: float = Field(default=2.0, ge=0)  # per request, before prefill
-    prefill_tokens_per_s: PositiveFloat = 40_000.0
-    tpot_ms: float = Field(default=7.3, ge=0)
-    tpot_ms_per_running: float = Field(default=0.0, ge=0)  # added per other stream decoding at the same time
-    max_context: PositiveInt = 4096
+
+class EngineSpec(Strict):
+    engine: Literal["gpu", "groq"]
+    hardware: str
+    hardware_overrides: dict[str, Any] = Field(default_factory=dict)  # any profile value, e.g. {overhead_ms: 2}
+    serving: Serving = Serving()
+
+    @model_validator(mode="after")
+    def _profile(self) -> EngineSpec:
+        hw = self.resolved()
+        if hw.kind != self.engine:
+            raise ValueError(f"hardware {self.hardware!r} is a {hw.kind} profile, not a {self.engine} one")
+        return self
+
+    def resolved(self) -> GpuHardware | GroqHardware:
+        try:
+            hw = load_profile(self.hardware, self.hardware_overrides)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            raise ValueError(f"hardware_overrides: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        assert isinstance(hw, GpuHardware | GroqHardware)
+        return hw
+
+
+class LinkSpec(Strict):
+    """The network that carries a request's KV cache from the prefill engine to the decode engine."""
+
+    gbps: PositiveFloat
+    latency_ms: float = Field(default=0.01, ge=0)
+    overlap: Literal["none", "layerwise"] = "none"  # layerwise: layers are sent while later ones are computed
+    handoff_ms: float = Field(default=0.0, ge=0)  # per request, on top of the transfer
+
+
+class FaultSpec(Strict):
+    """Misbehaviour for tests, off by default. Rates are shares of requests, drawn from the emulator's seed."""
+
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_status: int = Field(default=500, ge=400, le=599)
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1)  # answered 429 with Retry-After
+    retry_after_s: float = Field(default=1.0, ge=0)
+    drop_rate: float = Field(default=0.0, ge=0, le=1)  # connection dropped mid-stream
+    malformed_rate: float = Field(default=0.0, ge=0, le=1)  # one event is not valid JSON
+    stall_rate: float = Field(default=0.0, ge=0, le=1)
+    stall_first_ms: float = Field(default=0.0, ge=0)  # a stalled request waits this long before its first token
+    stall_between_ms: float = Field(default=0.0, ge=0)  # ... and this long before its last token
+
+
+class EmulateSpec(Strict):
+    """The emulator's performance model: one engine (gpu, groq) or a disaggregated prefill/decode pair."""
+
+    engine: Literal["gpu", "groq", "disaggregated"]
+    model: str = "llama-2-7b"
+    hardware: str | None = None  # gpu / groq: the profile
+    hardware_overrides: dict[str, Any] = Field(default_factory=dict)
+    serving: Serving = Serving()
+    prefill: EngineSpec | None = None  # disaggregated
+    decode: EngineSpec | None = None
+    link: LinkSpec | None = None
+    eos_mean_tokens: PositiveFloat = 256.0  # mean natural length when a request does not ask for ignore_eos
+    seed: int = 0
+    faults: FaultSpec = FaultSpec()
+
+    @model_validator(mode="after")
+    def _complete(self) -> EmulateSpec:
+        if self.engine == "disaggregated":
+            if self.prefill is None or self.decode is None or self.link is None:
+                raise ValueError("engine 'disaggregated' needs 'prefill', 'decode' and 'link'")
+        elif self.hardware is None:
+            raise ValueError(f"engine '{self.engine}' needs 'hardware' (one of: {', '.join(profile_names())})")
+        else:
+            self.single()  # validates the profile now, so that a bad one is an input error
+        try:
+            cfg = load_profile(self.model)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError(f"{self.model!r} is not a model profile")
+        return self
+
+    def single(self) -> EngineSpec:
+        assert self.hardware is not None and self.engine != "disaggregated"
+        return EngineSpec(
+            engine=self.engine, hardware=self.hardware, hardware_overrides=self.hardware_overrides, serving=self.serving
+        )
+
+    def model_profile(self) -> ModelConfig:
+        cfg = load_profile(self.model)
+        assert isinstance(cfg, ModelConfig)
+        return cfg
 
 
 class EndpointSpec(Strict):
@@ -33,7 +120,7 @@ class EndpointSpec(Strict):
     model: str = "llama-2-7b"
     server: Server = "vllm"
     api_key_env: str | None = None
-    emulate: SimpleModel | None = None
+    emulate: EmulateSpec | None = None
 
     @model_validator(mode="after")
     def _reachable(self) -> EndpointSpec:

@@ -1,0 +1,403 @@
+"""Event-driven schedulers that advance in real time: each step's duration comes from the performance model,
+the scheduler sleeps until the step ends, and the step's tokens are released together.
+
+- `GpuEngine`: vLLM-like continuous batching (max sequences, max batched tokens, chunked prefill or
+  prefill-first steps), with a KV cache of fixed capacity; requests queue while it is full.
+- `GroqEngine`: no batching; one request at a time in arrival order.
+- `Disaggregated`: prefill on one engine, the KV cache over a link, decode on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loadgen.emulator import perf
+from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig
+from loadgen.spec.endpoint import EmulateSpec, EngineSpec, LinkSpec, Serving
+
+
+class Seq:
+    """One request inside the emulator: how far its prefill and decode have come, and its waiting consumer."""
+
+    __slots__ = ("prompt", "target", "prefilled", "generated", "pending", "done", "cancelled", "prefill_s", "_waiter")
+
+    def __init__(self, prompt: int, target: int):
+        self.prompt, self.target = prompt, target
+        self.prefilled = 0  # prompt tokens in the KV cache
+        self.generated = 0  # output tokens produced
+        self.pending = 0  # produced but not yet taken by the HTTP handler
+        self.done = False
+        self.cancelled = False  # the client went away
+        self.prefill_s = 0.0  # time spent in steps that prefilled it (for layer-wise KV transfer)
+        self._waiter: asyncio.Future[None] | None = None
+
+    def release(self, n: int = 1) -> None:
+        self.pending += n
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> int:
+        """Tokens released since the last call (at least one); 0 once the request is finished."""
+        while self.pending == 0 and not self.done:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        n, self.pending = self.pending, 0
+        return n
+
+
+@dataclass
+class ReleaseErrors:
+    """How late steps' tokens were released against the model's step end (ms), over the latest steps."""
+
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def add(self, late_s: float) -> None:
+        self.samples.append(late_s * 1000.0)
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.samples, q)) if self.samples else 0.0
+
+
+@dataclass
+class Step:
+    duration_s: float
+    prefill: list[tuple[Seq, int]]  # (sequence, prompt tokens computed in this step)
+    decode: list[Seq]
+
+
+class Engine:
+    """The real-time loop shared by every engine; subclasses plan steps and apply their results."""
+
+    def __init__(self, model: ModelConfig):
+        self.model = model
+        self.errors = ReleaseErrors()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.steps_total = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Called when a sequence's prefill is complete; by default its first token is released at once.
+        self.on_prefilled: Callable[[Seq], None] = self.first_token
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(self, seq: Seq) -> None:
+        self._enqueue(seq)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        while True:
+            step = self.plan()
+            if step is None:
+                self._wake.clear()
+                await self._wake.wait()
+                t = loop.time()
+                continue
+            # Back-to-back steps start where the last one ended, so timer lateness does not accumulate.
+            end = max(t, loop.time() - 0.001) + step.duration_s
+            delay = end - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.errors.add(loop.time() - end)
+            self.steps_total += 1
+            self.complete(step)
+            t = end
+
+    def first_token(self, seq: Seq) -> None:
+        seq.generated = 1
+        self.generation_tokens_total += 1
+        seq.release(1)
+        if seq.generated >= seq.target:
+            self.retire(seq)
+
+    def decoded(self, seq: Seq) -> None:
+        seq.generated += 1
+        self.generation_tokens_total += 1
+        seq.release(1)
+        if seq.generated >= seq.target:
+            self.retire(seq)
+
+    # Subclasses:
+    def _enqueue(self, seq: Seq) -> None:
+        raise NotImplementedError
+
+    def plan(self) -> Step | None:
+        raise NotImplementedError
+
+    def complete(self, step: Step) -> None:
+        raise NotImplementedError
+
+    def hand_off(self, seq: Seq) -> None:
+        raise NotImplementedError
+
+    def retire(self, seq: Seq) -> None:
+        """The sequence is done (or its client left): free its place and tell its handler."""
+        self.hand_off(seq)
+        if not seq.cancelled:
+            seq.finish()
+
+    @property
+    def running(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def waiting(self) -> int:
+        raise NotImplementedError
+
+    def kv_usage(self) -> float:
+        return 0.0
+
+
+class GpuEngine(Engine):
+    def __init__(self, hw: GpuHardware, model: ModelConfig, serving: Serving, prefill_only: bool = False):
+        super().__init__(model)
+        self.hw, self.serving = hw, serving
+        self.prefill_only = prefill_only  # the prefill side of a disaggregated pair keeps no decode KV
+        self.kv_capacity = perf.gpu_kv_capacity_tokens(hw, model, serving.gpu_memory_utilization)
+        self.kv_used = 0
+        self.queue: deque[Seq] = deque()  # not yet admitted
+        self.admitted: list[Seq] = []  # holding KV: prefilling or decoding
+        self.reserved: dict[int, int] = {}
+
+    def _need(self, seq: Seq) -> int:
+        return seq.prompt + (0 if self.prefill_only else seq.target)
+
+    def fits(self, prompt: int, target: int) -> bool:
+        return prompt + (0 if self.prefill_only else target) <= self.kv_capacity
+
+    def _enqueue(self, seq: Seq) -> None:
+        self.queue.append(seq)
+
+    def _admit(self) -> Seq | None:
+        if not self.queue or len(self.admitted) >= self.serving.max_num_seqs:
+            return None
+        seq = self.queue[0]
+        need = self._need(seq)
+        if self.kv_used + need > self.kv_capacity:
+            return None  # a full KV cache: the queue waits for running requests to finish
+        self.queue.popleft()
+        self.kv_used += need
+        self.reserved[id(seq)] = need
+        self.admitted.append(seq)
+        return seq
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self.admitted if s.cancelled]:
+            self.hand_off(seq)
+        if any(s.cancelled for s in self.queue):
+            self.queue = deque(s for s in self.queue if not s.cancelled)
+
+    def plan(self) -> Step | None:
+        self._drop_cancelled()
+        s = self.serving
+        budget = s.max_num_batched_tokens
+        decoding = [q for q in self.admitted if q.prefilled >= q.prompt]
+        prefill: list[tuple[Seq, int]] = []
+        if s.chunked_prefill:
+            budget -= len(decoding)
+            for q in self.admitted:
+                if q.prefilled < q.prompt and budget > 0:
+                    n = min(q.prompt - q.prefilled, budget)
+                    prefill.append((q, n))
+                    budget -= n
+            while budget > 0:
+                q = self._admit()
+                if q is None:
+                    break
+                if q.prefilled < q.prompt:
+                    n = min(q.prompt - q.prefilled, budget)
+                    prefill.append((q, n))
+                    budget -= n
+                else:
+                    decoding.append(q)  # arrived prefilled (disaggregated decode side)
+        else:  # prefill-first: a step prefills whole prompts of newly admitted requests, or decodes
+            while self.queue and (self.queue[0].prompt - self.queue[0].prefilled <= budget or not prefill):
+                q = self._admit()
+                if q is None:
+                    break
+                if q.prefilled < q.prompt:
+                    prefill.append((q, q.prompt - q.prefilled))
+                    budget -= q.prompt - q.prefilled
+                else:
+                    decoding.append(q)
+            if prefill:
+                decoding = []
+        if not prefill and not decoding:
+            return None
+        duration = perf.gpu_step_s(
+            self.hw, self.model, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding]
+        )
+        return Step(duration, prefill, decoding)
+
+    def complete(self, step: Step) -> None:
+        for q, n in step.prefill:
+            q.prefilled += n
+            q.prefill_s += step.duration_s
+            self.prompt_tokens_total += n
+            if q.prefilled >= q.prompt and not q.cancelled:
+                self.on_prefilled(q)
+        for q in step.decode:
+            if not q.cancelled and not q.done:
+                self.decoded(q)
+
+    def hand_off(self, seq: Seq) -> None:
+        """Remove the sequence and free its KV cache, without finishing it (it goes on elsewhere)."""
+        if id(seq) in self.reserved:
+            self.kv_used -= self.reserved.pop(id(seq))
+            self.admitted.remove(seq)
+        self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self.admitted)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def kv_usage(self) -> float:
+        return self.kv_used / self.kv_capacity if self.kv_capacity else 0.0
+
+
+class GroqEngine(Engine):
+    """One request at a time: its whole prefill, then one token per step until it is done."""
+
+    def __init__(self, hw: GroqHardware, model: ModelConfig):
+        super().__init__(model)
+        self.hw = hw
+        self.queue: deque[Seq] = deque()
+        self.current: Seq | None = None
+        self.token_s = perf.groq_token_s(hw, model)
+
+    def fits(self, prompt: int, target: int) -> bool:
+        return True
+
+    def _enqueue(self, seq: Seq) -> None:
+        self.queue.append(seq)
+
+    def plan(self) -> Step | None:
+        if self.current is not None and self.current.cancelled:
+            self.current = None
+        while self.current is None and self.queue:
+            q = self.queue.popleft()
+            if not q.cancelled:
+                self.current = q
+        q = self.current
+        if q is None:
+            return None
+        if q.prefilled < q.prompt:
+            n = q.prompt - q.prefilled
+            return Step(perf.groq_prefill_s(self.hw, self.model, n), [(q, n)], [])
+        return Step(self.token_s, [], [q])
+
+    def complete(self, step: Step) -> None:
+        for q, n in step.prefill:
+            q.prefilled += n
+            q.prefill_s += step.duration_s
+            self.prompt_tokens_total += n
+            if not q.cancelled:
+                self.on_prefilled(q)
+        for q in step.decode:
+            if not q.cancelled and not q.done:
+                self.decoded(q)
+
+    def hand_off(self, seq: Seq) -> None:
+        if self.current is seq:
+            self.current = None
+        self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return int(self.current is not None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+
+def make_engine(spec: EngineSpec, model: ModelConfig, prefill_only: bool = False) -> GpuEngine | GroqEngine:
+    hw = spec.resolved()
+    if isinstance(hw, GpuHardware):
+        return GpuEngine(hw, model, spec.serving, prefill_only)
+    return GroqEngine(hw, model)
+
+
+class Disaggregated:
+    """Prefill engine -> KV-cache transfer over a link (one transfer at a time) -> decode engine.
+
+    The first token is released when the decode side holds the KV cache, so TTFT includes the transfer.
+    """
+
+    def __init__(self, prefill: GpuEngine | GroqEngine, decode: GpuEngine | GroqEngine, link: LinkSpec):
+        self.prefill, self.decode, self.link = prefill, decode, link
+        self.model = prefill.model
+        self.link_free_at = 0.0
+        self.transfers_total = 0
+        self.in_transfer = 0
+        prefill.on_prefilled = self._handoff
+
+    def start(self) -> None:
+        self.prefill.start()
+        self.decode.start()
+
+    def fits(self, prompt: int, target: int) -> bool:
+        return self.prefill.fits(prompt, 0) and self.decode.fits(prompt, target)
+
+    def submit(self, seq: Seq) -> None:
+        self.prefill.submit(seq)
+
+    def transfer_s(self, seq: Seq) -> float:
+        lk = self.link
+        return perf.kv_transfer_s(
+            self.model, seq.prompt, lk.gbps, lk.latency_ms, lk.handoff_ms, lk.overlap == "layerwise", seq.prefill_s
+        )
+
+    def _handoff(self, seq: Seq) -> None:
+        self.prefill.hand_off(seq)
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self.link_free_at)
+        done = start + self.transfer_s(seq)
+        self.link_free_at = done
+        self.in_transfer += 1
+        loop.call_at(done, self._arrive, seq)
+
+    def _arrive(self, seq: Seq) -> None:
+        self.in_transfer -= 1
+        self.transfers_total += 1
+        if seq.cancelled:
+            return
+        self.decode.first_token(seq)
+        if not seq.done:
+            self.decode.submit(seq)
+
+
+Backend = GpuEngine | GroqEngine | Disaggregated
+
+
+def build(spec: EmulateSpec) -> Backend:
+    model = spec.model_profile()
+    if spec.engine == "disaggregated":
+        assert spec.prefill is not None and spec.decode is not None and spec.link is not None
+        return Disaggregated(
+            make_engine(spec.prefill, model, prefill_only=True), make_engine(spec.decode, model), spec.link
+        )
+    return make_engine(spec.single(), model)
+
+
+def engines(backend: Backend) -> list[GpuEngine | GroqEngine]:
+    return [backend.prefill, backend.decode] if isinstance(backend, Disaggregated) else [backend]

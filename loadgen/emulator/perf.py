@@ -1,0 +1,90 @@
+"""How long each piece of work takes on a platform: the hardware performance models, as pure functions.
+
+GPU (a roofline with efficiency factors, as HARDWARE.md's fit): one engine step processes the new tokens of
+every sequence in the batch at once,
+    step = max(weights / (eff_bw x BW), 2 x params x tokens / (eff_c x peak))        the linear layers
+         + causal attention FLOPs of the prefill chunks / (eff_c x peak)             prefill attention
+         + KV bytes read by the decoding sequences / (eff_bw x BW)                   decode attention
+         + overhead + overhead_per_seq x sequences                                   the serving framework
+GroqRack (an LPU pipeline): the weights are spread over `chips` chips' SRAM and a token passes through every
+chip in turn, so one token's latency is chips x (stage compute + hop) + host overhead; a decode step is one
+token of one request; prefill is either every prompt token through the whole pipeline in turn (token-serial)
+or the prompt's tokens streamed back to back through the pipeline (pipelined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig
+
+
+def gpu_step_s(
+    hw: GpuHardware, m: ModelConfig, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
+) -> float:
+    """One continuous-batching step. `prefill`: (new tokens, tokens already in the KV cache) per prefilling
+    sequence; `decode_contexts`: the KV-cache length of each decoding sequence."""
+    tokens = sum(n for n, _ in prefill) + len(decode_contexts)
+    if tokens == 0:
+        return 0.0
+    bw, flops = hw.eff_bandwidth * hw.bandwidth, hw.eff_compute * hw.peak_flops
+    linear = max(m.weight_bytes / bw, 2.0 * m.params * tokens / flops)
+    # QK^T and AV over the causal context: 2 x 2 x hidden FLOPs per (query, key) pair per layer.
+    attn_flops = sum(4.0 * m.layers * m.hidden * n * (c + (n + 1) / 2) for n, c in prefill)
+    kv_read = (sum(decode_contexts) + sum(c for _, c in prefill)) * m.kv_bytes_per_token
+    seqs = len(prefill) + len(decode_contexts)
+    overhead = (hw.overhead_ms + hw.overhead_per_seq_ms * seqs) / 1000.0
+    return linear + attn_flops / flops + kv_read / bw + overhead
+
+
+def gpu_kv_capacity_tokens(hw: GpuHardware, m: ModelConfig, memory_utilization: float) -> int:
+    """Tokens of KV cache that fit beside the weights (vLLM: gpu_memory_utilization x memory - weights)."""
+    return max(int((hw.memory_bytes * memory_utilization - m.weight_bytes) // m.kv_bytes_per_token), 0)
+
+
+def groq_stage_s(hw: GroqHardware, m: ModelConfig) -> float:
+    """One token's work on one chip: its share of the FLOPs or of the weight reads from SRAM, whichever is slower."""
+    compute = 2.0 * m.params / hw.chips / (hw.efficiency * hw.peak_flops_per_chip)
+    sram = m.weight_bytes / hw.chips / (hw.efficiency * hw.sram_bandwidth_per_chip)
+    return max(compute, sram)
+
+
+def groq_hop_s(hw: GroqHardware, m: ModelConfig) -> float:
+    """Passing one token's activations to the next chip."""
+    return hw.hop_latency_us / 1e6 + m.hidden * m.dtype_bytes / hw.link_bandwidth
+
+
+def groq_token_s(hw: GroqHardware, m: ModelConfig) -> float:
+    """One token through the whole pipeline: the decode step time (TPOT) at batch 1."""
+    return hw.chips * (groq_stage_s(hw, m) + groq_hop_s(hw, m)) + hw.host_overhead_ms / 1000.0
+
+
+def groq_prefill_s(hw: GroqHardware, m: ModelConfig, prompt_tokens: int) -> float:
+    """Prefill of one prompt, which also yields its first output token."""
+    if hw.prefill_mode == "token-serial":
+        return prompt_tokens * groq_token_s(hw, m)
+    # Pipelined: the first token takes the whole pipeline; each further one leaves one stage-and-hop later.
+    return groq_token_s(hw, m) + (prompt_tokens - 1) * (
+        groq_stage_s(hw, m) + groq_hop_s(hw, m) - hw.hop_latency_us / 1e6
+    )
+
+
+def kv_transfer_s(
+    m: ModelConfig,
+    prompt_tokens: int,
+    gbps: float,
+    latency_ms: float,
+    handoff_ms: float,
+    layerwise: bool,
+    prefill_s: float,
+) -> float:
+    """Time after the prefill ends until the decode side holds the whole KV cache.
+
+    Whole-cache: everything is sent after the prefill. Layer-wise: each layer is sent as soon as it is computed,
+    so only what the link could not send during the prefill, and at least the last layer, remains.
+    """
+    size = prompt_tokens * m.kv_bytes_per_token
+    wire = size * 8 / (gbps * 1e9)
+    if layerwise:
+        wire = max(wire - prefill_s * (m.layers - 1) / m.layers, wire / m.layers)
+    return wire + (latency_ms + handoff_ms) / 1000.0
