@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.socket
-from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketResponse
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketResponse
 
 from loadgen.client import stamps
 from loadgen.client.openai import read_chunk
@@ -51,8 +51,14 @@ def read_some(resp: HTTPSocketResponse, recv: Recv, buffered: tuple[float, float
         if sock is None:
             raise StreamBroken("connection closed")
         data, stamp, read_at = recv(sock, resp.block_size)
-        resp.feed(data)  # b"" tells the HTTP parser the peer closed; a close-delimited body then completes
-        if not data and not resp.message_complete:
+        if data:
+            resp.feed(data)
+            continue
+        try:
+            resp.feed(b"")  # tells the HTTP parser the peer closed: a close-delimited body then completes
+        except HTTPParseError:
+            pass
+        if not resp.message_complete:
             raise StreamBroken("connection closed before the response was complete")
     out = bytes(buf)
     del buf[:]

@@ -1,0 +1,218 @@
+"""The emulator: its performance models, its real-time schedulers, its OpenAI API, its fault knobs."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import ROOT
+from loadgen.emulator import perf
+from loadgen.emulator.engine import Seq, build
+from loadgen.emulator.launch import BackgroundEmulator
+from loadgen.emulator.profiles import load_profile
+from loadgen.spec import load_endpoint
+from loadgen.spec.endpoint import EmulateSpec, EndpointSpec
+
+M = load_profile("llama-2-7b")
+H100 = load_profile("h100-sxm")
+GROQ = load_profile("groqrack-72")
+
+
+def test_gpu_step_time_grows_with_batch_and_context_as_the_model_says():
+    one = perf.gpu_step_s(H100, M, [], [128])
+    assert perf.gpu_step_s(H100, M, [], [128] * 64) > one  # more sequences: more KV reads and overhead
+    assert perf.gpu_step_s(H100, M, [], [2048]) > perf.gpu_step_s(H100, M, [], [128])  # longer context
+    # A batch-1 decode step reads the weights once: ~13.48 GB / (0.69 x 3.35 TB/s) + overhead.
+    assert one == pytest.approx(M.weight_bytes / (0.69 * 3.35e12) + 1.4e-3 + 0.045e-3, rel=0.02)
+    # Prefill of many tokens is compute-bound and scales with them.
+    a, b = perf.gpu_step_s(H100, M, [(2048, 0)], []), perf.gpu_step_s(H100, M, [(4096, 0)], [])
+    assert 1.9 < b / a < 2.3
+
+
+def test_kv_cache_sizes_follow_the_model_config():
+    assert M.kv_bytes_per_token == 512 * 1024
+    gqa = M.model_copy(update={"kv_heads": 8})
+    assert gqa.kv_bytes_per_token == 128 * 1024  # grouped-query attention shrinks the cache
+    cap = perf.gpu_kv_capacity_tokens(H100, M, 0.9)
+    assert 100_000 < cap < 125_000  # HARDWARE.md: ~110-120k cached tokens on 80 GB
+
+
+def test_groqrack_decode_and_prefill_modes():
+    assert perf.groq_token_s(GROQ, M) == pytest.approx(12.9e-3 / 3, rel=0.02)  # the study's "3x lower than A100"
+    vendor = GROQ.model_copy(update={"hop_latency_us": 10.5})
+    assert 1 / perf.groq_token_s(vendor, M) == pytest.approx(750, rel=0.03)
+    serial = perf.groq_prefill_s(GROQ, M, 512)
+    piped = perf.groq_prefill_s(GROQ.model_copy(update={"prefill_mode": "pipelined"}), M, 512)
+    assert serial == pytest.approx(512 * perf.groq_token_s(GROQ, M)) and piped < serial / 50
+
+
+def test_kv_transfer_whole_and_layerwise():
+    whole = perf.kv_transfer_s(M, 512, 100, 0.01, 0.0, False, 0.05)
+    assert whole == pytest.approx(256 * 2**20 * 8 / 100e9 + 1e-5)  # HARDWARE.md: 21.5 ms
+    layerwise = perf.kv_transfer_s(M, 512, 100, 0.01, 0.0, True, 0.05)
+    assert layerwise < whole and layerwise >= whole / 32
+
+
+def emulate(**kw) -> EmulateSpec:
+    return EmulateSpec.model_validate(kw)
+
+
+async def drive(backend, requests: list[tuple[int, int, float]]) -> list[list[float]]:
+    """Submit (prompt, target, at_s) requests and return each one's token release times."""
+    loop = asyncio.get_running_loop()
+    backend.start()
+    t0 = loop.time()
+
+    async def one(prompt: int, target: int, at: float) -> list[float]:
+        await asyncio.sleep(at)
+        seq = Seq(prompt, target)
+        backend.submit(seq)
+        times = []
+        while n := await seq.take():
+            times += [loop.time() - t0] * n
+        return times
+
+    return await asyncio.gather(*(one(*r) for r in requests))
+
+
+def test_a_full_kv_cache_queues_requests():
+    # Room for 600 tokens of KV: two requests of 200 + 100 fit, the third waits for one to finish.
+    mem = M.weight_bytes / 0.9 + 600 * M.kv_bytes_per_token / 0.9
+    backend = build(emulate(engine="gpu", hardware="h100-sxm", hardware_overrides={"memory_bytes": mem}))
+    a, b, c = asyncio.run(drive(backend, [(200, 100, 0), (200, 100, 0), (200, 100, 0.001)]))
+    assert len(a) == len(b) == len(c) == 100
+    assert c[0] > min(a[-1], b[-1])
+    assert b[0] < a[-1]  # the first two ran together
+
+
+def test_continuous_batching_runs_requests_together_and_groq_serialises():
+    gpu = build(emulate(engine="gpu", hardware="h100-sxm"))
+    a, b = asyncio.run(drive(gpu, [(64, 20, 0), (64, 20, 0.001)]))
+    assert b[0] < a[-1]
+    groq = build(emulate(engine="groq", hardware="groqrack-72", hardware_overrides={"hop_latency_us": 1}))
+    a, b = asyncio.run(drive(groq, [(4, 10, 0), (4, 10, 0.001)]))
+    assert b[0] > a[-1]  # one request at a time, in arrival order
+
+
+def test_decode_steps_release_at_the_modelled_pace():
+    gpu = build(emulate(engine="gpu", hardware="h100-sxm", hardware_overrides={"overhead_ms": 10}))
+    (t,) = asyncio.run(drive(gpu, [(16, 30, 0)]))
+    gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
+    step = perf.gpu_step_s(load_profile("h100-sxm", {"overhead_ms": 10}), M, [], [40])
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(step, rel=0.15)
+
+
+def test_disaggregated_link_delays_the_hand_over():
+    prefill = {"engine": "gpu", "hardware": "h100-sxm"}
+    decode = {"engine": "gpu", "hardware": "h100-sxm"}
+    slow = build(emulate(engine="disaggregated", prefill=prefill, decode=decode, link={"gbps": 10, "latency_ms": 5}))
+    fast = build(emulate(engine="disaggregated", prefill=prefill, decode=decode, link={"gbps": 1000}))
+    ((s,),) = [asyncio.run(drive(slow, [(256, 2, 0)]))]
+    ((f,),) = [asyncio.run(drive(fast, [(256, 2, 0)]))]
+    expected = 256 * M.kv_bytes_per_token * 8 / 10e9 + 5e-3 - 256 * M.kv_bytes_per_token * 8 / 1000e9
+    assert s[0] - f[0] == pytest.approx(expected, rel=0.15)
+
+
+@pytest.fixture(scope="module")
+def server():
+    endpoint = load_endpoint(ROOT / "endpoints" / "emulated-h100.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        emu = BackgroundEmulator(endpoint, Path(tmp))
+        try:
+            yield emu.url
+        finally:
+            emu.stop()
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+
+
+def test_openai_client_streams_chat_with_usage(server):
+    stream = client(server).chat.completions.create(
+        model="llama-2-7b",
+        messages=[{"role": "user", "content": "one two three"}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 12
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (
+        3,
+        12,
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_openai_client_completions_with_token_ids_and_without_stream(server):
+    c = client(server)
+    out = c.completions.create(
+        model="llama-2-7b", prompt=[1, 2, 3, 4, 5], max_tokens=4, extra_body={"ignore_eos": True}
+    )
+    assert out.usage.prompt_tokens == 5 and out.usage.completion_tokens == 4 and len(out.choices[0].text.split()) == 4
+    stream = c.completions.create(
+        model="llama-2-7b", prompt="a b", max_tokens=3, stream=True, extra_body={"ignore_eos": True}
+    )
+    assert "".join(x.choices[0].text for x in stream if x.choices).split() == ["the", "model", "says"]
+
+
+def test_min_tokens_and_ignore_eos_are_honoured(server):
+    c = client(server)
+
+    def length(**extra) -> int:
+        out = c.completions.create(model="llama-2-7b", prompt="hi", max_tokens=400, extra_body=extra)
+        return out.usage.completion_tokens
+
+    with ThreadPoolExecutor(16) as pool:
+        free = list(pool.map(lambda _: length(), range(10)))
+        floor = list(pool.map(lambda _: length(min_tokens=300), range(5)))
+    assert min(free) < 400  # without either option the emulated model sometimes stops on its own
+    assert min(floor) >= 300
+    assert length(ignore_eos=True) == 400
+
+
+def test_openai_style_errors(server):
+    c = client(server)
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="gpt-9", prompt="x", max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        c.completions.create(model="llama-2-7b", prompt=list(range(4000)), max_tokens=200)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="llama-2-7b", messages=[], max_tokens=1)
+    req = urllib.request.Request(server + "/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400
+
+
+def test_models_health_and_metrics(server):
+    models = client(server).models.list()
+    assert [m.id for m in models.data] == ["llama-2-7b"]
+    base = server.removesuffix("/v1")
+    assert urllib.request.urlopen(base + "/health").status == 200
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "loadgen_emulator_step_release_error_ms",
+    ):
+        assert name in text
+
+
+def test_shipped_endpoint_files_are_valid():
+    for path in sorted((ROOT / "endpoints").glob("*.yaml")):
+        ep = load_endpoint(path)
+        assert isinstance(ep, EndpointSpec) and (ep.url or ep.emulate)
