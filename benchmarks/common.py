@@ -28,15 +28,14 @@ def truth_server(ttft_ms: float, itl_ms: float, log: Path | None = None):
         proc.wait(timeout=10)
 
 
-def run_loadgen(workload: Path, url: str, db: Path) -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "loadgen", "run", str(workload), "--endpoint", url, "--db", str(db)],
-        capture_output=True,
-        text=True,
-    )
+def run_loadgen(workload: Path, url: str | None, db: Path, quiet: bool = False) -> None:
+    """`loadgen run` in a child process; `url` overrides the workload's endpoint."""
+    args = [sys.executable, "-m", "loadgen", "run", str(workload), "--db", str(db)]
+    res = subprocess.run(args + (["--endpoint", url] if url else []), capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"loadgen run failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    print(res.stdout)
+    if not quiet:
+        print(res.stdout)
     if "note:" in res.stderr:
         print(res.stderr[res.stderr.index("note:") :].split("results:")[0].strip())
 

@@ -24,7 +24,18 @@ from loadgen.spec.endpoint import EmulateSpec, EngineSpec, LinkSpec, Serving
 class Seq:
     """One request inside the emulator: how far its prefill and decode have come, and its waiting consumer."""
 
-    __slots__ = ("prompt", "target", "prefilled", "generated", "pending", "done", "cancelled", "prefill_s", "_waiter")
+    __slots__ = (
+        "prompt",
+        "target",
+        "prefilled",
+        "generated",
+        "pending",
+        "done",
+        "cancelled",
+        "prefill_s",
+        "on_tokens",
+        "_waiter",
+    )
 
     def __init__(self, prompt: int, target: int):
         self.prompt, self.target = prompt, target
@@ -34,11 +45,17 @@ class Seq:
         self.done = False
         self.cancelled = False  # the client went away
         self.prefill_s = 0.0  # time spent in steps that prefilled it (for layer-wise KV transfer)
+        # When set, released tokens are handed over at once, within the step's release, instead of waking a
+        # waiting handler: the fast path, one call per token instead of a task switch.
+        self.on_tokens: Callable[[int], None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def release(self, n: int = 1) -> None:
-        self.pending += n
-        self._wake()
+        if self.on_tokens is not None:
+            self.on_tokens(n)
+        else:
+            self.pending += n
+            self._wake()
 
     def finish(self) -> None:
         self.done = True
@@ -48,6 +65,11 @@ class Seq:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    async def finished(self) -> None:
+        while not self.done:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
     async def take(self) -> int:
         """Tokens released since the last call (at least one); 0 once the request is finished."""
         while self.pending == 0 and not self.done:
@@ -55,6 +77,9 @@ class Seq:
             await self._waiter
         n, self.pending = self.pending, 0
         return n
+
+
+SPIN_S = 0.001
 
 
 @dataclass
@@ -108,11 +133,16 @@ class Engine:
                 await self._wake.wait()
                 t = loop.time()
                 continue
-            # Back-to-back steps start where the last one ended, so timer lateness does not accumulate.
-            end = max(t, loop.time() - 0.001) + step.duration_s
-            delay = end - loop.time()
+            # Back-to-back steps start where the last one ended, so neither timer lateness nor the emulator's own
+            # work between steps (which the model's per-step overhead already stands for) accumulates.
+            end = t + step.duration_s
+            # The poller wakes in whole milliseconds, up to one late: sleep until a millisecond before the end,
+            # then wait out the rest on the clock (at most a millisecond of a step spent busy).
+            delay = end - loop.time() - SPIN_S
             if delay > 0:
                 await asyncio.sleep(delay)
+            while loop.time() < end:
+                pass
             self.errors.add(loop.time() - end)
             self.steps_total += 1
             self.complete(step)

@@ -4,6 +4,7 @@ timed by an engine (engine.py); plus /v1/models, /health and Prometheus-style /m
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from typing import Any
@@ -233,47 +234,93 @@ class Emulator:
         fault: str | None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
         await resp.prepare(request)
-        prefix = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+        events = _EventBytes(head, chat, finish, seq.target)
+        # The first write goes through aiohttp, which sends the headers with it. Like vLLM, a chat stream opens
+        # with a role-only event that carries no text; a completions stream opens with an SSE comment.
+        await resp.write(events.opening())
+        if fault is None:
+            await self._stream_fast(request, seq, events)
+        else:
+            await self._stream_faulty(request, resp, seq, events, fault)
+            if fault == "drop":
+                return resp
+        opts = body.get("stream_options")
+        tail = b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+        if not (isinstance(opts, dict) and opts.get("include_usage")):
+            tail = b""
+        await resp.write(tail + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
-        def event(word: str, last: bool) -> bytes:
-            fr = f'"{finish}"' if last else "null"
-            part = orjson.dumps({"content": word}) if chat else None
-            inner = (b'"delta":' + part) if chat else (b'"text":' + orjson.dumps(word))
-            return b"data: " + prefix + inner + b',"finish_reason":' + fr.encode() + b"}]}\n\n"
+    async def _stream_fast(self, request: web.Request, seq: Seq, events: _EventBytes) -> None:
+        """Tokens are written to the connection as the engine releases them, framed as HTTP chunks here."""
+        transport = request.transport
+        sent = 0
 
-        if chat:  # like vLLM, a chat stream opens with a role-only event that carries no text
-            role = {
-                **head,
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-            }
-            await resp.write(b"data: " + orjson.dumps(role) + b"\n\n")
+        def push(n: int) -> None:
+            nonlocal sent
+            if transport is None or transport.is_closing():
+                seq.cancelled = True
+                return
+            data = events.tokens(sent, n)
+            sent += n
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+        seq.on_tokens = push
+        await seq.finished()
+
+    async def _stream_faulty(
+        self, request: web.Request, resp: web.StreamResponse, seq: Seq, events: _EventBytes, fault: str
+    ) -> None:
+        """The same stream, token by token from a waiting handler, with the fault knobs applied."""
         f = self.spec.faults
         sent = 0
         while n := await seq.take():
             if fault == "stall" and sent == 0:
                 await asyncio.sleep(f.stall_first_ms / 1000)
-            if fault == "stall" and sent + n >= seq.target and seq.target > 1:
+            if fault == "stall" and sent + n >= seq.target > 1:
                 await asyncio.sleep(f.stall_between_ms / 1000)
-            chunks = []
-            for i in range(sent, sent + n):
-                chunks.append(event(OUTPUT_WORDS[i % len(OUTPUT_WORDS)], i == seq.target - 1))
+            data = events.tokens(sent, n)
             sent += n
             if fault == "malformed" and sent >= seq.target // 2:
-                chunks.append(b"data: {not json\n\n")
-                fault = None
-            await resp.write(b"".join(chunks))
+                data += b"data: {not json\n\n"
+                fault = "done"
+            await resp.write(data)
             if fault == "drop" and sent >= seq.target // 2:
                 seq.cancelled = True
                 assert request.transport is not None
                 request.transport.abort()  # the connection drops mid-stream, with no chunked terminator
-                return resp
-        opts = body.get("stream_options")
-        if isinstance(opts, dict) and opts.get("include_usage"):
-            await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+                return
+
+
+class _EventBytes:
+    """The SSE events of one response, built once per word: each token then costs a lookup, not a JSON dump."""
+
+    def __init__(self, head: dict, chat: bool, finish: str, target: int):
+        self.head, self.chat, self.target = head, chat, target
+        prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+        key = b'"delta":{"content":' if chat else b'"text":'
+        close = b"}" if chat else b""
+        self.mid = [prefix + key + orjson.dumps(w) + close + b',"finish_reason":null}]}\n\n' for w in OUTPUT_WORDS]
+        self.last = [
+            prefix + key + orjson.dumps(w) + close + b',"finish_reason":"' + finish.encode() + b'"}]}\n\n'
+            for w in OUTPUT_WORDS
+        ]
+
+    def opening(self) -> bytes:
+        if not self.chat:
+            return b": stream\n\n"
+        role = {
+            **self.head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+        return b"data: " + orjson.dumps(role) + b"\n\n"
+
+    def tokens(self, start: int, n: int) -> bytes:
+        k = len(OUTPUT_WORDS)
+        return b"".join((self.last if i == self.target - 1 else self.mid)[i % k] for i in range(start, start + n))
 
 
 def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -286,12 +333,13 @@ def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> Non
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         print(f"loadgen emulator '{endpoint.name}' serving http://{host}:{bound}/v1", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(main())
