@@ -82,6 +82,16 @@ class Seq:
 SPIN_S = 0.001
 
 
+async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """The poller wakes in whole milliseconds, up to one late: sleep until a millisecond before `when`, then
+    wait out the rest on the clock (at most a millisecond spent busy)."""
+    delay = when - loop.time() - SPIN_S
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while loop.time() < when:
+        pass
+
+
 @dataclass
 class ReleaseErrors:
     """How late steps' tokens were released against the model's step end (ms), over the latest steps."""
@@ -136,13 +146,7 @@ class Engine:
             # Back-to-back steps start where the last one ended, so neither timer lateness nor the emulator's own
             # work between steps (which the model's per-step overhead already stands for) accumulates.
             end = t + step.duration_s
-            # The poller wakes in whole milliseconds, up to one late: sleep until a millisecond before the end,
-            # then wait out the rest on the clock (at most a millisecond of a step spent busy).
-            delay = end - loop.time() - SPIN_S
-            if delay > 0:
-                await asyncio.sleep(delay)
-            while loop.time() < end:
-                pass
+            await sleep_until(loop, end)
             self.errors.add(loop.time() - end)
             self.steps_total += 1
             self.complete(step)
@@ -404,9 +408,10 @@ class Disaggregated:
         done = start + self.transfer_s(seq)
         self.link_free_at = done
         self.in_transfer += 1
-        loop.call_at(done, self._arrive, seq)
+        loop.create_task(self._arrive(seq, done))
 
-    def _arrive(self, seq: Seq) -> None:
+    async def _arrive(self, seq: Seq, when: float) -> None:
+        await sleep_until(asyncio.get_running_loop(), when)
         self.in_transfer -= 1
         self.transfers_total += 1
         if seq.cancelled:
