@@ -13,6 +13,7 @@ class RequestResult:
     sent_s: float
     prompt_tokens: int  # what loadgen asked for; the server's own count is server_prompt_tokens
     max_tokens: int
+    warmup: bool = False  # a stage's first requests, kept in the database but out of `summary`
     end_s: float | None = None
     status: str = "ok"  # ok | error | interrupted
     error: str | None = None  # short class: timeout, connect, http_429, http_4xx, http_5xx, stream_broken, malformed

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -84,3 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         show.err.print("loadgen: interrupted")
         return 130
+    except Exception as e:  # a bug: one line, and the traceback only when asked for
+        if os.environ.get("LOADGEN_DEBUG"):
+            raise
+        show.err.print(
+            f"loadgen: internal error: {type(e).__name__}: {e} (set LOADGEN_DEBUG=1 for a traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1

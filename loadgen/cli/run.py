@@ -25,6 +25,7 @@ from loadgen.load.recorder import Recorder
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url
 from loadgen.store import Store
+from loadgen.trace.readers import check_traces
 
 
 def _api_headers(endpoint: EndpointSpec, source: str) -> dict[str, str]:
@@ -81,13 +82,9 @@ def execute(
 ) -> int:
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
-    for i, stage in enumerate(workload.stages):
-        if stage.load.arrival == "trace":
-            raise SpecError(
-                str(wpath),
-                "trace replay is not available in this version of loadgen",
-                where=f"stages[{i}].load.arrival" if len(workload.stages) > 1 else "load.arrival",
-            )
+    skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
+    for name, bad in skipped.items():
+        show.err.print(f"stage {name}: skipping {bad} malformed trace rows (on_bad_rows: skip)", highlight=False)
     headers = _api_headers(endpoint, endpoint_ref or str(wpath))
     db_file = Path(db_path) if db_path else default_db(workload)
 
@@ -126,7 +123,6 @@ def _run(
         recorder = Recorder(lambda batch: store.write(run_id, batch))
         ctx = RunContext(
             base_url=base_url,
-            api=workload.api,
             server=endpoint.server if not endpoint.emulated else "emulator",
             model=workload.model or endpoint.model,
             seed=workload.seed,

@@ -22,7 +22,7 @@ _EXACT_LENGTH: dict[str, dict[str, Any]] = {
 }
 
 
-def request_body(api: str, server: str, model: str, prompt: str, max_tokens: int) -> bytes:
+def request_body(api: str, server: str, model: str, prompt: str | list[int], max_tokens: int) -> bytes:
     body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     if api == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]

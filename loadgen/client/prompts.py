@@ -1,13 +1,17 @@
-"""Synthetic prompt text of a requested length.
+"""Synthetic prompts of a requested length: text, or token IDs for exact lengths without a tokenizer.
 
-Each word below is a single token for Llama-2's tokenizer when preceded by a space, and the emulator counts one
-token per word, so a prompt of n words is close to n tokens on real servers and exact on the emulator.
-Prompts start with words drawn from the request's own random stream, so that no two requests share a prefix
-and no accidental prefix-cache hit flatters TTFT.
+Text: each word below is a single token for Llama-2's tokenizer when preceded by a space, and the emulator counts
+one token per word, so a prompt of n words is close to n tokens on real servers and exact on the emulator.
+Token IDs (completions only) are exact everywhere; they are drawn from a range every Llama-family vocabulary has.
+
+Prompts are unique unless the trace says they share a prefix: a plain request's tokens come from its own random
+stream, so no accidental prefix-cache hit flatters TTFT; a Mooncake request is built from 512-token blocks, one
+per hash id, and the same id gives the same block, so prefix caching on the server behaves as in the trace.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 
 WORDS = (
@@ -19,8 +23,31 @@ WORDS = (
     "between both life being under never day same another know while last might us great old year off come "
     "since against go came right used take three"
 ).split()
+TOKEN_IDS = range(1000, 30000)
+BLOCK_TOKENS = 512
 
 
-def make_prompt(n_tokens: int, uid: int, seed: int) -> str:
-    rng = random.Random(seed * 1_000_003 + uid)
-    return " ".join(rng.choices(WORDS, k=n_tokens))
+def _draw(rng: random.Random, n: int, text: bool) -> list:
+    return rng.choices(WORDS, k=n) if text else rng.choices(TOKEN_IDS, k=n)
+
+
+@functools.lru_cache(maxsize=1024)
+def _block(seed: int, block_id: int, text: bool) -> tuple:
+    return tuple(_draw(random.Random(f"block:{seed}:{block_id}"), BLOCK_TOKENS, text))
+
+
+def make_prompt(
+    n_tokens: int, uid: int, seed: int, text: bool = True, prefix: tuple[int, ...] | None = None
+) -> str | list[int]:
+    if prefix:
+        tokens: list = []
+        for block_id in prefix:
+            tokens.extend(_block(seed, block_id, text))
+            if len(tokens) >= n_tokens:
+                break
+        if len(tokens) < n_tokens:  # the trace's blocks cover less than its length: finish uniquely
+            tokens.extend(_draw(random.Random(seed * 1_000_003 + uid), n_tokens - len(tokens), text))
+        tokens = tokens[:n_tokens]
+    else:
+        tokens = _draw(random.Random(seed * 1_000_003 + uid), n_tokens, text)
+    return " ".join(tokens) if text else tokens

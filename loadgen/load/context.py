@@ -16,7 +16,6 @@ from loadgen.spec.workload import TimeoutSpec
 @dataclass
 class RunContext:
     base_url: str
-    api: str
     server: str
     model: str
     seed: int

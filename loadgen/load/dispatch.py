@@ -16,6 +16,7 @@ class Dispatch:
 
     def __init__(self, stage: StageSpec, plan: Iterator[Planned], t0: float, first_id: int, clock=time.perf_counter):
         self.stage = stage
+        self.first_id = first_id
         self.next_id = first_id  # one past the highest request ID taken, for the next stage's plan
         self.plan = plan
         self.t0 = t0  # the run clock's origin

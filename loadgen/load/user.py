@@ -52,9 +52,9 @@ class StreamUser(User):
         if d.stopping:
             d.release()
             return
-        body = request_body(
-            c.api, c.server, c.model, make_prompt(item.prompt_tokens, item.request_id, c.seed), item.output_tokens
-        )
+        stage = d.stage
+        prompt = make_prompt(item.prompt_tokens, item.request_id, c.seed, stage.text_prompts, item.prefix)
+        body = request_body(stage.api, c.server, stage.model or c.model, prompt, item.output_tokens)
         r = RequestResult(
             request_id=item.request_id,
             stage=item.stage,
@@ -62,8 +62,9 @@ class StreamUser(User):
             sent_s=scheduled,
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
+            warmup=item.request_id - d.first_id < stage.warmup.requests,
         )
-        path = PATHS[c.api]
+        path = PATHS[stage.api]
         c.recorder.in_flight += 1
         try:
             self.http.stream(r, path, body, c.t0)

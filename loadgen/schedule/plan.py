@@ -6,24 +6,31 @@ its share with `share()` and the union of all shares is the whole plan.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from loadgen.schedule.lengths import LengthSampler
 from loadgen.schedule.pacer import make_pacer
-from loadgen.spec.workload import StageSpec
+from loadgen.spec.workload import DEFAULT_OUTPUT, DEFAULT_PROMPT, StageSpec
+from loadgen.trace.readers import batches as trace_batches
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(NamedTuple):
     request_id: int
     stage: str
     offset_s: float | None  # seconds after the stage's start; None in a closed loop (sent when a user is free)
     prompt_tokens: int
     output_tokens: int
+    prefix: tuple[int, ...] | None = None  # ids of shared 512-token prompt blocks (Mooncake hash_ids)
+
+
+# Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.
+_planned = functools.partial(tuple.__new__, Planned)
 
 
 def _rng(seed: int, stage_index: int, stream: int) -> np.random.Generator:
@@ -33,8 +40,11 @@ def _rng(seed: int, stage_index: int, stream: int) -> np.random.Generator:
 def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0) -> Iterator[Planned]:
     """Yield the stage's requests in send order, ending at `stop.requests` or `stop.duration_s`."""
     load = stage.load
-    prompt = LengthSampler(stage.requests.prompt_tokens, _rng(seed, stage_index, 1))
-    output = LengthSampler(stage.requests.output_tokens, _rng(seed, stage_index, 2))
+    if load.arrival == "trace":
+        yield from _trace_plan(stage, seed, stage_index, first_id)
+        return
+    prompt = LengthSampler(stage.requests.prompt_tokens or DEFAULT_PROMPT, _rng(seed, stage_index, 1))
+    output = LengthSampler(stage.requests.output_tokens or DEFAULT_OUTPUT, _rng(seed, stage_index, 2))
     limit = stage.stop.requests
     ids = itertools.count(first_id) if limit is None else iter(range(first_id, first_id + limit))
     if load.arrival == "closed":
@@ -49,6 +59,61 @@ def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0)
         if horizon is not None and t >= horizon:
             return
         yield Planned(rid, stage.name, t, prompt(), output())
+
+
+def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) -> Iterator[Planned]:
+    """Replay a trace: row i at (ts_i - ts_0) / time_scale, within the window, sample and limits."""
+    spec = stage.load.trace
+    assert spec is not None
+    sample_rng = _rng(seed, stage_index, 3)
+    prompt_len = stage.requests.prompt_tokens
+    output_len = stage.requests.output_tokens
+    prompt_sampler = LengthSampler(prompt_len, _rng(seed, stage_index, 1)) if prompt_len is not None else None
+    output_sampler = LengthSampler(output_len, _rng(seed, stage_index, 2)) if output_len is not None else None
+    left = stage.stop.requests if stage.stop.requests is not None else -1
+    horizon = stage.stop.duration_s
+    ts0: int | None = None
+    next_id = first_id
+    for b in trace_batches(spec):
+        if ts0 is None:
+            ts0 = int(b.ts_ns[0])
+        # Integer nanoseconds: the offsets are exactly what the trace says, scaled once.
+        trace_s = (b.ts_ns - ts0) / 1e9
+        keep = trace_s >= spec.start_s
+        if spec.end_s is not None:
+            keep &= trace_s < spec.end_s
+        if spec.sample < 1.0:
+            keep &= sample_rng.random(len(trace_s)) < spec.sample
+        offsets = (trace_s - spec.start_s) / spec.time_scale
+        if horizon is not None:
+            keep &= offsets < horizon
+        idx = np.flatnonzero(keep)
+        if left >= 0:
+            idx = idx[:left]
+            left -= len(idx)
+        n = len(idx)
+        if n:
+            prompt = b.prompt[idx] if prompt_sampler is None else np.array([prompt_sampler() for _ in range(n)])
+            output = b.output[idx] if output_sampler is None else np.array([output_sampler() for _ in range(n)])
+            prompt, output = np.maximum(prompt, 1), np.maximum(output, 1)
+            if spec.max_context is not None:  # clip to the context: output first kept, prompt shortened
+                output = np.minimum(output, spec.max_context - 1)
+                prompt = np.minimum(prompt, spec.max_context - output)
+            prefixes = [b.prefixes[i] for i in idx] if b.prefixes is not None else itertools.repeat(None)
+            rows = zip(
+                range(next_id, next_id + n),
+                itertools.repeat(stage.name),
+                offsets[idx].tolist(),
+                prompt.tolist(),
+                output.tolist(),
+                prefixes,
+            )
+            next_id += n
+            yield from map(_planned, rows)
+        if left == 0 or (spec.end_s is not None and trace_s[-1] >= spec.end_s):
+            return
+        if horizon is not None and offsets[-1] >= horizon:
+            return
 
 
 def share(plan: Iterator[Planned], index: int, count: int) -> Iterator[Planned]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from loadgen.spec.workload import StageSpec, WorkloadSpec
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
-STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo")
+STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup")
 
 
 def _line_map(node: yaml.Node, path: Path_ = (), lines: dict[Path_, int] | None = None) -> dict[Path_, int]:
@@ -123,15 +124,51 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _expand_sweep(sweep: Any, source: str, lines: dict[Path_, int]) -> list[dict[str, Any]]:
+    """`sweep: {load.concurrency: [1, 2, 4]}` -> one stage per value (several keys: every combination)."""
+    line = lines.get(("sweep",))
+    if not isinstance(sweep, dict) or not sweep:
+        raise SpecError(source, "expected a mapping of dotted keys to lists of values", where="sweep", line=line)
+    axes: list[tuple[str, list[Any]]] = []
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(source, "expected a non-empty list of values", where=f"sweep.{key}", line=line)
+        if str(key).split(".")[0] not in STAGE_KEYS:
+            raise SpecError(
+                source, f"a sweep varies stage keys ({', '.join(STAGE_KEYS)})", where=f"sweep.{key}", line=line
+            )
+        axes.append((str(key), values))
+    stages = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        stage: dict[str, Any] = {
+            "name": ",".join(f"{k.split('.')[-1]}={v}" for (k, _), v in zip(axes, combo, strict=True))
+        }
+        for (key, _), value in zip(axes, combo, strict=True):
+            node = stage
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        stages.append(stage)
+    return stages
+
+
 def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple[WorkloadSpec, Path]:
-    """Parse a workload file into a spec whose `stages` are fully resolved (at least one)."""
+    """Parse a workload file into a spec whose `stages` are fully resolved (at least one), with trace paths
+    made absolute."""
     path = Path(path)
     raw, lines = read_yaml(path)
     raw = apply_overrides(raw, overrides or [])
     source = str(path)
     stages_raw = raw.pop("stages", None) or []
+    sweep = raw.pop("sweep", None)
     if not isinstance(stages_raw, list):
         raise SpecError(source, "expected a list of stages", where="stages", line=lines.get(("stages",)))
+    if sweep is not None:
+        if stages_raw:
+            raise SpecError(source, "give 'stages' or 'sweep', not both", where="sweep", line=lines.get(("sweep",)))
+        stages_raw = _expand_sweep(sweep, source, lines)
+        lines = {k: v for k, v in lines.items() if k[:1] != ("stages",)}
     spec = validate(WorkloadSpec, raw, source, lines)
     base = spec.model_dump(include=set(STAGE_KEYS))
     base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
@@ -151,11 +188,20 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
             )
         merged = _merge(base, stage)
         merged.setdefault("name", f"stage{i}")
-        stages.append(validate(StageSpec, merged, source, lines, prefix if stages_raw else ()))
+        resolved = validate(StageSpec, merged, source, lines, prefix if stages_raw else ())
+        stages.append(_absolute_trace(resolved, path.parent))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
     return spec.model_copy(update={"stages": stages}), path
+
+
+def _absolute_trace(stage: StageSpec, base: Path) -> StageSpec:
+    trace = stage.load.trace
+    if trace is None or Path(trace.path).is_absolute():
+        return stage
+    trace = trace.model_copy(update={"path": str((base / trace.path).resolve())})
+    return stage.model_copy(update={"load": stage.load.model_copy(update={"trace": trace})})
 
 
 def load_endpoint(path: str | Path) -> EndpointSpec:

@@ -79,14 +79,39 @@ LengthSpec = Annotated[
     BeforeValidator(_number_is_fixed),
     Field(discriminator="dist"),
 ]
+OptionalLength = Annotated[
+    Annotated[Fixed | Uniform | Normal | Choice, Field(discriminator="dist")] | None,
+    BeforeValidator(_number_is_fixed),
+]
 
 Arrival = Literal["closed", "constant", "poisson", "gamma", "trace"]
 
 
 class TraceSpec(Strict):
-    path: str
+    """A real trace replayed on its own timestamps: request i is sent at the stage's start + (ts_i - ts_0) /
+    time_scale, where ts_0 is the first row replayed. Lengths come from the trace unless `requests` sets them."""
+
+    path: str  # relative to the workload file
     format: Literal["azure", "mooncake", "burstgpt"] = "azure"
-    time_scale: PositiveFloat = 1.0
+    time_scale: PositiveFloat = 1.0  # 2.0 replays twice as fast
+    start_s: Annotated[float, Field(ge=0)] = 0.0  # window, in trace seconds after the first row
+    end_s: PositiveFloat | None = None
+    start_row: Annotated[int, Field(ge=0)] = 0  # row range (0 = the first data row), end exclusive
+    end_row: PositiveInt | None = None
+    sample: Annotated[float, Field(gt=0, le=1)] = 1.0  # keep this share of rows, drawn from the workload's seed
+    max_context: PositiveInt | None = 4096  # clip prompt + output to the model's context; null keeps lengths
+    on_bad_rows: Literal["fail", "skip"] = "fail"  # fail: exit 2 naming the line; skip: count and report
+    models: list[str] | None = None  # burstgpt: keep these models (ChatGPT, GPT-4)
+    log_types: list[str] | None = None  # burstgpt: keep these log types
+    keep_failed: bool = False  # burstgpt: keep failed requests (Response tokens = 0), sent with one output token
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TraceSpec:
+        if self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        if self.end_row is not None and self.end_row <= self.start_row:
+            raise ValueError(f"end_row ({self.end_row}) must be after start_row ({self.start_row})")
+        return self
 
 
 class LoadSpec(Strict):
@@ -112,20 +137,22 @@ class LoadSpec(Strict):
         return 1 if self.arrival == "closed" else 256
 
 
+DEFAULT_PROMPT = Fixed(value=512)
+DEFAULT_OUTPUT = Fixed(value=128)
+
+
 class RequestsSpec(Strict):
-    prompt_tokens: LengthSpec = Fixed(value=512)
-    output_tokens: LengthSpec = Fixed(value=128)
+    """Lengths; unset, they come from the trace (trace arrivals) or are 512 and 128 tokens."""
+
+    prompt_tokens: OptionalLength = None
+    output_tokens: OptionalLength = None
+    # tokens: token-ID prompts of exact length (completions only); text: words; auto: tokens for completions
+    prompt_format: Literal["auto", "tokens", "text"] = "auto"
 
 
 class StopSpec(Strict):
     requests: PositiveInt | None = None
     duration_s: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _bounded(self) -> StopSpec:
-        if self.requests is None and self.duration_s is None:
-            raise ValueError("give 'requests' or 'duration_s' (or both) so that the run ends by itself")
-        return self
 
 
 class SloSpec(Strict):
@@ -139,6 +166,12 @@ class TimeoutSpec(Strict):
     idle_s: PositiveFloat = 60.0  # longest silence allowed while waiting for the next streamed bytes
 
 
+class WarmupSpec(Strict):
+    """Requests sent at the start of each stage that stay in the database but out of `summary`."""
+
+    requests: Annotated[int, Field(ge=0)] = 0
+
+
 class StageSpec(Strict):
     """One resolved stage: the workload's keys with that stage's overrides applied."""
 
@@ -149,6 +182,20 @@ class StageSpec(Strict):
     requests: RequestsSpec
     stop: StopSpec
     slo: SloSpec
+    warmup: WarmupSpec = WarmupSpec()
+
+    @model_validator(mode="after")
+    def _bounded(self) -> StageSpec:
+        if self.load.arrival != "trace" and self.stop.requests is None and self.stop.duration_s is None:
+            raise ValueError("stop: give 'requests' or 'duration_s' (or both) so that the stage ends by itself")
+        if self.requests.prompt_format == "tokens" and self.api == "chat":
+            raise ValueError("requests.prompt_format: token-ID prompts need api: completions")
+        return self
+
+    @property
+    def text_prompts(self) -> bool:
+        fmt = self.requests.prompt_format
+        return fmt == "text" or (fmt == "auto" and self.api == "chat")
 
 
 class WorkloadSpec(Strict):
@@ -161,5 +208,6 @@ class WorkloadSpec(Strict):
     requests: RequestsSpec = RequestsSpec()
     stop: StopSpec = StopSpec(requests=100)
     slo: SloSpec = SloSpec()
+    warmup: WarmupSpec = WarmupSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     stages: list[StageSpec] = Field(default_factory=list)

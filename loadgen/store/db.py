@@ -63,6 +63,7 @@ class Store:
             row = {
                 "request_id": r.request_id,
                 "stage": r.stage,
+                "warmup": r.warmup,
                 "scheduled_s": r.scheduled_s,
                 "sent_s": r.sent_s,
                 "first_token_s": r.first_token_s,

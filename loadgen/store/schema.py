@@ -17,6 +17,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "VARCHAR NOT NULL"),
     ("request_id", "BIGINT NOT NULL"),
     ("stage", "VARCHAR NOT NULL"),
+    ("warmup", "BOOLEAN NOT NULL"),
     ("scheduled_s", "DOUBLE"),
     ("sent_s", "DOUBLE"),
     ("first_token_s", "DOUBLE"),
@@ -78,6 +79,7 @@ SELECT
     count(*) FILTER (WHERE slo_ok) / nullif(max(end_s) - min(sent_s), 0) AS goodput_rps,
     max(end_s) - min(sent_s) AS span_s
 FROM requests
+WHERE NOT warmup
 GROUP BY run_id, stage
 """
 
@@ -85,7 +87,7 @@ GROUP BY run_id, stage
 ERRORS = """
 CREATE OR REPLACE VIEW errors AS
 SELECT run_id, stage, error, count(*) AS requests, any_value(error_detail) AS example
-FROM requests WHERE status <> 'ok'
+FROM requests WHERE status <> 'ok' AND NOT warmup
 GROUP BY run_id, stage, error
 """
 
