@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--endpoint")
     va.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    tr = sub.add_parser("trace", help="look at, make or download request traces")
+    tsub = tr.add_subparsers(dest="trace_command", required=True, parser_class=Parser)
+    ti = tsub.add_parser("info", help="rows, span, rate over time and length percentiles of a trace")
+    ti.add_argument("file")
+    ti.add_argument("--format", choices=["azure", "mooncake", "burstgpt"], help="default: from the file")
+    ts = tsub.add_parser("synth", help="write a synthetic trace (Azure CSV, or Mooncake JSONL with shared prefixes)")
+    ts.add_argument("out")
+    ts.add_argument("--format", choices=["azure", "mooncake"], default="azure")
+    ts.add_argument("--rows", type=int, default=2000)
+    ts.add_argument("--rate", type=float, default=2.0, help="requests/s (default 2)")
+    ts.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 = Poisson")
+    ts.add_argument("--seed", type=int, default=1)
+    tf = tsub.add_parser("fetch", help="download a public trace into the cache (needs internet)")
+    tf.add_argument(
+        "name",
+        help="one of: azure-2023-conv, azure-2023-code, azure-2024-conv, azure-2024-code, "
+        "mooncake-conversation, mooncake-toolagent, burstgpt",
+    )
+    tf.add_argument("--dir", help="where to put it (default: ~/.cache/loadgen/traces)")
+    tf.add_argument("--mirror", help="a base URL to download from instead of the dataset's own")
+
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
     q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")

@@ -14,6 +14,7 @@ from loadgen.schedule import preview
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError
+from loadgen.trace.readers import check_traces
 
 
 class Failure(Exception):
@@ -51,13 +52,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     workload, path = load_workload(args.workload, args.overrides)
     endpoint = resolve_endpoint(workload, path, args.endpoint)
+    checks = check_traces(workload)
     ep = endpoint.model_dump(mode="json", exclude_none=True)
     if endpoint.url:
         ep["url"] = redact_url(endpoint.url)
     resolved = {"workload": workload.model_dump(mode="json", exclude_none=True), "endpoint": ep}
-    show.out.print(yaml.safe_dump(resolved, sort_keys=False), markup=False, highlight=False, soft_wrap=True)
+    show.out.print(yaml.safe_dump(resolved, sort_keys=False), markup=False, highlight=False)
     show.out.print(show.preview_table([preview(s, workload.seed, i) for i, s in enumerate(workload.stages)]))
-    show.out.print(f"{path}: valid", markup=False, highlight=False, soft_wrap=True)
+    for name, c in checks.items():
+        skipped = f", {c.bad_rows} malformed rows skipped" if c.bad_rows else ""
+        show.out.print(f"stage {name}: trace has {c.rows} rows to replay{skipped}", highlight=False)
+    show.out.print(f"{path}: valid", markup=False, highlight=False)
     return 0
 
 
@@ -80,7 +85,40 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ui": cmd_ui, "serve": cmd_serve, "validate": cmd_validate, "query": cmd_query}
+def cmd_trace(args: argparse.Namespace) -> int:
+    from loadgen.trace import fetch, info, synth
+
+    if args.trace_command == "info":
+        path = Path(args.file)
+        show.out.print(show.trace_info(path, info.trace_info(path, args.format)))
+        return 0
+    if args.trace_command == "synth":
+        if args.rows < 1 or args.rate <= 0 or args.burstiness <= 0:
+            raise SpecError("trace synth", "--rows, --rate and --burstiness must be positive")
+        if args.format == "azure":
+            synth.azure_csv(Path(args.out), args.rows, args.rate, args.seed, args.burstiness)
+        else:
+            synth.mooncake_jsonl(Path(args.out), args.rows, args.rate, args.seed)
+        show.out.print(f"wrote {args.rows} requests to {args.out}", highlight=False)
+        return 0
+    try:
+        path, fresh = fetch.fetch(args.name, Path(args.dir) if args.dir else None, args.mirror)
+    except KeyError:
+        raise SpecError("trace fetch", f"unknown trace {args.name!r} (have: {', '.join(fetch.PUBLIC)})") from None
+    except fetch.FetchError as e:
+        raise Failure(str(e)) from None
+    show.out.print(f"{'downloaded' if fresh else 'already in the cache:'} {path}", highlight=False)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "ui": cmd_ui,
+    "serve": cmd_serve,
+    "validate": cmd_validate,
+    "query": cmd_query,
+    "trace": cmd_trace,
+}
 
 
 def dispatch(args: argparse.Namespace) -> int:

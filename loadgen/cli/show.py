@@ -140,3 +140,26 @@ def preview_table(previews: Sequence[Preview]) -> Table:
             "/".join(map(str, p.output_pcts)),
         )
     return t
+
+
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def trace_info(path: Any, info: Any) -> Group:
+    """A trace's figures and its arrival rate over time as a one-line chart."""
+    t = Table(title=str(path), title_justify="left", header_style="bold", show_header=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("rows", f"{info.rows:,}")
+    t.add_row("span", f"{info.span_s:,.1f} s")
+    t.add_row("mean rate", f"{info.rate_per_s:,.2f} req/s")
+    for q, v in info.prompt_pcts.items():
+        t.add_row(f"prompt tokens p{q}", f"{v:,}")
+    for q, v in info.output_pcts.items():
+        t.add_row(f"output tokens p{q}", f"{v:,}")
+    top = max(info.rate_over_time) or 1.0
+    chart = "".join(BARS[min(int(r / top * (len(BARS) - 1) + 0.5), len(BARS) - 1)] for r in info.rate_over_time)
+    caption = Text.assemble(
+        ("rate over time ", "bold"), f"({info.bin_s:,.1f} s bins, peak {top:,.2f} req/s)\n", (chart, "cyan")
+    )
+    return Group(t, caption)

@@ -125,7 +125,8 @@ def check(spec: TraceSpec) -> Check:
         return Check(rows, bad)
     con = duckdb.connect()
     try:
-        (rows,) = con.execute(f"SELECT count(*) FROM ({_ranged(_csv_sql(spec, path), spec)})").fetchone()
+        # fetchall, not fetchone: DuckDB writes the rejected rows out only once the query has been read to the end.
+        ((rows,),) = con.execute(f"SELECT count(*) FROM ({_ranged(_csv_sql(spec, path), spec)})").fetchall()
         (bad,) = con.execute("SELECT count(*) FROM reject_errors").fetchone()
         if bad and spec.on_bad_rows == "fail":
             err = _first_reject(con, path)
