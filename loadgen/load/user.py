@@ -14,6 +14,17 @@ from loadgen.load.context import RunContext
 from loadgen.results import RequestResult
 
 
+def sleep_to_send(delay: float) -> None:
+    """gevent.sleep with the loop's highest priority: when the timer and a burst of streamed data are due in the
+    same loop iteration, the send goes first instead of waiting behind the reads."""
+    hub = gevent.get_hub()
+    timer = hub.loop.timer(delay, 0.0, True, 2)
+    try:
+        hub.wait(timer)
+    finally:
+        timer.close()
+
+
 class StreamUser(User):
     abstract = True
     wait_time = constant(0)
@@ -45,7 +56,7 @@ class StreamUser(User):
                 scheduled = d.start_s + item.offset_s
                 delay = scheduled - d.now_s()
                 if delay > 0:
-                    gevent.sleep(delay)
+                    sleep_to_send(delay)
         except BaseException:
             d.release()
             raise

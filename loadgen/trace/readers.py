@@ -152,7 +152,7 @@ def batches(spec: TraceSpec) -> Iterator[Batch]:
         return
     con = duckdb.connect()
     try:
-        reader = con.sql(_ranged(_csv_sql(spec, path), spec)).fetch_arrow_reader(BATCH_ROWS)
+        reader = con.sql(_ranged(_csv_sql(spec, path), spec)).to_arrow_reader(BATCH_ROWS)
         for rb in reader:
             if rb.num_rows:
                 cols = [rb.column(i).to_numpy(zero_copy_only=False).astype(np.int64, copy=False) for i in range(3)]

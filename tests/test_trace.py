@@ -1,0 +1,251 @@
+"""Trace replay: the real samples in ../shared/traces/, the other formats, options, bad rows, and the commands."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import threading
+from datetime import datetime, timezone
+from fractions import Fraction
+
+import duckdb
+import orjson
+import pytest
+
+from conftest import FAST_ENDPOINT, SHARED, loadgen
+from loadgen.client.prompts import make_prompt
+from loadgen.schedule.plan import plan_stage
+from loadgen.spec import SpecError, load_workload
+from loadgen.spec.workload import StageSpec
+
+AZURE = SHARED / "traces" / "azure-2023-conv-head2000.csv"
+MOONCAKE = SHARED / "traces" / "mooncake-conversation-head500.jsonl"
+
+
+def stage(trace: dict, requests: dict | None = None, stop: dict | None = None) -> StageSpec:
+    return StageSpec.model_validate(
+        {
+            "name": "t",
+            "api": "completions",
+            "model": None,
+            "load": {"arrival": "trace", "trace": trace},
+            "requests": requests or {},
+            "stop": stop or {},
+            "slo": {},
+        }
+    )
+
+
+def azure_truth() -> list[tuple[Fraction, int, int]]:
+    """The sample parsed independently: exact seconds (7 fractional digits) as fractions."""
+    rows = []
+    with AZURE.open(newline="") as f:
+        for r in csv.DictReader(f):
+            base, frac = r["TIMESTAMP"].split(".")
+            secs = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+            rows.append(
+                (
+                    Fraction(int(secs)) + Fraction(int(frac), 10 ** len(frac)),
+                    int(r["ContextTokens"]),
+                    int(r["GeneratedTokens"]),
+                )
+            )
+    return rows
+
+
+def test_azure_2023_sample_replays_on_its_own_timestamps():
+    assert b"\r\n" in AZURE.read_bytes()[:200]  # the sample has CRLF line ends and seven fractional digits
+    truth = azure_truth()
+    plan = list(plan_stage(stage({"path": str(AZURE), "time_scale": 2.5, "max_context": None}), 1, 0))
+    assert len(plan) == len(truth) == 2000
+    t0 = truth[0][0]
+    for p, (ts, prompt, output) in zip(plan, truth, strict=True):
+        assert p.offset_s == pytest.approx(float((ts - t0) / Fraction(5, 2)), abs=1e-9)
+        assert (p.prompt_tokens, p.output_tokens) == (prompt, output)
+
+
+def test_lengths_are_clipped_to_the_context_and_requests_can_override_them():
+    plan = list(plan_stage(stage({"path": str(AZURE)}), 1, 0))
+    assert max(p.prompt_tokens + p.output_tokens for p in plan) <= 4096
+    assert any(t[1] + t[2] > 4096 for t in azure_truth())  # the sample has prompts that need clipping
+    plan = list(plan_stage(stage({"path": str(AZURE)}, requests={"output_tokens": 7}), 1, 0))
+    assert {p.output_tokens for p in plan} == {7}
+
+
+def test_window_rows_sample_and_limits():
+    truth = azure_truth()
+    t0 = truth[0][0]
+    plan = list(plan_stage(stage({"path": str(AZURE), "start_s": 60, "end_s": 120}), 1, 0))
+    expected = [t for t in truth if 60 <= t[0] - t0 < 120]
+    assert len(plan) == len(expected) and plan[0].offset_s == pytest.approx(float(expected[0][0] - t0 - 60))
+    rows = list(plan_stage(stage({"path": str(AZURE), "start_row": 100, "end_row": 300}), 1, 0))
+    assert len(rows) == 200 and rows[0].offset_s == 0.0 and rows[0].prompt_tokens == truth[100][1]
+    sampled = list(plan_stage(stage({"path": str(AZURE), "sample": 0.25}), 1, 0))
+    assert 400 < len(sampled) < 600
+    assert sampled == list(plan_stage(stage({"path": str(AZURE), "sample": 0.25}), 1, 0))  # by the seed
+    assert len(list(plan_stage(stage({"path": str(AZURE)}, stop={"requests": 10}), 1, 0))) == 10
+    short = list(plan_stage(stage({"path": str(AZURE), "time_scale": 10}, stop={"duration_s": 5}), 1, 0))
+    assert short and max(p.offset_s for p in short) < 5 and len(short) < 2000
+
+
+def test_mooncake_sample_keeps_millisecond_timestamps_and_shared_prefixes():
+    lines = [orjson.loads(x) for x in MOONCAKE.read_bytes().splitlines()]
+    plan = list(plan_stage(stage({"path": str(MOONCAKE), "format": "mooncake", "max_context": None}), 1, 0))
+    assert len(plan) == 500
+    for p, row in zip(plan, lines, strict=True):
+        assert p.offset_s == pytest.approx((row["timestamp"] - lines[0]["timestamp"]) / 1000, abs=1e-12)
+        assert (p.prompt_tokens, p.output_tokens, p.prefix) == (
+            row["input_length"],
+            row["output_length"],
+            tuple(row["hash_ids"]),
+        )
+    a, b = plan[0], plan[1]  # both start with hash id 0, then differ
+    pa = make_prompt(a.prompt_tokens, a.request_id, 1, False, a.prefix)
+    pb = make_prompt(b.prompt_tokens, b.request_id, 1, False, b.prefix)
+    assert len(pa) == a.prompt_tokens and pa[:512] == pb[:512] and pa[512:1024] != pb[512:1024]
+    assert (
+        make_prompt(a.prompt_tokens, a.request_id, 1, True, a.prefix).split()[:512]
+        == make_prompt(b.prompt_tokens, b.request_id, 1, True, b.prefix).split()[:512]
+    )
+
+
+def test_unrelated_prompts_share_no_prefix():
+    x, y = make_prompt(600, 1, 1, False), make_prompt(600, 2, 1, False)
+    assert x[:16] != y[:16]
+
+
+def test_azure_2024_timestamps_with_zone_and_mixed_precision(write):
+    p = write(
+        "a24.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00+00:00,10,1\n"
+        "2024-05-10 00:00:00.009930+00:00,20,2\n2024-05-10 00:00:01.5+00:00,30,3\n",
+    )
+    plan = list(plan_stage(stage({"path": str(p)}), 1, 0))
+    assert [q.offset_s for q in plan] == [0.0, pytest.approx(0.00993, abs=1e-12), pytest.approx(1.5, abs=1e-12)]
+
+
+BURST = """Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
+5,ChatGPT,100,20,120,Conversation log
+6.5,GPT-4,200,0,200,Conversation log
+7,GPT-4,300,30,330,API log
+9.25,ChatGPT,400,40,440,Conversation log
+"""
+
+
+def test_burstgpt_filters_and_failed_rows(write):
+    p = write("b.csv", BURST)
+    plan = list(plan_stage(stage({"path": str(p), "format": "burstgpt"}), 1, 0))
+    assert [(q.offset_s, q.prompt_tokens) for q in plan] == [(0.0, 100), (2.0, 300), (4.25, 400)]  # failed dropped
+    kept = list(plan_stage(stage({"path": str(p), "format": "burstgpt", "keep_failed": True}), 1, 0))
+    assert [q.output_tokens for q in kept] == [20, 1, 30, 40]  # a failed request is sent with one output token
+    chat = list(
+        plan_stage(
+            stage({"path": str(p), "format": "burstgpt", "models": ["ChatGPT"], "log_types": ["Conversation log"]}),
+            1,
+            0,
+        )
+    )
+    assert [q.prompt_tokens for q in chat] == [100, 400]
+
+
+def test_bad_rows_name_file_line_and_column(write, tmp_path):
+    text = AZURE.read_text().splitlines()[:6]
+    text[4] = "2023-11-16 18:15:50.1000000,lots,44"
+    p = write("bad.csv", "\r\n".join(text) + "\r\n")
+    w = write("w.yaml", f"name: bad\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {p.name}}}}}\n")
+    write("ep.yaml", FAST_ENDPOINT)
+    db = tmp_path / "bad.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 2 and f"{p}:5: column ContextTokens" in res.stderr and "lots" in res.stderr
+    assert not db.exists()
+    res = loadgen("run", str(w), "--db", str(db), "--set", "load.trace.on_bad_rows=skip")
+    assert res.returncode == 0, res.stderr
+    assert "skipping 1 malformed trace rows" in res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM requests").fetchone() == (4,)
+
+
+def test_bad_mooncake_line_names_the_line_and_key(write):
+    good = MOONCAKE.read_bytes().splitlines()[:3]
+    p = write("m.jsonl", b"\n".join([*good, b'{"timestamp": 9, "input_length": "x", "output_length": 1}']).decode())
+    with pytest.raises(SpecError) as e:
+        list(plan_stage(stage({"path": str(p), "format": "mooncake"}), 1, 0))
+    assert e.value.line == 4 and "input_length" in e.value.message
+
+
+def test_replay_lands_in_the_database_exactly_as_the_trace_gives_it(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        f"name: rep\nendpoint: ep.yaml\napi: completions\n"
+        f"load: {{arrival: trace, concurrency: 64, trace: {{path: {AZURE}, time_scale: 40}}}}\n"
+        "requests: {output_tokens: 4}\nstop: {requests: 80}\n",
+    )
+    db = tmp_path / "rep.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT scheduled_s, prompt_tokens, server_prompt_tokens, max_tokens, lag_ms FROM requests ORDER BY request_id"
+    ).fetchall()
+    truth = azure_truth()[:80]
+    start = rows[0][0]
+    for (sched, prompt, server_prompt, max_tokens, _), (ts, t_prompt, _) in zip(rows, truth, strict=True):
+        assert sched - start == pytest.approx(float((ts - truth[0][0]) / 40), abs=1e-9)
+        assert prompt == server_prompt == min(t_prompt, 4092)  # token-ID prompts: the server counts them exactly
+        assert max_tokens == 4
+    assert sorted(r[4] for r in rows)[len(rows) // 2] < 10  # sends kept to the schedule
+
+
+def test_sweep_expands_into_stages_and_warmup_stays_out_of_summary(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        "name: sw\nendpoint: ep.yaml\nload: {arrival: closed}\n"
+        "requests: {prompt_tokens: 32, output_tokens: 4}\nstop: {requests: 6}\nwarmup: {requests: 2}\n"
+        "sweep: {load.concurrency: [1, 3]}\n",
+    )
+    spec, _ = load_workload(w)
+    assert [(s.name, s.load.concurrency) for s in spec.stages] == [("concurrency=1", 1), ("concurrency=3", 3)]
+    db = tmp_path / "sw.duckdb"
+    assert loadgen("run", str(w), "--db", str(db)).returncode == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute(
+        "SELECT stage, count(*) FILTER (WHERE warmup), count(*) FROM requests GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [("concurrency=1", 2, 6), ("concurrency=3", 2, 6)]
+    assert con.execute("SELECT stage, requests FROM summary ORDER BY 1").fetchall() == [
+        ("concurrency=1", 4),
+        ("concurrency=3", 4),
+    ]
+
+
+def test_trace_info_and_synth(tmp_path):
+    res = loadgen("trace", "info", str(AZURE))
+    assert res.returncode == 0 and "2,000" in res.stdout and "rate over time" in res.stdout
+    out = tmp_path / "syn.csv"
+    assert loadgen("trace", "synth", str(out), "--rows", "300", "--rate", "10").returncode == 0
+    plan = list(plan_stage(stage({"path": str(out)}), 1, 0))
+    assert len(plan) == 300 and 20 < plan[-1].offset_s < 40
+    res = loadgen("trace", "info", str(tmp_path / "missing.csv"))
+    assert res.returncode == 2 and "missing.csv" in res.stderr
+
+
+def test_trace_fetch_from_a_loopback_mirror(tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "AzureLLMInferenceTrace_conv.csv").write_bytes(AZURE.read_bytes())
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        dest = tmp_path / "cache"
+        res = loadgen("trace", "fetch", "azure-2023-conv", "--dir", str(dest), "--mirror", mirror)
+        assert res.returncode == 0, res.stderr
+        assert (dest / "AzureLLMInferenceTrace_conv.csv").read_bytes() == AZURE.read_bytes()
+        assert "already" in loadgen("trace", "fetch", "azure-2023-conv", "--dir", str(dest), "--mirror", mirror).stdout
+        res = loadgen("trace", "fetch", "mooncake-conversation", "--dir", str(dest), "--mirror", mirror)
+        assert res.returncode == 1 and "cannot download" in res.stderr and not list(dest.glob("*.part"))
+    finally:
+        httpd.shutdown()
+    assert loadgen("trace", "fetch", "nope").returncode == 2
