@@ -19,6 +19,8 @@ class RequestResult:
     error: str | None = None  # short class: timeout, connect, http_429, http_4xx, http_5xx, stream_broken, malformed
     error_detail: str | None = None
     http_status: int | None = None
+    retries: int = 0  # resends after HTTP 429 (workload retry.on_429)
+    retry_after_s: float | None = None  # the server's Retry-After, when it sent one
     event_times: list[float] = field(default_factory=list)  # one per event carrying output, run clock
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None

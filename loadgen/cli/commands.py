@@ -30,13 +30,21 @@ def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
         raise Failure(str(e)) from None
 
 
+LOOPBACK = ("127.", "::1", "localhost")
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    if not args.web_host.startswith(LOOPBACK):
+        # Locust's UI can start and stop load against your endpoint: it stays on this machine.
+        raise SpecError("--web-host", f"the web UI binds loopback only (127.0.0.1 or ::1), not {args.web_host}")
     return cmd_run(args, ui=(args.web_host, args.web_port))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from loadgen.emulator.server import serve
 
+    if not args.host.startswith(LOOPBACK):
+        raise SpecError("--host", f"the emulator binds loopback only (127.0.0.1 or ::1), not {args.host}")
     endpoint = load_endpoint(args.endpoint)
     if endpoint.emulate is None:
         raise SpecError(args.endpoint, "this endpoint has no 'emulate' section to serve", where="emulate")

@@ -23,7 +23,7 @@ from loadgen.emulator.launch import BackgroundEmulator, LaunchError
 from loadgen.load.context import RunContext
 from loadgen.load.recorder import Recorder
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
-from loadgen.spec.redact import redact_url
+from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
 from loadgen.trace.readers import check_traces
 
@@ -99,7 +99,9 @@ def execute(
                 base_url = emulator.url
             else:
                 assert endpoint.url is not None
-                base_url = endpoint.url
+                base_url, basic = split_credentials(endpoint.url)
+                if basic is not None and "Authorization" not in headers:
+                    headers["Authorization"] = basic
             _preflight(base_url, headers)
             return _run(workload, endpoint, base_url, headers, db_file, ui)
         finally:
@@ -128,6 +130,7 @@ def _run(
             seed=workload.seed,
             headers=headers,
             timeouts=workload.timeouts,
+            retry=workload.retry,
             recorder=recorder,
         )
         engine = Engine(ctx, workload.stages)

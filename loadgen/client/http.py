@@ -22,12 +22,21 @@ from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.client.stamps import ReadDelays
 from loadgen.results import RequestResult
+from loadgen.spec.workload import TimeoutSpec
 
 Recv = Callable[[socket.socket, int], tuple[bytes, float, float]]
 
 
 class StreamBroken(Exception):
     """The connection closed before the HTTP message was complete."""
+
+
+class FirstTokenTimeout(Exception):
+    pass
+
+
+class TotalTimeout(Exception):
+    pass
 
 
 ERROR_BODY_LIMIT = 2048
@@ -74,13 +83,13 @@ def _status_class(status: int) -> str:
 class StreamClient:
     """One keep-alive connection to an OpenAI-compatible base URL (one per load-generating user)."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], connect_s: float, idle_s: float, delays: ReadDelays):
+    def __init__(self, base_url: str, headers: dict[str, str], timeouts: TimeoutSpec, delays: ReadDelays):
         url = urlsplit(base_url)
         self.tls = url.scheme == "https"
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (443 if self.tls else 80)
         self.prefix = url.path.rstrip("/")
-        self.connect_s, self.idle_s = connect_s, idle_s
+        self.timeouts = timeouts
         host_header = self.host if url.port is None else f"{self.host}:{url.port}"
         fixed = {
             "Host": host_header,
@@ -95,6 +104,7 @@ class StreamClient:
         self.recv: Recv = stamps.recv_clocked
         self.delays = delays
         self.buffered = (0.0, 0.0)  # when the response's first bytes arrived, and when they were read
+        self.first: gevent.Timeout | None = None  # the first-token timeout of the request in flight
 
     def connect(self) -> None:
         """Open the connection ahead of the first request, so that no TTFT pays for a handshake that later
@@ -105,14 +115,14 @@ class StreamClient:
             self.sock = None
 
     def _open(self) -> socket.socket:
-        sock = gevent.socket.create_connection((self.host, self.port), timeout=self.connect_s)
+        sock = gevent.socket.create_connection((self.host, self.port), timeout=self.timeouts.connect_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
             self.recv = stamps.recv_clocked  # TLS sockets have no recvmsg: stamp on the clock when data is read
         else:
             self.recv = stamps.recv_stamped if stamps.enable(sock) else stamps.recv_clocked
-        sock.settimeout(self.idle_s)
+        sock.settimeout(self.timeouts.idle_s)
         self.sock = sock
         return sock
 
@@ -147,10 +157,20 @@ class StreamClient:
     def stream(self, r: RequestResult, path: str, body: bytes, t0: float) -> None:
         """Send `body` to `path`, filling `r` with timestamps (run clock: seconds since t0), counts and status."""
         resp: HTTPSocketResponse | None = None
+        t = self.timeouts
+        total = gevent.Timeout(t.total_s, TotalTimeout) if t.total_s else None
+        self.first = gevent.Timeout(t.first_token_s, FirstTokenTimeout) if t.first_token_s else None
         try:
+            if total is not None:
+                total.start()
+            if self.first is not None:
+                self.first.start()
             resp = self._send(r, path, body, t0)
             r.http_status = resp.status_code
             if resp.status_code != 200:
+                retry_after = resp.get("retry-after")
+                if isinstance(retry_after, str) and retry_after.strip().replace(".", "", 1).isdigit():
+                    r.retry_after_s = float(retry_after)
                 detail = resp.read(ERROR_BODY_LIMIT)
                 r.end_s = time.perf_counter() - t0
                 self._fail(r, _status_class(resp.status_code), detail.decode("utf-8", "replace")[:300])
@@ -165,9 +185,21 @@ class StreamClient:
             r.end_s = time.perf_counter() - t0
             self._fail(r, "interrupted", "the run stopped while this request was in flight", status="interrupted")
             raise
-        except (TimeoutError, gevent.Timeout):
+        except FirstTokenTimeout:
             r.end_s = time.perf_counter() - t0
-            self._fail(r, "timeout", "no bytes within the idle timeout" if r.http_status else "no response in time")
+            self._fail(r, "timeout", f"no output within the first-token timeout ({t.first_token_s:g} s)")
+        except TotalTimeout:
+            r.end_s = time.perf_counter() - t0
+            self._fail(r, "timeout", f"the request outran the total timeout ({t.total_s:g} s)")
+        except TimeoutError:
+            r.end_s = time.perf_counter() - t0
+            self._fail(
+                r,
+                "timeout",
+                f"no bytes for {t.idle_s:g} s (idle timeout)"
+                if r.http_status
+                else f"no response within {t.idle_s:g} s",
+            )
         except StreamBroken as e:
             r.end_s = time.perf_counter() - t0
             self._fail(r, "stream_broken", str(e))
@@ -179,6 +211,9 @@ class StreamClient:
             r.end_s = time.perf_counter() - t0
             self._fail(r, "malformed", f"{type(e).__name__}: {e}"[:300])
         finally:
+            for timer in (total, self.first):
+                if timer is not None:
+                    timer.close()
             # Keep the connection only after a complete response that allows keep-alive.
             if resp is None or not resp.message_complete or resp.should_close() or r.status != "ok":
                 self.close()
@@ -209,6 +244,8 @@ class StreamClient:
                     done = True
                     continue
                 if c.chars:
+                    if not times and self.first is not None:
+                        self.first.close()  # the first token came in time
                     times.append(now)
                     tokens.append(1)
                 if c.completion_tokens is not None:

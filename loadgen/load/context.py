@@ -10,7 +10,7 @@ import gevent.event
 from loadgen.client.stamps import ReadDelays
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
-from loadgen.spec.workload import TimeoutSpec
+from loadgen.spec.workload import RetrySpec, TimeoutSpec
 
 
 @dataclass
@@ -21,6 +21,7 @@ class RunContext:
     seed: int
     headers: dict[str, str]
     timeouts: TimeoutSpec
+    retry: RetrySpec
     recorder: Recorder
     read_delays: ReadDelays = field(default_factory=ReadDelays)
     t0: float = field(default_factory=time.perf_counter)  # origin of the run clock

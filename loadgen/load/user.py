@@ -14,6 +14,20 @@ from loadgen.load.context import RunContext
 from loadgen.results import RequestResult
 
 
+def _again(r: RequestResult) -> RequestResult:
+    """A fresh result for a resend: the same request and scheduled time, one more retry."""
+    return RequestResult(
+        request_id=r.request_id,
+        stage=r.stage,
+        scheduled_s=r.scheduled_s,
+        sent_s=r.sent_s,
+        prompt_tokens=r.prompt_tokens,
+        max_tokens=r.max_tokens,
+        warmup=r.warmup,
+        retries=r.retries + 1,
+    )
+
+
 def sleep_to_send(delay: float) -> None:
     """gevent.sleep with the loop's highest priority: when the timer and a burst of streamed data are due in the
     same loop iteration, the send goes first instead of waiting behind the reads."""
@@ -32,7 +46,7 @@ class StreamUser(User):
 
     def on_start(self) -> None:
         c = self.ctx
-        self.http = StreamClient(c.base_url, c.headers, c.timeouts.connect_s, c.timeouts.idle_s, c.read_delays)
+        self.http = StreamClient(c.base_url, c.headers, c.timeouts, c.read_delays)
         self.http.connect()
 
     def on_stop(self) -> None:
@@ -79,6 +93,11 @@ class StreamUser(User):
         c.recorder.in_flight += 1
         try:
             self.http.stream(r, path, body, c.t0)
+            retry = c.retry
+            while retry.on_429 and r.error == "http_429" and r.retries < retry.max_retries and not d.stopping:
+                gevent.sleep(r.retry_after_s if r.retry_after_s is not None else retry.backoff_s * 2**r.retries)
+                r = _again(r)
+                self.http.stream(r, path, body, c.t0)
         finally:
             c.recorder.in_flight -= 1
             d.finish()

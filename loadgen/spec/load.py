@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from loadgen.spec.endpoint import EndpointSpec
 from loadgen.spec.errors import SpecError
+from loadgen.spec.redact import redact_url
 from loadgen.spec.workload import StageSpec, WorkloadSpec
 
 Path_ = tuple[str | int, ...]
@@ -214,6 +215,8 @@ def resolve_endpoint(workload: WorkloadSpec, workload_path: Path, override: str 
     """The endpoint named by `--endpoint` or the workload: a base URL, or a file relative to the workload file."""
     ref = override if override is not None else workload.endpoint
     if ref.startswith(("http://", "https://")):
-        return validate(EndpointSpec, {"name": ref, "url": ref}, "--endpoint" if override else str(workload_path), {})
+        # The URL names the endpoint in results, so it is named without any credentials it carries.
+        name = redact_url(ref)
+        return validate(EndpointSpec, {"name": name, "url": ref}, "--endpoint" if override else str(workload_path), {})
     path = Path(ref) if override is not None else workload_path.parent / ref
     return load_endpoint(path)

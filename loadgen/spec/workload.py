@@ -162,8 +162,19 @@ class SloSpec(Strict):
 
 
 class TimeoutSpec(Strict):
-    connect_s: PositiveFloat = 10.0
+    connect_s: PositiveFloat = 10.0  # to open the connection
+    first_token_s: PositiveFloat | None = None  # from the send to the first output text
     idle_s: PositiveFloat = 60.0  # longest silence allowed while waiting for the next streamed bytes
+    total_s: PositiveFloat | None = None  # the whole request
+
+
+class RetrySpec(Strict):
+    """Resending rate-limited requests (HTTP 429); off unless asked for. The row keeps its scheduled time,
+    so the wait shows in ttft_sched_ms, and `retries` counts the resends."""
+
+    on_429: bool = False
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    backoff_s: PositiveFloat = 1.0  # when the server sends no Retry-After: backoff_s x 2^attempt
 
 
 class WarmupSpec(Strict):
@@ -210,4 +221,5 @@ class WorkloadSpec(Strict):
     slo: SloSpec = SloSpec()
     warmup: WarmupSpec = WarmupSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
+    retry: RetrySpec = RetrySpec()
     stages: list[StageSpec] = Field(default_factory=list)

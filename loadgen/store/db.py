@@ -84,6 +84,7 @@ class Store:
                 "error": r.error,
                 "error_detail": r.error_detail,
                 "http_status": r.http_status,
+                "retries": r.retries,
             }
             for name, values in cols.items():
                 values.append(row[name])

@@ -38,6 +38,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "VARCHAR"),
     ("error_detail", "VARCHAR"),
     ("http_status", "INTEGER"),
+    ("retries", "INTEGER"),
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(

@@ -1,0 +1,245 @@
+"""Bad input never escapes as a traceback; timeouts, retries, kills, held and unwritable databases, secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FAST_ENDPOINT, ROOT, loadgen
+from loadgen.client.openai import read_chunk
+from loadgen.client.sse import SSEParser
+from loadgen.schedule.plan import plan_stage
+from loadgen.spec import SpecError, load_endpoint, load_workload
+from loadgen.spec.workload import StageSpec
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(allow_nan=False, width=32) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+workload_keys = st.sampled_from(
+    [
+        "name",
+        "endpoint",
+        "api",
+        "seed",
+        "load",
+        "requests",
+        "stop",
+        "slo",
+        "stages",
+        "sweep",
+        "warmup",
+        "timeouts",
+        "retry",
+        "model",
+        "rate",
+        "arrival",
+    ]
+)
+
+
+@SETTINGS
+@given(st.dictionaries(workload_keys, yaml_values, max_size=8))
+def test_any_workload_mapping_loads_or_names_the_place(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("w") / "w.yaml"
+    p.write_text(yaml.safe_dump(data))
+    try:
+        load_workload(p)
+    except SpecError as e:
+        assert str(p) in str(e)
+
+
+@SETTINGS
+@given(st.text(max_size=300))
+def test_any_text_as_a_workload_or_endpoint_file(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("w") / "w.yaml"
+    p.write_text(text)
+    for loader in (load_workload, load_endpoint):
+        try:
+            loader(p)
+        except SpecError as e:
+            assert str(p) in str(e)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=40), max_size=20))
+def test_sse_parser_and_chunk_reader_accept_any_bytes(chunks):
+    p = SSEParser()
+    for c in chunks:
+        for payload in p.feed(c):
+            read_chunk(payload)
+    for payload in p.close():
+        read_chunk(payload)
+
+
+csv_cell = st.text(alphabet='0123456789-:. ,abc+Z"', max_size=30)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(csv_cell, csv_cell, csv_cell), min_size=1, max_size=8))
+def test_trace_reader_rejects_bad_rows_with_their_line(tmp_path_factory, rows):
+    p = tmp_path_factory.mktemp("t") / "t.csv"
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    s = StageSpec.model_validate(
+        {
+            "name": "t",
+            "api": "completions",
+            "model": None,
+            "requests": {},
+            "stop": {},
+            "slo": {},
+            "load": {"arrival": "trace", "trace": {"path": str(p)}},
+        }
+    )
+    try:
+        list(plan_stage(s, 1, 0))
+    except SpecError as e:
+        assert str(p) in str(e)
+
+
+def run_with(write, tmp_path, endpoint: str, workload_extra: str, n: int = 30):
+    write("ep.yaml", endpoint)
+    w = write(
+        "w.yaml",
+        "name: r\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 8}\n"
+        f"requests: {{prompt_tokens: 16, output_tokens: 6}}\nstop: {{requests: {n}}}\n" + workload_extra,
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    return duckdb.connect(str(db), read_only=True)
+
+
+def with_faults(faults: str) -> str:
+    return FAST_ENDPOINT.rstrip().removesuffix("}") + f", faults: {{{faults}}}}}\n"
+
+
+def test_first_token_and_total_timeouts(write, tmp_path):
+    con = run_with(
+        write, tmp_path, with_faults("stall_rate: 0.5, stall_first_ms: 400"), "timeouts: {first_token_s: 0.2}\n"
+    )
+    rows = con.execute("SELECT error, error_detail FROM requests WHERE status <> 'ok'").fetchall()
+    assert rows and all(e == "timeout" and "first-token" in d for e, d in rows)
+    con.close()
+    con = run_with(write, tmp_path / "b", FAST_ENDPOINT, "timeouts: {total_s: 0.01}\n", n=5)
+    assert {r[0] for r in con.execute("SELECT error_detail FROM requests").fetchall()} == {
+        "the request outran the total timeout (0.01 s)"
+    }
+
+
+def test_429_is_retried_only_when_asked_honouring_retry_after(write, tmp_path):
+    faulty = with_faults("rate_limit_rate: 0.4, retry_after_s: 0.05")
+    con = run_with(write, tmp_path, faulty, "", n=40)
+    assert con.execute("SELECT count(*) FROM requests WHERE error = 'http_429'").fetchone()[0] > 5
+    assert con.execute("SELECT max(retries) FROM requests").fetchone() == (0,)
+    con.close()
+    con = run_with(write, tmp_path / "b", faulty, "retry: {on_429: true, max_retries: 10}\n", n=40)
+    assert con.execute("SELECT count(*) FROM requests").fetchone() == (40,)
+    assert con.execute("SELECT count(*) FROM requests WHERE status <> 'ok'").fetchone() == (0,)
+    retried = con.execute("SELECT retries, ttft_sched_ms - ttft_ms FROM requests WHERE retries > 0").fetchall()
+    assert retried and all(wait >= 45 * n for n, wait in retried)  # each retry waited Retry-After (50 ms)
+
+
+def test_sigkill_leaves_a_readable_database(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        "name: k\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 4}\n"
+        "requests: {prompt_tokens: 16, output_tokens: 20}\nstop: {requests: 100000}\n",
+    )
+    db = tmp_path / "k.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", str(w), "--db", str(db)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    time.sleep(5)
+    os.killpg(proc.pid, signal.SIGKILL)  # loadgen and its emulator, at once
+    proc.wait()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]
+    (n,) = con.execute("SELECT count(*) FROM requests").fetchone()
+    assert n > 20  # everything up to about a second before the kill
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 20 * n
+
+
+def test_a_database_held_by_another_process_or_unwritable_is_a_clear_failure(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write("w.yaml", "name: h\nendpoint: ep.yaml\nstop: {requests: 2}\n")
+    db = tmp_path / "held.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        res = loadgen("run", str(w), "--db", str(db))
+        assert res.returncode == 1 and "cannot open results database" in res.stderr
+        assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    blocker = write("file.txt", "not a folder")
+    res = loadgen("run", str(w), "--db", str(blocker / "sub" / "r.duckdb"))
+    assert res.returncode == 1 and "cannot open results database" in res.stderr
+
+
+def test_credentials_in_urls_and_keys_appear_nowhere(write, tmp_path):
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "serve", str(write("ep.yaml", FAST_ENDPOINT)), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert serve.stdout is not None
+        port = serve.stdout.readline().split(":")[-1].split("/")[0]
+        w = write("w.yaml", "name: s\nendpoint: x\nstop: {requests: 3}\n")
+        db = tmp_path / "s.duckdb"
+        secret = "hunter2canary"
+        res = loadgen("run", str(w), "--db", str(db), "--endpoint", f"http://user:{secret}@127.0.0.1:{port}/v1")
+        assert res.returncode == 0, res.stderr
+        assert secret not in res.stdout + res.stderr
+        assert secret.encode() not in Path(db).read_bytes()
+        con = duckdb.connect(str(db), read_only=True)
+        assert "***@127.0.0.1" in con.execute("SELECT spec FROM runs").fetchone()[0]
+    finally:
+        serve.terminate()
+        serve.wait()
+
+
+def test_web_ui_and_emulator_bind_loopback_only(write):
+    ep = write("ep.yaml", FAST_ENDPOINT)
+    w = write("w.yaml", "name: u\nendpoint: ep.yaml\nstop: {requests: 1}\n")
+    res = loadgen("ui", str(w), "--web-host", "0.0.0.0")
+    assert res.returncode == 2 and "loopback" in res.stderr
+    res = loadgen("serve", str(ep), "--host", "0.0.0.0")
+    assert res.returncode == 2 and "loopback" in res.stderr
+
+
+@pytest.mark.parametrize("option", [["--set", "nonsense"], ["--db"], ["--endpoint", "ftp://x"]])
+def test_bad_options_exit_2_without_traceback(write, option):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write("w.yaml", "name: o\nendpoint: ep.yaml\nstop: {requests: 1}\n")
+    res = loadgen("run", str(w), *option)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("loadgen:")
