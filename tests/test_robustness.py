@@ -243,3 +243,22 @@ def test_bad_options_exit_2_without_traceback(write, option):
     w = write("w.yaml", "name: o\nendpoint: ep.yaml\nstop: {requests: 1}\n")
     res = loadgen("run", str(w), *option)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("loadgen:")
+
+
+def test_a_server_without_token_prompts_or_stream_usage_is_coped_with(write, tmp_path):
+    quirky = with_faults("reject_token_prompts: true, omit_stream_usage: true")
+    write("ep.yaml", quirky)
+    w = write(
+        "w.yaml",
+        "name: q\nendpoint: ep.yaml\napi: completions\nload: {arrival: closed, concurrency: 2}\n"
+        "requests: {prompt_tokens: 40, output_tokens: 9}\nstop: {requests: 6}\n",
+    )
+    db = tmp_path / "q.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    assert "refused token-ID prompts (HTTP 422)" in res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute(
+        "SELECT DISTINCT status, output_tokens, output_tokens_source, server_prompt_tokens FROM requests"
+    ).fetchall() == [("ok", 9, "events", None)]
+    assert "text prompts were sent instead" in con.execute("SELECT note FROM runs").fetchone()[0]

@@ -16,6 +16,7 @@ from typing import Any
 from loadgen.load.engine import Engine, Outcome  # isort: skip
 
 import duckdb
+import orjson
 
 from loadgen.cli import show
 from loadgen.cli.commands import Failure
@@ -48,6 +49,24 @@ def _preflight(base_url: str, headers: dict[str, str]) -> None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise Failure(f"cannot reach the endpoint at {redact_url(base_url)}: {reason}") from None
+
+
+def _token_prompts_refused(base_url: str, headers: dict[str, str], model: str) -> str | None:
+    """Whether the server refuses token-ID prompts (llama.cpp's OpenAI server answers 422): one tiny probe."""
+    body = orjson.dumps({"model": model, "prompt": [1000, 1001, 1002, 1003], "max_tokens": 1})
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/completions",
+        data=body,
+        method="POST",
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60):
+            return None
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}" if 400 <= e.code < 500 and e.code != 429 else None
+    except (urllib.error.URLError, OSError):
+        return None  # the run itself will report what is wrong
 
 
 def default_db(workload: WorkloadSpec) -> Path:
@@ -103,7 +122,15 @@ def execute(
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
             _preflight(base_url, headers)
-            return _run(workload, endpoint, base_url, headers, db_file, ui)
+            notes = []
+            text_only = False
+            if any(not s.text_prompts for s in workload.stages):
+                refused = _token_prompts_refused(base_url, headers, workload.model or endpoint.model)
+                if refused is not None:
+                    text_only = True
+                    notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
+                    show.err.print(f"[yellow]note:[/] {notes[-1]}")
+            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, notes)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -116,6 +143,8 @@ def _run(
     headers: dict[str, str],
     db_file: Path,
     ui: tuple[str, int] | None,
+    text_only: bool,
+    notes: list[str],
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -132,11 +161,13 @@ def _run(
             timeouts=workload.timeouts,
             retry=workload.retry,
             recorder=recorder,
+            text_only=text_only,
         )
         engine = Engine(ctx, workload.stages)
 
         def finish(outcome: Outcome) -> None:
-            store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, outcome.note)
+            note = "; ".join([*notes, *([outcome.note] if outcome.note else [])]) or None
+            store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             print_summary(store.con, run_id)
             if outcome.note:
                 show.err.print(f"[yellow]note:[/] {outcome.note}")

@@ -143,6 +143,8 @@ class Emulator:
         if model != self.endpoint.model:
             raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
         prompt_tokens = _count_prompt(body, chat)
+        if self.spec.faults.reject_token_prompts and not chat and not isinstance(body.get("prompt"), str):
+            raise BadRequest("prompt must be a string", 422, "UnprocessableEntity")
         max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
         if max_tokens is None:
             max_tokens = 16
@@ -248,7 +250,7 @@ class Emulator:
                 return resp
         opts = body.get("stream_options")
         tail = b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
-        if not (isinstance(opts, dict) and opts.get("include_usage")):
+        if not (isinstance(opts, dict) and opts.get("include_usage")) or self.spec.faults.omit_stream_usage:
             tail = b""
         await resp.write(tail + b"data: [DONE]\n\n")
         await resp.write_eof()

@@ -24,6 +24,7 @@ class RunContext:
     retry: RetrySpec
     recorder: Recorder
     read_delays: ReadDelays = field(default_factory=ReadDelays)
+    text_only: bool = False  # the server refuses token-ID prompts: every stage sends text
     t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching

@@ -78,7 +78,8 @@ class StreamUser(User):
             d.release()
             return
         stage = d.stage
-        prompt = make_prompt(item.prompt_tokens, item.request_id, c.seed, stage.text_prompts, item.prefix)
+        text = stage.text_prompts or c.text_only
+        prompt = make_prompt(item.prompt_tokens, item.request_id, c.seed, text, item.prefix)
         body = request_body(stage.api, c.server, stage.model or c.model, prompt, item.output_tokens)
         r = RequestResult(
             request_id=item.request_id,
