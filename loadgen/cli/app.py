@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--web-host", default="127.0.0.1", help="address for the web UI (default 127.0.0.1)")
     ui.add_argument("--web-port", type=int, default=8089, help="port for the web UI (default 8089)")
 
+    st = sub.add_parser("study", help="run a workload's stages on each endpoint into one database")
+    st.add_argument("workload", help="workload YAML file (its stages mark phase: prefill or decode)")
+    st.add_argument("--endpoints", nargs="+", required=True, help="endpoint YAML files or base URLs")
+    st.add_argument("--db", help="results database (default: results/<workload name>.duckdb)")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     sv = sub.add_parser("serve", help="serve an endpoint's emulator (OpenAI-compatible, streaming)")
     sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' section")
     sv.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")

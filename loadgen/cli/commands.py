@@ -30,6 +30,27 @@ def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
         raise Failure(str(e)) from None
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """The workload on each endpoint in turn, one database; then the phase views answer the study's questions."""
+    from loadgen.cli.run import default_db, execute, print_phases
+
+    workload, _ = load_workload(args.workload, args.overrides)
+    for ref in args.endpoints:  # every endpoint file is checked before anything runs
+        if not ref.startswith(("http://", "https://")):
+            load_endpoint(ref)
+    db = args.db or str(default_db(workload))
+    for i, ref in enumerate(args.endpoints, start=1):
+        show.err.rule(f"study {workload.name}: endpoint {i}/{len(args.endpoints)}: {ref}")
+        try:
+            code = execute(args.workload, ref, db, args.overrides)
+        except (StoreError, LaunchError) as e:
+            raise Failure(str(e)) from None
+        if code != 0:
+            return code
+    print_phases(db)
+    return 0
+
+
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -122,6 +143,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "ui": cmd_ui,
+    "study": cmd_study,
     "serve": cmd_serve,
     "validate": cmd_validate,
     "query": cmd_query,

@@ -92,6 +92,23 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
         show.out.print(show.errors_table(errs))
 
 
+def print_phases(db_file: str | Path) -> None:
+    """The study's views, as tables."""
+    con = duckdb.connect(str(db_file), read_only=True)
+    try:
+        for view, order in (
+            ("prefill", "endpoint, prompt_tokens"),
+            ("decode", "endpoint, batch"),
+            ("crossover", "endpoint, versus"),
+        ):
+            cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")
+            cols = [c[0] for c in cur.description]
+            show.out.print(view, style="bold")
+            show.out.print(show.result_table(cols, cur.fetchall()))
+    finally:
+        con.close()
+
+
 def execute(
     workload_path: str,
     endpoint_ref: str | None,
@@ -150,7 +167,9 @@ def _run(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_id = f"{workload.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     try:
-        store.begin_run(run_id, workload.name, endpoint.name, _spec_record(workload, endpoint, base_url))
+        store.begin_run(
+            run_id, workload.name, endpoint.name, _spec_record(workload, endpoint, base_url), workload.stages
+        )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
         ctx = RunContext(
             base_url=base_url,

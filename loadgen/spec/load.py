@@ -18,7 +18,7 @@ from loadgen.spec.workload import StageSpec, WorkloadSpec
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
-STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup")
+STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup", "phase")
 
 
 def _line_map(node: yaml.Node, path: Path_ = (), lines: dict[Path_, int] | None = None) -> dict[Path_, int]:

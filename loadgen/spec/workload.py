@@ -194,6 +194,7 @@ class StageSpec(Strict):
     stop: StopSpec
     slo: SloSpec
     warmup: WarmupSpec = WarmupSpec()
+    phase: Literal["prefill", "decode"] | None = None  # what the stage measures, for the study's views
 
     @model_validator(mode="after")
     def _bounded(self) -> StageSpec:
@@ -220,6 +221,7 @@ class WorkloadSpec(Strict):
     stop: StopSpec = StopSpec(requests=100)
     slo: SloSpec = SloSpec()
     warmup: WarmupSpec = WarmupSpec()
+    phase: Literal["prefill", "decode"] | None = None
     timeouts: TimeoutSpec = TimeoutSpec()
     retry: RetrySpec = RetrySpec()
     stages: list[StageSpec] = Field(default_factory=list)

@@ -13,6 +13,7 @@ import orjson
 
 from loadgen.metrics import Derived
 from loadgen.results import RequestResult
+from loadgen.spec.workload import StageSpec
 from loadgen.store import schema
 
 
@@ -38,11 +39,29 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
-    def begin_run(self, run_id: str, workload: str, endpoint: str, spec: dict[str, Any]) -> None:
+    def begin_run(
+        self, run_id: str, workload: str, endpoint: str, spec: dict[str, Any], stages: Sequence[StageSpec]
+    ) -> None:
+        self.con.execute("BEGIN")
         self.con.execute(
             "INSERT INTO runs (run_id, workload, endpoint, started_at, status, spec) VALUES (?, ?, ?, ?, ?, ?)",
             [run_id, workload, endpoint, _now(), "running", orjson.dumps(spec).decode()],
         )
+        for i, st in enumerate(stages):
+            self.con.execute(
+                "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    st.name,
+                    i,
+                    st.phase,
+                    st.load.arrival,
+                    st.load.users,
+                    st.load.rate,
+                    orjson.dumps(st.model_dump(mode="json")).decode(),
+                ],
+            )
+        self.con.execute("COMMIT")
 
     def finish_run(self, run_id: str, status: str, client_delay_p99_ms: float | None, note: str | None) -> None:
         self.con.execute(

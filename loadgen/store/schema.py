@@ -92,4 +92,79 @@ FROM requests WHERE status <> 'ok' AND NOT warmup
 GROUP BY run_id, stage, error
 """
 
-ALL = (RUNS, REQUESTS, EVENTS, SUMMARY, ERRORS)
+# One row per run and stage: what the stage asked for, so that views can group by phase, batch and length.
+STAGES = """
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,
+    idx INTEGER NOT NULL,
+    phase VARCHAR,                    -- prefill | decode | NULL
+    arrival VARCHAR NOT NULL,
+    concurrency INTEGER NOT NULL,     -- closed loop: users (the batch); open loop: the in-flight cap
+    rate DOUBLE,
+    spec JSON NOT NULL
+)"""
+
+_PHASE_ROWS = """
+FROM requests r JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
+WHERE st.phase = '{phase}' AND r.status = 'ok' AND NOT r.warmup"""
+
+# The Prefill phase: TTFT against prompt length, per endpoint.
+PREFILL = f"""
+CREATE OR REPLACE VIEW prefill AS
+SELECT
+    ru.endpoint,
+    r.prompt_tokens,
+    count(*) AS requests,
+    quantile_cont(r.ttft_ms, 0.5) AS ttft_p50_ms,
+    quantile_cont(r.ttft_ms, 0.9) AS ttft_p90_ms,
+    r.prompt_tokens / (quantile_cont(r.ttft_ms, 0.5) / 1000.0) AS prefill_tokens_per_s
+{_PHASE_ROWS.format(phase="prefill")}
+GROUP BY ru.endpoint, r.prompt_tokens
+"""
+
+# The Decode phase: TPOT and decode throughput against batch (the stage's concurrency), per endpoint.
+# Throughput is the stage's output tokens over its span, summed over runs of the same endpoint and batch.
+DECODE = f"""
+CREATE OR REPLACE VIEW decode AS
+WITH per_run AS (
+    SELECT ru.endpoint, st.concurrency AS batch, r.run_id,
+           sum(r.output_tokens) AS tokens, max(r.end_s) - min(r.sent_s) AS span_s
+    {_PHASE_ROWS.format(phase="decode")}
+    GROUP BY ALL
+), rates AS (
+    SELECT endpoint, batch, sum(tokens) / nullif(sum(span_s), 0) AS decode_tokens_per_s FROM per_run GROUP BY ALL
+), tpots AS (
+    SELECT ru.endpoint, st.concurrency AS batch, count(*) AS requests,
+           quantile_cont(r.tpot_ms, 0.5) AS tpot_p50_ms, quantile_cont(r.tpot_ms, 0.9) AS tpot_p90_ms
+    {_PHASE_ROWS.format(phase="decode")}
+    GROUP BY ALL
+)
+SELECT t.endpoint, t.batch, t.requests, t.tpot_p50_ms, t.tpot_p90_ms, r.decode_tokens_per_s,
+       1000.0 / t.tpot_p50_ms AS tokens_per_s_per_user
+FROM tpots t JOIN rates r USING (endpoint, batch)
+"""
+
+# For every pair of endpoints: the smallest batch at which the first's decode throughput passes the second's, and
+# the smallest prompt length from which the first's TTFT is the lower (NULL where it never is).
+CROSSOVER = """
+CREATE OR REPLACE VIEW crossover AS
+WITH pairs AS (
+    SELECT DISTINCT a.endpoint, b.endpoint AS versus
+    FROM (SELECT endpoint FROM decode UNION SELECT endpoint FROM prefill) a,
+         (SELECT endpoint FROM decode UNION SELECT endpoint FROM prefill) b
+    WHERE a.endpoint <> b.endpoint
+)
+SELECT
+    p.endpoint,
+    p.versus,
+    (SELECT min(x.batch) FROM decode x JOIN decode y ON x.batch = y.batch
+      WHERE x.endpoint = p.endpoint AND y.endpoint = p.versus
+        AND x.decode_tokens_per_s > y.decode_tokens_per_s) AS decode_passes_at_batch,
+    (SELECT min(x.prompt_tokens) FROM prefill x JOIN prefill y ON x.prompt_tokens = y.prompt_tokens
+      WHERE x.endpoint = p.endpoint AND y.endpoint = p.versus
+        AND x.ttft_p50_ms < y.ttft_p50_ms) AS ttft_lower_from_prompt_tokens
+FROM pairs p
+"""
+
+ALL = (RUNS, REQUESTS, EVENTS, STAGES, SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER)
