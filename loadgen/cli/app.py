@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--dir", help="where to put it (default: ~/.cache/loadgen/traces)")
     tf.add_argument("--mirror", help="a base URL to download from instead of the dataset's own")
 
+    rp = sub.add_parser("report", help="write an offline HTML report with figures")
+    rp.add_argument("db", help="results database")
+    rp.add_argument("--out", help="folder (default: reports/<database name>/)")
+
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
     q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")

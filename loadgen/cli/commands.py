@@ -51,6 +51,26 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_db(db: str) -> None:
+    if not Path(db).exists():
+        raise SpecError(db, "no such results database")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from loadgen.report.page import write_report
+
+    _open_db(args.db)
+    out = Path(args.out) if args.out else Path("reports") / Path(args.db).stem
+    try:
+        page = write_report(Path(args.db), out)
+    except ValueError as e:
+        raise SpecError(args.db, str(e)) from None
+    except duckdb.Error as e:
+        raise Failure(f"cannot read {args.db}: {str(e).splitlines()[0]}") from None
+    show.out.print(f"report: {page}", highlight=False)
+    return 0
+
+
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -96,8 +116,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    if not Path(args.db).exists():
-        raise SpecError(args.db, "no such results database")
+    _open_db(args.db)
     try:
         con = duckdb.connect(args.db, read_only=True)
     except duckdb.Error as e:
@@ -147,6 +166,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "validate": cmd_validate,
     "query": cmd_query,
+    "report": cmd_report,
     "trace": cmd_trace,
 }
 

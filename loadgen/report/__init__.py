@@ -1,0 +1,1 @@
+"""Offline reports from a results database: PNG figures and one self-contained HTML page."""

@@ -1,0 +1,165 @@
+"""The report's figures, drawn with matplotlib (no display needed) from the database's tables and views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _ticks(ax: plt.Axes, values: list[int]) -> None:
+    """Label a log axis at the measured values themselves, in plain numbers."""
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _by_endpoint(rows: list[tuple]) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r[1:])
+    return out
+
+
+def ttft_vs_prompt(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
+    rows = con.execute("SELECT endpoint, prompt_tokens, ttft_p50_ms, ttft_p90_ms FROM prefill ORDER BY 1, 2").fetchall()
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for ep, pts in _by_endpoint(rows).items():
+        x, p50, p90 = zip(*pts, strict=True)
+        line = ax.plot(x, p50, marker="o", label=ep)[0]
+        ax.fill_between(x, p50, p90, color=line.get_color(), alpha=0.15)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="prompt tokens",
+        ylabel="TTFT (ms), p50 line, band to p90",
+        title="Prefill: time to first token against prompt length",
+    )
+    _ticks(ax, sorted({r[1] for r in rows}))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, out / "ttft_vs_prompt.png")
+
+
+def decode_vs_batch(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
+    rows = con.execute(
+        "SELECT endpoint, batch, tpot_p50_ms, tpot_p90_ms, decode_tokens_per_s FROM decode ORDER BY 1, 2"
+    ).fetchall()
+    if not rows:
+        return []
+    groups = _by_endpoint(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for ep, pts in groups.items():
+        x, p50, p90, _ = zip(*pts, strict=True)
+        line = ax.plot(x, p50, marker="o", label=ep)[0]
+        ax.fill_between(x, p50, p90, color=line.get_color(), alpha=0.15)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch (concurrent requests)",
+        ylabel="TPOT (ms), p50 to p90",
+        title="Decode: time per output token against batch",
+    )
+    _ticks(ax, sorted({r[1] for r in rows}))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    tpot = _save(fig, out / "tpot_vs_batch.png")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for ep, pts in groups.items():
+        x, _, _, tok = zip(*pts, strict=True)
+        ax.plot(x, tok, marker="o", label=ep)
+    ax.set(
+        yscale="log",
+        xlabel="batch (concurrent requests)",
+        ylabel="decode tokens/s (all requests)",
+        title="Decode throughput against batch",
+    )
+    _ticks(ax, sorted({r[1] for r in rows}))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return [tpot, _save(fig, out / "throughput_vs_batch.png")]
+
+
+def cdfs(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
+    paths = []
+    for metric, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)")):
+        rows = con.execute(
+            f"SELECT ru.endpoint, list({metric} ORDER BY {metric}) FROM requests r JOIN runs ru USING (run_id) "
+            f"WHERE r.status = 'ok' AND NOT r.warmup AND {metric} IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for ep, values in rows:
+            v = np.asarray(values)
+            ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=f"{ep} (n={len(v)})")
+        ax.set(
+            xscale="log", xlabel=label, ylabel="share of requests", title=f"CDF of {label.split()[0]}", ylim=(0, 1.01)
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, out / f"cdf_{metric.removesuffix('_ms')}.png"))
+    return paths
+
+
+def run_timeline(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, limit: int = 300) -> list[Path]:
+    """Each request's send, first token and end; and throughput and requests in flight over time."""
+    rows = con.execute(
+        "SELECT sent_s, first_token_s, end_s, status FROM requests WHERE run_id = ? AND end_s IS NOT NULL "
+        "ORDER BY sent_s",
+        [run_id],
+    ).fetchall()
+    if not rows:
+        return []
+    shown = rows[:: max(1, len(rows) // limit)]
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for i, (sent, first, end, status) in enumerate(shown):
+        color = "tab:blue" if status == "ok" else "tab:red"
+        ax.plot([sent, end], [i, i], color=color, lw=0.8)
+        if first is not None:
+            ax.plot([first], [i], marker="|", color="black", ms=4)
+    ax.set(
+        xlabel="seconds since the run's start",
+        ylabel="request (in send order)",
+        title=f"Timeline of {run_id}: send to end, | first token, red failed"
+        + (f" (every {len(rows) // len(shown)}th)" if len(shown) < len(rows) else ""),
+    )
+    timeline = _save(fig, out / "timeline.png")
+    ts = np.array([r[0] for r in con.execute("SELECT t_s FROM events WHERE run_id = ?", [run_id]).fetchall()])
+    end_all = max(r[2] for r in rows)
+    bin_s = max(end_all / 120, 0.05)
+    edges = np.arange(0, end_all + bin_s, bin_s)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    if len(ts):
+        counts, _ = np.histogram(ts, edges)
+        ax.plot(edges[:-1], counts / bin_s, color="tab:green", label="output events/s")
+    ax.set(
+        xlabel="seconds since the run's start",
+        ylabel="output events per second",
+        title="Throughput and requests in flight over time",
+    )
+    ax2 = ax.twinx()
+    starts = np.array([r[0] for r in rows])
+    ends = np.array([r[2] for r in rows])
+    inflight = [(np.sum((starts <= t) & (ends > t))) for t in edges[:-1]]
+    ax2.step(edges[:-1], inflight, where="post", color="tab:purple", label="in flight")
+    ax2.set_ylabel("requests in flight")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
+    return [timeline, _save(fig, out / "throughput_inflight.png")]
