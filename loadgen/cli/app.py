@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("db", help="results database")
     rp.add_argument("--out", help="folder (default: reports/<database name>/)")
 
+    cp = sub.add_parser("compare", help="compare two runs or endpoints: p50/p90 deltas with bootstrap intervals")
+    cp.add_argument("db", help="results database")
+    cp.add_argument("a", help="run ID or endpoint name")
+    cp.add_argument("b", help="run ID or endpoint name")
+
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
     q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")

@@ -71,6 +71,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loadgen.report.compare import compare
+
+    _open_db(args.db)
+    con = duckdb.connect(args.db, read_only=True)
+    try:
+        deltas = compare(con, args.a, args.b)
+    except KeyError as e:
+        raise SpecError(args.db, f"no run or endpoint named {e.args[0]!r}") from None
+    finally:
+        con.close()
+    rows = [
+        (
+            d.metric,
+            f"p{d.quantile}",
+            d.a,
+            d.b,
+            d.delta,
+            f"[{d.low:,.2f}, {d.high:,.2f}]",
+            f"{d.delta / d.a:+.1%}" if d.a else "-",
+        )
+        for d in deltas
+    ]
+    show.out.print(f"B - A, with 95% bootstrap intervals; A = {args.a}, B = {args.b}", highlight=False)
+    show.out.print(show.result_table(["metric", "quantile", "A", "B", "B - A", "95% interval", "change"], rows))
+    return 0
+
+
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -167,6 +195,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "query": cmd_query,
     "report": cmd_report,
+    "compare": cmd_compare,
     "trace": cmd_trace,
 }
 
