@@ -92,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("a", help="run ID or endpoint name")
     cp.add_argument("b", help="run ID or endpoint name")
 
+    dg = sub.add_parser("disagg", help="predict prefill on A with decode on B over a link, against A or B alone")
+    dg.add_argument("db", help="results database with prefill and decode measurements of both endpoints")
+    dg.add_argument("--prefill", required=True, help="endpoint A (its name in runs.endpoint, or its file)")
+    dg.add_argument("--decode", required=True, help="endpoint B (its name in runs.endpoint, or its file)")
+    dg.add_argument("--link", required=True, help="link speeds in Gb/s, comma-separated: 25,100,400")
+    dg.add_argument("--latency-ms", type=float, default=0.01, help="one-way link latency (default 0.01)")
+    dg.add_argument("--handoff-ms", type=float, default=0.0, help="per-request hand-off cost (default 0)")
+    dg.add_argument("--overlap", choices=["none", "layerwise"], default="none", help="KV sent whole or by layer")
+    dg.add_argument("--load", default="1", help="concurrent requests, comma-separated (default 1)")
+    dg.add_argument("--workload", help="use this workload's length mix instead of a grid of lengths")
+    dg.add_argument("--model", default="llama-2-7b", help="model profile for KV bytes per token")
+    dg.add_argument(
+        "--figure",
+        help="write the gain map (PNG) here; `loadgen report` shows it if it is reports/<db>/disagg_gain.png",
+    )
+
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
     q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")

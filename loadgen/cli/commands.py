@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,7 @@ import yaml
 from loadgen.cli import show
 from loadgen.emulator.launch import LaunchError
 from loadgen.schedule import preview
+from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError
@@ -96,6 +98,134 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     show.out.print(f"B - A, with 95% bootstrap intervals; A = {args.a}, B = {args.b}", highlight=False)
     show.out.print(show.result_table(["metric", "quantile", "A", "B", "B - A", "95% interval", "change"], rows))
+    return 0
+
+
+def _numbers(option: str, text: str, kind: type = float) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise SpecError(option, f"expected positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def _endpoint_name(ref: str) -> str:
+    return load_endpoint(ref).name if ref.endswith((".yaml", ".yml")) else ref
+
+
+GRID_PROMPTS = (128, 512, 1024, 2048, 3968)
+GRID_OUTPUTS = (1, 16, 64, 256, 1024)
+
+
+def cmd_disagg(args: argparse.Namespace) -> int:
+    from loadgen.analysis.disagg import Link, predict
+    from loadgen.analysis.phases import fit
+    from loadgen.emulator.profiles import ModelConfig, load_profile
+
+    _open_db(args.db)
+    links = _numbers("--link", args.link)
+    loads = _numbers("--load", args.load, int)
+    a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
+    try:
+        model = load_profile(args.model)
+    except KeyError:
+        raise SpecError("--model", f"unknown model profile {args.model!r}") from None
+    if not isinstance(model, ModelConfig):
+        raise SpecError("--model", f"{args.model!r} is not a model profile")
+    con = duckdb.connect(args.db, read_only=True)
+    try:
+        a, b = fit(con, a_name), fit(con, b_name)
+    except KeyError as e:
+        raise SpecError(
+            args.db, f"no prefill and decode measurements for endpoint {e.args[0]!r} (run `loadgen study` on it first)"
+        ) from None
+    finally:
+        con.close()
+    if args.workload:
+        workload, _ = load_workload(args.workload)
+        mix = sorted(
+            {
+                (p.prompt_tokens, p.output_tokens)
+                for p in itertools.islice(plan_stage(workload.stages[0], workload.seed, 0), 200)
+            }
+        )
+    else:
+        mix = [(p, o) for p in GRID_PROMPTS for o in GRID_OUTPUTS]
+    for m in (a, b):
+        errs = [
+            f"{name} {err:.1%}"
+            for name, err in (("TTFT", m.ttft_fit_error), ("TPOT", m.tpot_fit_error))
+            if err is not None
+        ]
+        show.out.print(
+            f"{m.endpoint}: fitted to {len(m.prompts)} prompt lengths and {len(m.batches)} batches; "
+            f"leave-one-out error {', '.join(errs) or 'n/a'}",
+            highlight=False,
+        )
+    preds = [
+        predict(
+            a, b, model, prompt, output, Link(gbps, args.latency_ms, args.handoff_ms, args.overlap == "layerwise"), load
+        )
+        for gbps in links
+        for load in loads
+        for prompt, output in mix
+    ]
+    cols = [
+        "link Gb/s",
+        "load",
+        "prompt",
+        "output",
+        f"E2E {a_name} ms",
+        f"E2E {b_name} ms",
+        "E2E A→B ms",
+        "TTFT A→B ms",
+        "gain",
+        "break-even Gb/s",
+        "wins from output",
+    ]
+    rows = [
+        (
+            p.gbps,
+            p.load,
+            p.prompt,
+            p.output,
+            p.e2e_a_ms,
+            p.e2e_b_ms,
+            p.e2e_ab_ms,
+            p.ttft_ab_ms,
+            f"{p.gain:+.1%}",
+            p.break_even_gbps,
+            p.break_even_output,
+        )
+        for p in preds
+    ]
+    show.out.print(f"prefill on {a_name}, KV over the link, decode on {b_name} (A→B), against each alone")
+    show.out.print(show.result_table(cols, rows))
+    show.out.print("where A→B beats both alone:", style="bold")
+    for gbps in links:
+        for load in loads:
+            wins = [p for p in preds if p.gbps == gbps and p.load == load and p.gain > 0]
+            if not wins:
+                show.out.print(f"  {gbps:g} Gb/s, load {load}: never", highlight=False)
+                continue
+            outs = sorted({p.output for p in wins})
+            prompts = sorted({p.prompt for p in wins})
+            best = max(wins, key=lambda p: p.gain)
+            show.out.print(
+                f"  {gbps:g} Gb/s, load {load}: {len(wins)} of {len(mix)} length pairs, outputs "
+                f"{outs[0]}-{outs[-1]}, prompts {prompts[0]}-{prompts[-1]}; best {best.gain:+.0%} at "
+                f"{best.prompt} in / {best.output} out",
+                highlight=False,
+            )
+    if args.figure:
+        from loadgen.analysis.gainmap import gain_map
+
+        out = Path(args.figure)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        gain_map([p for p in preds if p.load == loads[0]], f"prefill {a_name} → decode {b_name}, load {loads[0]}", out)
+        show.out.print(f"gain map: {out}", highlight=False)
     return 0
 
 
@@ -196,6 +326,7 @@ COMMANDS = {
     "query": cmd_query,
     "report": cmd_report,
     "compare": cmd_compare,
+    "disagg": cmd_disagg,
     "trace": cmd_trace,
 }
 

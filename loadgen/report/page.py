@@ -66,6 +66,9 @@ def write_report(db: Path, out: Path) -> Path:
             f"<h1>loadgen report: {html.escape(db.name)}</h1>",
             f"<p>{len(runs)} run(s); figures and tables from the database's views.</p>",
         ]
+        gain = out / "disagg_gain.png"  # written by `loadgen disagg --figure` into this folder
+        if gain.exists():
+            phase.append(gain)
         if phase:
             parts += ["<h2>Phases</h2>", *map(_img, phase)]
             for view, order in (

@@ -1,0 +1,1 @@
+"""Analyses over measured phases: heterogeneous prefill/decode disaggregation."""

@@ -1,0 +1,89 @@
+"""Would prefill on A and decode on B, over a given network, beat either alone? For which lengths and loads?
+
+One request's E2E on a single platform is TTFT(prompt) + (output - 1) x TPOT(load). Disaggregated, the KV cache
+(loadgen.emulator.perf.kv_transfer_s: bytes per token from the model's configuration) crosses the link before
+the decode side can continue, so TTFT = TTFT_A(prompt) + transfer and TPOT = TPOT_B(load). Break-evens follow:
+- against A alone, disaggregation wins once (output - 1) x (TPOT_A - TPOT_B) > transfer;
+- against B alone, once TTFT_B - TTFT_A > transfer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadgen.analysis.phases import PhaseModel
+from loadgen.emulator.perf import kv_transfer_s
+from loadgen.emulator.profiles import ModelConfig
+
+
+@dataclass
+class Link:
+    gbps: float
+    latency_ms: float = 0.01
+    handoff_ms: float = 0.0
+    layerwise: bool = False
+
+
+@dataclass
+class Prediction:
+    prompt: int
+    output: int
+    gbps: float
+    load: int
+    e2e_a_ms: float
+    e2e_b_ms: float
+    ttft_ab_ms: float
+    tpot_ab_ms: float
+    e2e_ab_ms: float
+    transfer_ms: float
+    break_even_gbps: float | None  # the slowest link at which A then B still beats both alone (None: never)
+    break_even_output: float | None  # the output length from which A then B beats A alone on this link
+
+    @property
+    def best_alone_ms(self) -> float:
+        return min(self.e2e_a_ms, self.e2e_b_ms)
+
+    @property
+    def gain(self) -> float:
+        """How much faster A then B finishes than the better platform alone (0.2 = 20% less E2E)."""
+        return 1.0 - self.e2e_ab_ms / self.best_alone_ms
+
+
+def _e2e(ttft: float, tpot: float, output: int) -> float:
+    return ttft + (output - 1) * tpot
+
+
+def predict(
+    a: PhaseModel, b: PhaseModel, model: ModelConfig, prompt: int, output: int, link: Link, load: int = 1
+) -> Prediction:
+    ttft_a, ttft_b = a.ttft(prompt), b.ttft(prompt)
+    tpot_a, tpot_b = a.tpot(load), b.tpot(load)
+    prefill_s = ttft_a / 1000.0
+    transfer = 1000.0 * kv_transfer_s(
+        model, prompt, link.gbps, link.latency_ms, link.handoff_ms, link.layerwise, prefill_s
+    )
+    e2e_a, e2e_b = _e2e(ttft_a, tpot_a, output), _e2e(ttft_b, tpot_b, output)
+    e2e_ab = _e2e(ttft_a + transfer, tpot_b, output)
+    # Break-even link: the transfer time that makes A then B tie the better single platform.
+    fixed = link.latency_ms + link.handoff_ms
+    room = min(e2e_a, e2e_b) - _e2e(ttft_a, tpot_b, output) - fixed
+    wire_bits = prompt * model.kv_bytes_per_token * 8
+    if link.layerwise:
+        wire_bits = wire_bits / model.layers  # at best only the last layer is left after the prefill
+    break_gbps = wire_bits / (room / 1000.0) / 1e9 if room > 0 else None
+    saving = tpot_a - tpot_b
+    break_out = 1 + transfer / saving if saving > 0 else None
+    return Prediction(
+        prompt,
+        output,
+        link.gbps,
+        load,
+        e2e_a,
+        e2e_b,
+        ttft_a + transfer,
+        tpot_b,
+        e2e_ab,
+        transfer,
+        break_gbps,
+        break_out,
+    )
