@@ -104,3 +104,64 @@ def test_compare_gives_deltas_with_intervals(study_db):
     assert "ttft_ms" in res.stdout and "tpot_ms" in res.stdout and "95% interval" in res.stdout
     res = loadgen("compare", str(study_db), "emulated-h100", "nobody")
     assert res.returncode == 2 and "nobody" in res.stderr
+
+
+def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
+    fig = tmp_path / "disagg_gain.png"
+    res = loadgen(
+        "disagg",
+        str(study_db),
+        "--prefill",
+        "emulated-h100",
+        "--decode",
+        "mini-groq",
+        "--link",
+        "25,100,400",
+        "--load",
+        "1,8",
+        "--figure",
+        str(fig),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "where A→B beats both alone" in res.stdout and "100 Gb/s, load 1" in res.stdout
+    assert fig.read_bytes().startswith(b"\x89PNG")
+    res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "nobody", "--link", "100")
+    assert res.returncode == 2 and "nobody" in res.stderr
+    res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "mini-groq", "--link", "fast")
+    assert res.returncode == 2 and "--link" in res.stderr
+
+
+def test_disagg_model_transfer_and_break_evens():
+    import numpy as np
+
+    from loadgen.analysis.disagg import Link, predict
+    from loadgen.analysis.phases import PhaseModel
+    from loadgen.emulator.profiles import load_profile
+
+    m = load_profile("llama-2-7b")
+    flat = np.array([1.0, 8.0])
+    gpu = PhaseModel(
+        "gpu",
+        np.array([100.0, 1000.0]),
+        np.array([10.0, 100.0]),
+        flat,
+        np.array([10.0, 12.0]),
+        np.array([100.0, 650.0]),
+    )
+    lpu = PhaseModel(
+        "lpu",
+        np.array([100.0, 1000.0]),
+        np.array([400.0, 4000.0]),
+        flat,
+        np.array([2.0, 2.0]),
+        np.array([400.0, 400.0]),
+    )
+    p = predict(gpu, lpu, m, 500, 101, Link(100.0, latency_ms=0.0))
+    transfer = 500 * m.kv_bytes_per_token * 8 / 100e9 * 1000
+    assert p.transfer_ms == pytest.approx(transfer)
+    assert p.ttft_ab_ms == pytest.approx(50 + transfer) and p.e2e_ab_ms == pytest.approx(50 + transfer + 100 * 2)
+    assert p.e2e_a_ms == pytest.approx(50 + 100 * 10) and p.e2e_b_ms == pytest.approx(2000 + 100 * 2)
+    assert p.break_even_output == pytest.approx(1 + transfer / (10 - 2))  # (out - 1)(TPOT_A - TPOT_B) = transfer
+    at = predict(gpu, lpu, m, 500, 101, Link(p.break_even_gbps, latency_ms=0.0))
+    assert at.e2e_ab_ms == pytest.approx(min(at.e2e_a_ms, at.e2e_b_ms))  # the break-even link ties
+    assert lpu.tpot(8) == pytest.approx(2.0 * 8)  # no batching: eight requests share one decoder

@@ -50,13 +50,16 @@ class PhaseModel:
         return _interp(prompt, self.prompts, self.ttft_ms)
 
     def tpot(self, batch: float = 1) -> float:
-        """Time per output token seen by one request at this load. Where throughput does not grow with the
-        batch (an engine that does not batch), requests queue, and the share of the throughput is what counts."""
+        """Time per output token seen by one request at this load. An engine's throughput grows with the batch
+        by tok_s(batch) / tok_s(1); where it grows by less than the batch (at worst not at all: an engine that
+        does not batch), requests share it, and a request's tokens come batch x tok_s(1) / tok_s(batch) times
+        further apart than alone (the ratio cancels what the measured stages spent on prefill)."""
         per_token = _interp(batch, self.batches, self.tpot_ms)
         if batch <= 1:
             return per_token
-        share = 1000.0 * batch / _interp(batch, self.batches, self.tokens_per_s)
-        return max(per_token, share)
+        alone = _interp(1, self.batches, self.tpot_ms)
+        slowdown = batch * _interp(1, self.batches, self.tokens_per_s) / _interp(batch, self.batches, self.tokens_per_s)
+        return max(per_token, alone * slowdown)
 
     @property
     def ttft_fit_error(self) -> float | None:
