@@ -52,21 +52,29 @@ def _preflight(base_url: str, headers: dict[str, str]) -> None:
 
 
 def _token_prompts_refused(base_url: str, headers: dict[str, str], model: str) -> str | None:
-    """Whether the server refuses token-ID prompts (llama.cpp's OpenAI server answers 422): one tiny probe."""
-    body = orjson.dumps({"model": model, "prompt": [1000, 1001, 1002, 1003], "max_tokens": 1})
-    req = urllib.request.Request(
-        base_url.rstrip("/") + "/completions",
-        data=body,
-        method="POST",
-        headers={**headers, "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60):
-            return None
-    except urllib.error.HTTPError as e:
-        return f"HTTP {e.code}" if 400 <= e.code < 500 and e.code != 429 else None
-    except (urllib.error.URLError, OSError):
-        return None  # the run itself will report what is wrong
+    """Whether the server refuses token-ID prompts but takes text (llama.cpp's OpenAI servers do: 422 or 500):
+    two tiny probes. Returns the refusal's HTTP status, or None."""
+
+    def status(prompt: str | list[int]) -> int:
+        body = orjson.dumps({"model": model, "prompt": prompt, "max_tokens": 1})
+        req = urllib.request.Request(
+            base_url.rstrip("/") + "/completions",
+            data=body,
+            method="POST",
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0  # the run itself will report what is wrong
+
+    code = status([1000, 1001, 1002, 1003])
+    if code < 400 or code == 429:
+        return None
+    return f"HTTP {code}" if status("hello world") == 200 else None
 
 
 def default_db(workload: WorkloadSpec) -> Path:
