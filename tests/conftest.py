@@ -41,3 +41,16 @@ name: fast-emu
 model: llama-2-7b
 emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {overhead_ms: 0.2}}
 """
+
+
+def with_faults(faults: str) -> str:
+    """FAST_ENDPOINT with emulator fault knobs, e.g. with_faults("drop_rate: 0.1")."""
+    return FAST_ENDPOINT.rstrip().removesuffix("}") + f", faults: {{{faults}}}}}\n"
+
+
+def run_workload(write, tmp_path: Path, endpoint: str, workload: str, db_name: str = "r.duckdb"):
+    """Write an endpoint and a workload (which names ep.yaml), run it, and return the run's result and database."""
+    write("ep.yaml", endpoint)
+    w = write("w.yaml", workload)
+    db = tmp_path / db_name
+    return loadgen("run", str(w), "--db", str(db)), db

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import duckdb
 
-from conftest import FAST_ENDPOINT, loadgen
+from conftest import run_workload, with_faults
 
-FAULTY = FAST_ENDPOINT.rstrip().removesuffix("}") + (
-    ", faults: {error_rate: 0.05, error_status: 503, rate_limit_rate: 0.05, drop_rate: 0.04,"
-    " malformed_rate: 0.03, stall_rate: 0.03, stall_first_ms: 100, stall_between_ms: 50}}\n"
+FAULTY = with_faults(
+    "error_rate: 0.05, error_status: 503, rate_limit_rate: 0.05, drop_rate: 0.04,"
+    " malformed_rate: 0.03, stall_rate: 0.03, stall_first_ms: 100, stall_between_ms: 50"
 )
 
 
 def test_mixed_faults_give_one_row_per_request_with_the_right_class(write, tmp_path):
-    write("ep.yaml", FAULTY)
-    w = write(
-        "w.yaml",
+    res, db = run_workload(
+        write,
+        tmp_path,
+        FAULTY,
         "name: faults\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 32}\n"
         "requests: {prompt_tokens: 16, output_tokens: 8}\nstop: {requests: 500}\n",
     )
-    db = tmp_path / "f.duckdb"
-    res = loadgen("run", str(w), "--db", str(db))
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stdout + res.stderr and "errors by class" in res.stdout
     con = duckdb.connect(str(db), read_only=True)

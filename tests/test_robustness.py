@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAST_ENDPOINT, ROOT, loadgen
+from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, with_faults
 from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.schedule.plan import plan_stage
@@ -121,10 +121,6 @@ def run_with(write, tmp_path, endpoint: str, workload_extra: str, n: int = 30):
     res = loadgen("run", str(w), "--db", str(db))
     assert res.returncode == 0, res.stderr
     return duckdb.connect(str(db), read_only=True)
-
-
-def with_faults(faults: str) -> str:
-    return FAST_ENDPOINT.rstrip().removesuffix("}") + f", faults: {{{faults}}}}}\n"
 
 
 def test_first_token_and_total_timeouts(write, tmp_path):
@@ -246,15 +242,13 @@ def test_bad_options_exit_2_without_traceback(write, option):
 
 
 def test_a_server_without_token_prompts_or_stream_usage_is_coped_with(write, tmp_path):
-    quirky = with_faults("reject_token_prompts: true, omit_stream_usage: true")
-    write("ep.yaml", quirky)
-    w = write(
-        "w.yaml",
+    res, db = run_workload(
+        write,
+        tmp_path,
+        with_faults("reject_token_prompts: true, omit_stream_usage: true"),
         "name: q\nendpoint: ep.yaml\napi: completions\nload: {arrival: closed, concurrency: 2}\n"
         "requests: {prompt_tokens: 40, output_tokens: 9}\nstop: {requests: 6}\n",
     )
-    db = tmp_path / "q.duckdb"
-    res = loadgen("run", str(w), "--db", str(db))
     assert res.returncode == 0, res.stderr
     assert "refused token-ID prompts (HTTP 422)" in res.stderr
     con = duckdb.connect(str(db), read_only=True)

@@ -35,25 +35,35 @@ def _by_endpoint(rows: list[tuple]) -> dict[str, list[tuple]]:
     return out
 
 
+def _lines(ax: plt.Axes, groups: dict[str, list[tuple]], band: bool = True) -> None:
+    """One line per endpoint through (x, p50); with `band`, shaded up to p90 (the third value)."""
+    for ep, pts in groups.items():
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        line = ax.plot(x, y, marker="o", label=ep)[0]
+        if band:
+            ax.fill_between(x, y, [p[2] for p in pts], color=line.get_color(), alpha=0.15)
+
+
+def _finish(ax: plt.Axes, xs: list[int], xlabel: str, ylabel: str, title: str) -> None:
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    _ticks(ax, xs)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
 def ttft_vs_prompt(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
     rows = con.execute("SELECT endpoint, prompt_tokens, ttft_p50_ms, ttft_p90_ms FROM prefill ORDER BY 1, 2").fetchall()
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for ep, pts in _by_endpoint(rows).items():
-        x, p50, p90 = zip(*pts, strict=True)
-        line = ax.plot(x, p50, marker="o", label=ep)[0]
-        ax.fill_between(x, p50, p90, color=line.get_color(), alpha=0.15)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="prompt tokens",
-        ylabel="TTFT (ms), p50 line, band to p90",
-        title="Prefill: time to first token against prompt length",
+    _lines(ax, _by_endpoint(rows))
+    _finish(
+        ax,
+        sorted({r[1] for r in rows}),
+        "prompt tokens",
+        "TTFT (ms), p50 line, band to p90",
+        "Prefill: time to first token against prompt length",
     )
-    _ticks(ax, sorted({r[1] for r in rows}))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     return _save(fig, out / "ttft_vs_prompt.png")
 
 
@@ -63,36 +73,22 @@ def decode_vs_batch(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     ).fetchall()
     if not rows:
         return []
-    groups = _by_endpoint(rows)
+    batches = sorted({r[1] for r in rows})
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for ep, pts in groups.items():
-        x, p50, p90, _ = zip(*pts, strict=True)
-        line = ax.plot(x, p50, marker="o", label=ep)[0]
-        ax.fill_between(x, p50, p90, color=line.get_color(), alpha=0.15)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="batch (concurrent requests)",
-        ylabel="TPOT (ms), p50 to p90",
-        title="Decode: time per output token against batch",
+    _lines(ax, _by_endpoint(rows))
+    _finish(
+        ax,
+        batches,
+        "batch (concurrent requests)",
+        "TPOT (ms), p50 to p90",
+        "Decode: time per output token against batch",
     )
-    _ticks(ax, sorted({r[1] for r in rows}))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     tpot = _save(fig, out / "tpot_vs_batch.png")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for ep, pts in groups.items():
-        x, _, _, tok = zip(*pts, strict=True)
-        ax.plot(x, tok, marker="o", label=ep)
-    ax.set(
-        yscale="log",
-        xlabel="batch (concurrent requests)",
-        ylabel="decode tokens/s (all requests)",
-        title="Decode throughput against batch",
+    _lines(ax, _by_endpoint([(r[0], r[1], r[4]) for r in rows]), band=False)
+    _finish(
+        ax, batches, "batch (concurrent requests)", "decode tokens/s (all requests)", "Decode throughput against batch"
     )
-    _ticks(ax, sorted({r[1] for r in rows}))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     return [tpot, _save(fig, out / "throughput_vs_batch.png")]
 
 
