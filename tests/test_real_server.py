@@ -97,6 +97,8 @@ def test_llamacpp_server(server, write, tmp_path, api):
     if api == "completions":  # the server answers token-ID prompts with an error: loadgen sends text instead
         assert "refused token-ID prompts" in res.stderr
     con = duckdb.connect(str(db), read_only=True)
+    (note,) = con.execute("SELECT note FROM runs").fetchone()
+    print(f"{api}: run note: {note}")
     rows = con.execute(
         "SELECT status, output_tokens_source, output_tokens, ttft_ms, tpot_ms FROM requests ORDER BY request_id"
     ).fetchall()

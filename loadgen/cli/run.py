@@ -16,10 +16,10 @@ from typing import Any
 from loadgen.load.engine import Engine, Outcome  # isort: skip
 
 import duckdb
-import orjson
 
 from loadgen.cli import show
 from loadgen.cli.commands import Failure
+from loadgen.client import probe
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
 from loadgen.load.context import RunContext
 from loadgen.load.recorder import Recorder
@@ -49,32 +49,6 @@ def _preflight(base_url: str, headers: dict[str, str]) -> None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise Failure(f"cannot reach the endpoint at {redact_url(base_url)}: {reason}") from None
-
-
-def _token_prompts_refused(base_url: str, headers: dict[str, str], model: str) -> str | None:
-    """Whether the server refuses token-ID prompts but takes text (llama.cpp's OpenAI servers do: 422 or 500):
-    two tiny probes. Returns the refusal's HTTP status, or None."""
-
-    def status(prompt: str | list[int]) -> int:
-        body = orjson.dumps({"model": model, "prompt": prompt, "max_tokens": 1})
-        req = urllib.request.Request(
-            base_url.rstrip("/") + "/completions",
-            data=body,
-            method="POST",
-            headers={**headers, "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError):
-            return 0  # the run itself will report what is wrong
-
-    code = status([1000, 1001, 1002, 1003])
-    if code < 400 or code == 429:
-        return None
-    return f"HTTP {code}" if status("hello world") == 200 else None
 
 
 def default_db(workload: WorkloadSpec) -> Path:
@@ -147,15 +121,27 @@ def execute(
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
             _preflight(base_url, headers)
-            notes = []
+            notes: list[str] = []
             text_only = False
+            model = workload.model or endpoint.model
             if any(not s.text_prompts for s in workload.stages):
-                refused = _token_prompts_refused(base_url, headers, workload.model or endpoint.model)
+                refused = probe.token_prompts_refused(base_url, headers, model)
                 if refused is not None:
                     text_only = True
                     notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
                     show.err.print(f"[yellow]note:[/] {notes[-1]}")
-            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, notes)
+            calibration = {}
+            for api in sorted({s.api for s in workload.stages if s.text_prompts or text_only}):
+                cal = probe.calibrate_text(base_url, headers, model, api)
+                if cal is None:
+                    notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
+                    continue
+                calibration[api] = cal
+                if (cal.overhead, cal.per_word) != (0.0, 1.0):
+                    notes.append(
+                        f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
+                    )
+            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, calibration, notes)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -169,6 +155,7 @@ def _run(
     db_file: Path,
     ui: tuple[str, int] | None,
     text_only: bool,
+    calibration: dict[str, probe.TextCalibration],
     notes: list[str],
 ) -> int:
     store = Store(db_file)
@@ -189,6 +176,7 @@ def _run(
             retry=workload.retry,
             recorder=recorder,
             text_only=text_only,
+            calibration=calibration,
         )
         engine = Engine(ctx, workload.stages)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import gevent.event
 
+from loadgen.client.probe import TextCalibration
 from loadgen.client.stamps import ReadDelays
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
@@ -25,6 +26,7 @@ class RunContext:
     recorder: Recorder
     read_delays: ReadDelays = field(default_factory=ReadDelays)
     text_only: bool = False  # the server refuses token-ID prompts: every stage sends text
+    calibration: dict[str, TextCalibration] = field(default_factory=dict)  # per api: words for a token count
     t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching

@@ -79,7 +79,11 @@ class StreamUser(User):
             return
         stage = d.stage
         text = stage.text_prompts or c.text_only
-        prompt = make_prompt(item.prompt_tokens, item.request_id, c.seed, text, item.prefix)
+        length = item.prompt_tokens
+        cal = c.calibration.get(stage.api)
+        if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
+            length = cal.words(length)
+        prompt = make_prompt(length, item.request_id, c.seed, text, item.prefix)
         body = request_body(stage.api, c.server, stage.model or c.model, prompt, item.output_tokens)
         r = RequestResult(
             request_id=item.request_id,
