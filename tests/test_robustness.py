@@ -256,3 +256,31 @@ def test_a_server_without_token_prompts_or_stream_usage_is_coped_with(write, tmp
         "SELECT DISTINCT status, output_tokens, output_tokens_source, server_prompt_tokens FROM requests"
     ).fetchall() == [("ok", 9, "events", None)]
     assert "text prompts were sent instead" in con.execute("SELECT note FROM runs").fetchone()[0]
+
+
+def test_a_full_disk_is_a_clear_failure_and_keeps_what_was_committed(write, tmp_path):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        write("ep.yaml", FAST_ENDPOINT)
+        w = write(
+            "w.yaml",
+            "name: full\nendpoint: ep.yaml\napi: completions\nload: {arrival: closed, concurrency: 32}\n"
+            "requests: {prompt_tokens: 16, output_tokens: 256}\nstop: {requests: 3000}\n",
+        )
+        db = disk / "full.duckdb"
+        res = loadgen("run", str(w), "--db", str(db), timeout=300)
+        assert res.returncode == 1, res.stderr
+        assert "Traceback" not in res.stderr and "No space left" in res.stderr
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("loadgen: ")
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # room to open it again
+        con = duckdb.connect(str(db), read_only=True)
+        (n,) = con.execute("SELECT count(*) FROM requests").fetchone()
+        (events,) = con.execute("SELECT count(*) FROM events").fetchone()
+        assert 0 < n < 3000 and events == 256 * n  # whole batches only: nothing half-written
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -182,7 +182,10 @@ def _run(
 
         def finish(outcome: Outcome) -> None:
             note = "; ".join([*notes, *([outcome.note] if outcome.note else [])]) or None
-            store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
+            try:
+                store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
+            except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
+                raise Failure(f"cannot finish the run in {db_file}: {str(e).splitlines()[0]}") from None
             print_summary(store.con, run_id)
             if outcome.note:
                 show.err.print(f"[yellow]note:[/] {outcome.note}")
@@ -202,6 +205,8 @@ def _run(
                     lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
                     finish,
                 )
+        except Failure:
+            raise
         except BaseException:
             store.finish_run(run_id, "failed", None, "loadgen stopped on an unexpected error")
             raise

@@ -100,7 +100,7 @@ class Engine:
                 "was saturated, and event times may be late by up to that much"
             )
         if self.ctx.recorder.write_error is not None:
-            return Outcome("failed", bound, f"writing results failed: {self.ctx.recorder.write_error}")
+            return Outcome("failed", bound, str(self.ctx.recorder.write_error))
         status = "interrupted" if self.signum is not None else "completed"
         return Outcome(status, bound, note, self.signum)
 
@@ -120,6 +120,8 @@ class Engine:
                     break
                 if want != runner.target_user_count:
                     runner.start(want, spawn_rate=want)
+                if self.ctx.recorder.write_error is not None and not self.walker.stopping:
+                    self.walker.stop()  # results can no longer be stored: sending more would measure for nothing
                 if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
                     break
                 now = time.perf_counter()

@@ -68,18 +68,25 @@ class Recorder:
     def rolling_p50(self) -> tuple[float | None, float | None]:
         return _median(self.ttft), _median(self.tpot)
 
+    def _write(self, batch: Sequence[tuple[RequestResult, Derived]]) -> Exception | None:
+        """Runs on the pool's thread; hands a failure back as a value (a raise there would be printed)."""
+        try:
+            self.writer(batch)
+        except Exception as e:
+            return e
+        return None
+
     def flush(self) -> None:
         batch, self.buffer = self.buffer, []
         if batch:
-            gevent.get_hub().threadpool.apply(self.writer, (batch,))
+            error = gevent.get_hub().threadpool.apply(self._write, (batch,))
+            if error is not None:
+                self.write_error = error
 
     def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_S):
-            try:
-                self.flush()
-            except Exception as e:  # keep the load going; the engine reports the failure at the end
-                self.write_error = e
-                return
+        # After a failed write the flusher stops; the engine stops sending and reports it.
+        while self.write_error is None and not self._stop.wait(FLUSH_INTERVAL_S):
+            self.flush()
 
     def start(self) -> None:
         self._flusher = gevent.spawn(self._loop)

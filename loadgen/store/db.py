@@ -129,6 +129,9 @@ class Store:
                     "INSERT INTO events (run_id, request_id, idx, t_s, tokens) SELECT ?, * FROM ev_frame", [run_id]
                 )
             self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+        except duckdb.Error as e:
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT has rolled back already
+            raise StoreError(f"cannot write results to {self.path}: {str(e).splitlines()[0]}") from None
