@@ -25,6 +25,8 @@ class RequestResult:
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None
     server_prompt_tokens: int | None = None
+    text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
+    tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
 
     @property
     def first_token_s(self) -> float | None:
@@ -38,8 +40,12 @@ class RequestResult:
     def output_tokens(self) -> int:
         if self.usage_completion_tokens is not None:
             return self.usage_completion_tokens
+        if self.tokenizer_tokens is not None:
+            return self.tokenizer_tokens
         return sum(self.event_tokens)
 
     @property
     def output_tokens_source(self) -> str:
-        return "usage" if self.usage_completion_tokens is not None else "events"
+        if self.usage_completion_tokens is not None:
+            return "usage"
+        return "tokenizer" if self.tokenizer_tokens is not None else "events"

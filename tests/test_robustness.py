@@ -284,3 +284,33 @@ def test_a_full_disk_is_a_clear_failure_and_keeps_what_was_committed(write, tmp_
         assert 0 < n < 3000 and events == 256 * n  # whole batches only: nothing half-written
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_configured_tokenizer_makes_exact_prompts_and_counts_output(write, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from loadgen.client.prompts import WORDS
+    from loadgen.emulator.server import OUTPUT_WORDS
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", *dict.fromkeys([*WORDS, *(w.strip() for w in OUTPUT_WORDS)])])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    res, db = run_workload(
+        write,
+        tmp_path,
+        with_faults("omit_stream_usage: true"),
+        "name: tk\nendpoint: ep.yaml\napi: chat\nload: {arrival: closed, concurrency: 2}\n"
+        "requests: {prompt_tokens: {dist: uniform, min: 10, max: 300}, output_tokens: 12, tokenizer: tokenizer.json}\n"
+        "stop: {requests: 6}\n",
+    )
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT prompt_tokens, output_tokens, output_tokens_source FROM requests").fetchall()
+    assert len(rows) == 6 and all(out == 12 and src == "tokenizer" for _, out, src in rows)
+    res, _ = run_workload(
+        write,
+        tmp_path / "b",
+        FAST_ENDPOINT,
+        "name: tk\nendpoint: ep.yaml\nrequests: {tokenizer: missing.json}\nstop: {requests: 1}\n",
+    )
+    assert res.returncode == 2 and "missing.json" in res.stderr

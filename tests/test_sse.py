@@ -59,16 +59,16 @@ def test_a_final_event_without_its_blank_line_is_delivered_on_close():
 
 
 def test_role_only_and_empty_events_carry_no_text():
-    assert read_chunk(EXPECTED[0]).chars == 0
-    assert read_chunk(b'{"choices":[{"delta":{}}]}').chars == 0
-    assert read_chunk(b'{"choices":[{"delta":{"content":null}}]}').chars == 0
-    assert read_chunk(EXPECTED[1]).chars == 3
+    assert read_chunk(EXPECTED[0]).text == ""
+    assert read_chunk(b'{"choices":[{"delta":{}}]}').text == ""
+    assert read_chunk(b'{"choices":[{"delta":{"content":null}}]}').text == ""
+    assert read_chunk(EXPECTED[1]).text == "Hel"
 
 
 def test_completions_text_and_usage_only_events():
-    assert read_chunk(b'{"choices":[{"text":" world"}]}').chars == 6
+    assert read_chunk(b'{"choices":[{"text":" world"}]}').text == " world"
     u = read_chunk(EXPECTED[3])
-    assert (u.chars, u.completion_tokens, u.prompt_tokens) == (0, 2, 5)
+    assert (u.text, u.completion_tokens, u.prompt_tokens) == ("", 2, 5)
     assert read_chunk(b"[DONE]").done
 
 

@@ -20,6 +20,7 @@ import duckdb
 from loadgen.cli import show
 from loadgen.cli.commands import Failure
 from loadgen.client import probe
+from loadgen.client.tokenize import PromptTokenizer
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
 from loadgen.load.context import RunContext
 from loadgen.load.recorder import Recorder
@@ -100,6 +101,7 @@ def execute(
 ) -> int:
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
+    tokenizers = {p: PromptTokenizer(p) for p in {s.requests.tokenizer for s in workload.stages} if p}
     skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
     for name, bad in skipped.items():
         show.err.print(f"stage {name}: skipping {bad} malformed trace rows (on_bad_rows: skip)", highlight=False)
@@ -131,7 +133,8 @@ def execute(
                     notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
                     show.err.print(f"[yellow]note:[/] {notes[-1]}")
             calibration = {}
-            for api in sorted({s.api for s in workload.stages if s.text_prompts or text_only}):
+            untokenized = [s for s in workload.stages if not s.requests.tokenizer and (s.text_prompts or text_only)]
+            for api in sorted({s.api for s in untokenized}):
                 cal = probe.calibrate_text(base_url, headers, model, api)
                 if cal is None:
                     notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
@@ -141,7 +144,7 @@ def execute(
                     notes.append(
                         f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
                     )
-            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, calibration, notes)
+            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, calibration, tokenizers, notes)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -156,6 +159,7 @@ def _run(
     ui: tuple[str, int] | None,
     text_only: bool,
     calibration: dict[str, probe.TextCalibration],
+    tokenizers: dict[str, PromptTokenizer],
     notes: list[str],
 ) -> int:
     store = Store(db_file)
@@ -177,6 +181,7 @@ def _run(
             recorder=recorder,
             text_only=text_only,
             calibration=calibration,
+            tokenizers=tokenizers,
         )
         engine = Engine(ctx, workload.stages)
 

@@ -243,7 +243,9 @@ class StreamClient:
                 if c.done:
                     done = True
                     continue
-                if c.chars:
+                if c.text:
+                    if r.text_parts is not None:
+                        r.text_parts.append(c.text)
                     if not times and self.first is not None:
                         self.first.close()  # the first token came in time
                     times.append(now)

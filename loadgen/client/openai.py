@@ -38,7 +38,7 @@ def request_body(api: str, server: str, model: str, prompt: str | list[int], max
 class Chunk:
     """What one streamed `data:` payload told us."""
 
-    chars: int = 0  # characters of generated text it added
+    text: str = ""  # generated text it added
     completion_tokens: int | None = None  # usage.completion_tokens, when present
     prompt_tokens: int | None = None  # usage.prompt_tokens, when present
     done: bool = False  # the [DONE] sentinel
@@ -71,7 +71,7 @@ def read_chunk(payload: bytes) -> Chunk:
         delta = choice.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(text, str):
-            out.chars = len(text)
+            out.text = text
     usage = obj.get("usage")
     if isinstance(usage, dict):
         ct, pt = usage.get("completion_tokens"), usage.get("prompt_tokens")

@@ -9,6 +9,7 @@ import gevent.event
 
 from loadgen.client.probe import TextCalibration
 from loadgen.client.stamps import ReadDelays
+from loadgen.client.tokenize import PromptTokenizer
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
 from loadgen.spec.workload import RetrySpec, TimeoutSpec
@@ -27,6 +28,7 @@ class RunContext:
     read_delays: ReadDelays = field(default_factory=ReadDelays)
     text_only: bool = False  # the server refuses token-ID prompts: every stage sends text
     calibration: dict[str, TextCalibration] = field(default_factory=dict)  # per api: words for a token count
+    tokenizers: dict[str, PromptTokenizer] = field(default_factory=dict)  # by path (requests.tokenizer)
     t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching

@@ -79,11 +79,15 @@ class StreamUser(User):
             return
         stage = d.stage
         text = stage.text_prompts or c.text_only
-        length = item.prompt_tokens
-        cal = c.calibration.get(stage.api)
-        if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
-            length = cal.words(length)
-        prompt = make_prompt(length, item.request_id, c.seed, text, item.prefix)
+        tok = c.tokenizers.get(stage.requests.tokenizer or "")
+        if text and tok is not None:
+            prompt: str | list[int] = tok.prompt(item.prompt_tokens, item.request_id, c.seed, item.prefix)
+        else:
+            length = item.prompt_tokens
+            cal = c.calibration.get(stage.api)
+            if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
+                length = cal.words(length)
+            prompt = make_prompt(length, item.request_id, c.seed, text, item.prefix)
         body = request_body(stage.api, c.server, stage.model or c.model, prompt, item.output_tokens)
         r = RequestResult(
             request_id=item.request_id,
@@ -93,6 +97,7 @@ class StreamUser(User):
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
             warmup=item.request_id - d.first_id < stage.warmup.requests,
+            text_parts=[] if tok is not None else None,
         )
         path = PATHS[stage.api]
         c.recorder.in_flight += 1
@@ -104,6 +109,8 @@ class StreamUser(User):
                 r = _again(r)
                 self.http.stream(r, path, body, c.t0)
         finally:
+            if tok is not None and r.usage_completion_tokens is None and r.text_parts:
+                r.tokenizer_tokens = tok.count("".join(r.text_parts))
             c.recorder.in_flight -= 1
             d.finish()
             derived = c.recorder.add(r, d.stage.slo)

@@ -190,19 +190,24 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
         merged = _merge(base, stage)
         merged.setdefault("name", f"stage{i}")
         resolved = validate(StageSpec, merged, source, lines, prefix if stages_raw else ())
-        stages.append(_absolute_trace(resolved, path.parent))
+        stages.append(_absolute_paths(resolved, path.parent))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
     return spec.model_copy(update={"stages": stages}), path
 
 
-def _absolute_trace(stage: StageSpec, base: Path) -> StageSpec:
+def _absolute_paths(stage: StageSpec, base: Path) -> StageSpec:
+    """Trace and tokenizer paths are relative to the workload file; resolve them once, here."""
     trace = stage.load.trace
-    if trace is None or Path(trace.path).is_absolute():
-        return stage
-    trace = trace.model_copy(update={"path": str((base / trace.path).resolve())})
-    return stage.model_copy(update={"load": stage.load.model_copy(update={"trace": trace})})
+    if trace is not None and not Path(trace.path).is_absolute():
+        trace = trace.model_copy(update={"path": str((base / trace.path).resolve())})
+        stage = stage.model_copy(update={"load": stage.load.model_copy(update={"trace": trace})})
+    tok = stage.requests.tokenizer
+    if tok is not None and not Path(tok).is_absolute():
+        requests = stage.requests.model_copy(update={"tokenizer": str((base / tok).resolve())})
+        stage = stage.model_copy(update={"requests": requests})
+    return stage
 
 
 def load_endpoint(path: str | Path) -> EndpointSpec:

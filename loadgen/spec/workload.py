@@ -148,6 +148,9 @@ class RequestsSpec(Strict):
     output_tokens: OptionalLength = None
     # tokens: token-ID prompts of exact length (completions only); text: words; auto: tokens for completions
     prompt_format: Literal["auto", "tokens", "text"] = "auto"
+    # a tokenizer.json (relative to the workload file): exact text prompt lengths, and output tokens counted
+    # with it when the server reports no usage
+    tokenizer: str | None = None
 
 
 class StopSpec(Strict):

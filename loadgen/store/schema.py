@@ -26,7 +26,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prompt_tokens", "INTEGER"),
     ("max_tokens", "INTEGER"),
     ("output_tokens", "INTEGER"),
-    ("output_tokens_source", "VARCHAR"),  # usage | events
+    ("output_tokens_source", "VARCHAR"),  # usage | tokenizer | events
     ("server_prompt_tokens", "INTEGER"),  # usage.prompt_tokens when the server reports it
     ("lag_ms", "DOUBLE"),
     ("ttft_ms", "DOUBLE"),

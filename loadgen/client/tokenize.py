@@ -1,0 +1,41 @@
+"""Exact token counts with a configured tokenizer (`requests.tokenizer: tokenizer.json`, Hugging Face format).
+
+With it, text prompts are made to exactly the planned number of tokens, and streams that report no usage have
+their output counted in tokens rather than events. It needs the `tokenizers` package (`pip install tokenizers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadgen.client.prompts import make_prompt
+from loadgen.spec.errors import SpecError
+
+
+class PromptTokenizer:
+    def __init__(self, path: str):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise SpecError(path, "requests.tokenizer needs the tokenizers package: pip install tokenizers") from None
+        if not Path(path).is_file():
+            raise SpecError(path, "tokenizer file not found (requests.tokenizer)")
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:  # the library raises its own exception types for a bad file
+            raise SpecError(path, f"not a tokenizer.json file: {e}") from None
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def prompt(self, n_tokens: int, uid: int, seed: int, prefix: tuple[int, ...] | None) -> str:
+        """A text prompt of exactly n_tokens tokens (as close as single words allow when a word splits)."""
+        words = n_tokens
+        best = make_prompt(words, uid, seed, True, prefix)
+        for _ in range(8):  # each round corrects by the difference; most words are one token, so it converges fast
+            n = self.count(best)
+            if n == n_tokens:
+                return best
+            words = max(1, words + (n_tokens - n))
+            best = make_prompt(words, uid, seed, True, prefix)
+        return best
