@@ -7,6 +7,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,41 @@ def print_phases(db_file: str | Path) -> None:
         con.close()
 
 
+@dataclass
+class Prompting:
+    """How this run makes prompts for this endpoint, and what it found out doing so (for the run's note)."""
+
+    text_only: bool = False
+    calibration: dict[str, probe.TextCalibration] = field(default_factory=dict)
+    tokenizers: dict[str, PromptTokenizer] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _prompting(
+    workload: WorkloadSpec, base_url: str, headers: dict[str, str], model: str, tokenizers: dict[str, PromptTokenizer]
+) -> Prompting:
+    """Probe the endpoint: token-ID prompts accepted? Text calibrated for every api sending untokenized text."""
+    p = Prompting(tokenizers=tokenizers)
+    if any(not s.text_prompts for s in workload.stages):
+        refused = probe.token_prompts_refused(base_url, headers, model)
+        if refused is not None:
+            p.text_only = True
+            p.notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
+            show.err.print(f"[yellow]note:[/] {p.notes[-1]}")
+    untokenized = [s for s in workload.stages if not s.requests.tokenizer and (s.text_prompts or p.text_only)]
+    for api in sorted({s.api for s in untokenized}):
+        cal = probe.calibrate_text(base_url, headers, model, api)
+        if cal is None:
+            p.notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
+            continue
+        p.calibration[api] = cal
+        if (cal.overhead, cal.per_word) != (0.0, 1.0):
+            p.notes.append(
+                f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
+            )
+    return p
+
+
 def execute(
     workload_path: str,
     endpoint_ref: str | None,
@@ -123,28 +159,8 @@ def execute(
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
             _preflight(base_url, headers)
-            notes: list[str] = []
-            text_only = False
-            model = workload.model or endpoint.model
-            if any(not s.text_prompts for s in workload.stages):
-                refused = probe.token_prompts_refused(base_url, headers, model)
-                if refused is not None:
-                    text_only = True
-                    notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
-                    show.err.print(f"[yellow]note:[/] {notes[-1]}")
-            calibration = {}
-            untokenized = [s for s in workload.stages if not s.requests.tokenizer and (s.text_prompts or text_only)]
-            for api in sorted({s.api for s in untokenized}):
-                cal = probe.calibrate_text(base_url, headers, model, api)
-                if cal is None:
-                    notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
-                    continue
-                calibration[api] = cal
-                if (cal.overhead, cal.per_word) != (0.0, 1.0):
-                    notes.append(
-                        f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
-                    )
-            return _run(workload, endpoint, base_url, headers, db_file, ui, text_only, calibration, tokenizers, notes)
+            prompting = _prompting(workload, base_url, headers, workload.model or endpoint.model, tokenizers)
+            return _run(workload, endpoint, base_url, headers, db_file, ui, prompting)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -157,10 +173,7 @@ def _run(
     headers: dict[str, str],
     db_file: Path,
     ui: tuple[str, int] | None,
-    text_only: bool,
-    calibration: dict[str, probe.TextCalibration],
-    tokenizers: dict[str, PromptTokenizer],
-    notes: list[str],
+    prompting: Prompting,
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -179,14 +192,14 @@ def _run(
             timeouts=workload.timeouts,
             retry=workload.retry,
             recorder=recorder,
-            text_only=text_only,
-            calibration=calibration,
-            tokenizers=tokenizers,
+            text_only=prompting.text_only,
+            calibration=prompting.calibration,
+            tokenizers=prompting.tokenizers,
         )
         engine = Engine(ctx, workload.stages)
 
         def finish(outcome: Outcome) -> None:
-            note = "; ".join([*notes, *([outcome.note] if outcome.note else [])]) or None
+            note = "; ".join([*prompting.notes, *([outcome.note] if outcome.note else [])]) or None
             try:
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
