@@ -165,3 +165,35 @@ def test_disagg_model_transfer_and_break_evens():
     at = predict(gpu, lpu, m, 500, 101, Link(p.break_even_gbps, latency_ms=0.0))
     assert at.e2e_ab_ms == pytest.approx(min(at.e2e_a_ms, at.e2e_b_ms))  # the break-even link ties
     assert lpu.tpot(8) == pytest.approx(2.0 * 8)  # no batching: eight requests share one decoder
+
+
+def test_report_renders_in_headless_chromium(study_db, tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium here (apt-get install chromium) to render the report")
+    out = tmp_path / "rep"
+    assert loadgen("report", str(study_db), "--out", str(out)).returncode == 0
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (out / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
