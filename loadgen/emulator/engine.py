@@ -180,10 +180,9 @@ class Engine:
         raise NotImplementedError
 
     def retire(self, seq: Seq) -> None:
-        """The sequence is done (or its client left): free its place and tell its handler."""
+        """The sequence is done (or its client left): free its place and wake its handler, which returns."""
         self.hand_off(seq)
-        if not seq.cancelled:
-            seq.finish()
+        seq.finish()
 
     @property
     def running(self) -> int:
@@ -232,8 +231,11 @@ class GpuEngine(Engine):
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.admitted if s.cancelled]:
-            self.hand_off(seq)
+            self.retire(seq)
         if any(s.cancelled for s in self.queue):
+            for seq in self.queue:
+                if seq.cancelled:
+                    seq.finish()
             self.queue = deque(s for s in self.queue if not s.cancelled)
 
     def plan(self) -> Step | None:
@@ -326,10 +328,12 @@ class GroqEngine(Engine):
 
     def plan(self) -> Step | None:
         if self.current is not None and self.current.cancelled:
-            self.current = None
+            self.retire(self.current)
         while self.current is None and self.queue:
             q = self.queue.popleft()
-            if not q.cancelled:
+            if q.cancelled:
+                q.finish()
+            else:
                 self.current = q
         q = self.current
         if q is None:
@@ -415,6 +419,7 @@ class Disaggregated:
         self.in_transfer -= 1
         self.transfers_total += 1
         if seq.cancelled:
+            seq.finish()
             return
         self.decode.first_token(seq)
         if not seq.done:

@@ -18,6 +18,17 @@ class LaunchError(Exception):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, ask for SIGTERM when loadgen dies, even by SIGKILL, so that no
+    emulator outlives the run that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class BackgroundEmulator:
     """`loadgen serve` in a child process on a free loopback port; `url` is its OpenAI base URL."""
 
@@ -31,6 +42,7 @@ class BackgroundEmulator:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
+            preexec_fn=_die_with_parent,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = re.search(r"(http://\S+/v1)", line)

@@ -244,6 +244,8 @@ class Emulator:
         await resp.write(events.opening())
         if fault is None:
             await self._stream_fast(request, seq, events)
+            if seq.cancelled:  # the client went away mid-stream
+                return resp
         else:
             await self._stream_faulty(request, resp, seq, events, fault)
             if fault == "drop":
@@ -329,7 +331,8 @@ def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> Non
     """Run the emulator until interrupted; prints one line with the base URL once it listens."""
 
     async def main() -> None:
-        runner = web.AppRunner(Emulator(endpoint).app(), access_log=None)
+        # Streams in flight are not waited for at shutdown: an emulator's clients are load generators.
+        runner = web.AppRunner(Emulator(endpoint).app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
