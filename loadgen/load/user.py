@@ -10,8 +10,11 @@ from locust import User, constant, task
 from loadgen.client.http import StreamClient
 from loadgen.client.openai import PATHS, request_body
 from loadgen.client.prompts import make_prompt
+from loadgen.client.tokenize import PromptTokenizer
 from loadgen.load.context import RunContext
 from loadgen.results import RequestResult
+from loadgen.schedule.plan import Planned
+from loadgen.spec.workload import StageSpec
 
 
 def _again(r: RequestResult) -> RequestResult:
@@ -25,7 +28,20 @@ def _again(r: RequestResult) -> RequestResult:
         max_tokens=r.max_tokens,
         warmup=r.warmup,
         retries=r.retries + 1,
+        text_parts=[] if r.text_parts is not None else None,
     )
+
+
+def _prompt(c: RunContext, stage: StageSpec, item: Planned, tok: PromptTokenizer | None) -> str | list[int]:
+    """Token IDs, or text: exact with a tokenizer, else sized by the endpoint's calibration, else a word a token."""
+    text = stage.text_prompts or c.text_only
+    if text and tok is not None:
+        return tok.prompt(item.prompt_tokens, item.request_id, c.seed, item.prefix)
+    length = item.prompt_tokens
+    cal = c.calibration.get(stage.api)
+    if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
+        length = cal.words(length)
+    return make_prompt(length, item.request_id, c.seed, text, item.prefix)
 
 
 def sleep_to_send(delay: float) -> None:
@@ -78,17 +94,10 @@ class StreamUser(User):
             d.release()
             return
         stage = d.stage
-        text = stage.text_prompts or c.text_only
         tok = c.tokenizers.get(stage.requests.tokenizer or "")
-        if text and tok is not None:
-            prompt: str | list[int] = tok.prompt(item.prompt_tokens, item.request_id, c.seed, item.prefix)
-        else:
-            length = item.prompt_tokens
-            cal = c.calibration.get(stage.api)
-            if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
-                length = cal.words(length)
-            prompt = make_prompt(length, item.request_id, c.seed, text, item.prefix)
-        body = request_body(stage.api, c.server, stage.model or c.model, prompt, item.output_tokens)
+        body = request_body(
+            stage.api, c.server, stage.model or c.model, _prompt(c, stage, item, tok), item.output_tokens
+        )
         r = RequestResult(
             request_id=item.request_id,
             stage=item.stage,
