@@ -23,9 +23,12 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _ticks(ax: plt.Axes, values: list[int]) -> None:
-    """Label a log axis at the measured values themselves, in plain numbers."""
+    """Label the log x axis at the measured values themselves, and both axes in plain numbers."""
     ax.set_xticks(values, [str(v) for v in values])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _by_endpoint(rows: list[tuple]) -> dict[str, list[tuple]]:
