@@ -65,6 +65,6 @@ def recv_stamped(sock: socket.socket, size: int) -> tuple[bytes, float, float]:
 
 
 def recv_clocked(sock: socket.socket, size: int) -> tuple[bytes, float, float]:
-    now_data = sock.recv(size)
+    data = sock.recv(size)
     now = time.perf_counter()
-    return now_data, now, now
+    return data, now, now

@@ -174,7 +174,16 @@ class Engine:
         raise NotImplementedError
 
     def complete(self, step: Step) -> None:
-        raise NotImplementedError
+        """Apply a finished step: prompt tokens computed, first tokens of completed prefills, one token per decode."""
+        for q, n in step.prefill:
+            q.prefilled += n
+            q.prefill_s += step.duration_s
+            self.prompt_tokens_total += n
+            if q.prefilled >= q.prompt and not q.cancelled:
+                self.on_prefilled(q)
+        for q in step.decode:
+            if not q.cancelled and not q.done:
+                self.decoded(q)
 
     def hand_off(self, seq: Seq) -> None:
         raise NotImplementedError
@@ -280,17 +289,6 @@ class GpuEngine(Engine):
         )
         return Step(duration, prefill, decoding)
 
-    def complete(self, step: Step) -> None:
-        for q, n in step.prefill:
-            q.prefilled += n
-            q.prefill_s += step.duration_s
-            self.prompt_tokens_total += n
-            if q.prefilled >= q.prompt and not q.cancelled:
-                self.on_prefilled(q)
-        for q in step.decode:
-            if not q.cancelled and not q.done:
-                self.decoded(q)
-
     def hand_off(self, seq: Seq) -> None:
         """Remove the sequence and free its KV cache, without finishing it (it goes on elsewhere)."""
         if id(seq) in self.reserved:
@@ -342,17 +340,6 @@ class GroqEngine(Engine):
             n = q.prompt - q.prefilled
             return Step(perf.groq_prefill_s(self.hw, self.model, n), [(q, n)], [])
         return Step(self.token_s, [], [q])
-
-    def complete(self, step: Step) -> None:
-        for q, n in step.prefill:
-            q.prefilled += n
-            q.prefill_s += step.duration_s
-            self.prompt_tokens_total += n
-            if not q.cancelled:
-                self.on_prefilled(q)
-        for q in step.decode:
-            if not q.cancelled and not q.done:
-                self.decoded(q)
 
     def hand_off(self, seq: Seq) -> None:
         if self.current is seq:

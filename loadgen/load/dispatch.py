@@ -47,10 +47,7 @@ class Dispatch:
         return item
 
     def finish(self) -> None:
-        self.outstanding -= 1
-
-    def release(self) -> None:
-        """A user took an item but will not send it (the run is stopping)."""
+        """A taken item is done with: sent and finished, or given up because the run is stopping."""
         self.outstanding -= 1
 
     @property

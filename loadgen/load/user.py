@@ -88,10 +88,10 @@ class StreamUser(User):
                 if delay > 0:
                     sleep_to_send(delay)
         except BaseException:
-            d.release()
+            d.finish()
             raise
         if d.stopping:
-            d.release()
+            d.finish()
             return
         stage = d.stage
         tok = c.tokenizers.get(stage.requests.tokenizer or "")
