@@ -4,6 +4,15 @@ ttft_ms = first_token - sent; tpot_ms = (last_token - first_token) / (output_tok
 e2e_ms = end - sent; lag_ms = sent - scheduled; ttft_sched_ms = first_token - scheduled (what a user waiting
 since the scheduled time saw, so that a send held back by the in-flight cap is not hidden);
 slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
+
+The phase throughputs aggregate these timestamps over a batch (a stage of phase prefill or decode, ok requests
+outside warm-up), each over the time the batch spent in that phase, so that neither phase's time dilutes the other:
+    decode_tokens_per_s  = sum(output_tokens - 1) / |union of [first_token, last_token]|   (requests of >= 2 tokens)
+    prefill_tokens_per_s = sum(prompt_tokens) / |union of [sent, first_token]|
+where |union| is the total length of the time covered by at least one window. Not batch / TPOT, which is wrong
+wherever requests do not decode together (a GroqRack serves one at a time: its union is the sum of the windows).
+`stage_tokens_per_s` is the stage's output tokens over its whole span (first send to last end), prefills
+included. The one implementation of the union is `_busy` in store/schema.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Phase models fitted from measured runs: TTFT against prompt length, TPOT and throughput against batch.
 
-Both are piecewise-linear through the measured medians (the `prefill` and `decode` views), extended linearly
+Both are piecewise-linear through the measured medians (the `prefill` view at its smallest batch, one request's
+TTFT; the `decode` view), extended linearly
 beyond the last points. Each model reports its fit error as leave-one-out: every interior point predicted from
 its neighbours alone.
 """
@@ -53,7 +54,7 @@ class PhaseModel:
         """Time per output token seen by one request at this load. An engine's throughput grows with the batch
         by tok_s(batch) / tok_s(1); where it grows by less than the batch (at worst not at all: an engine that
         does not batch), requests share it, and a request's tokens come batch x tok_s(1) / tok_s(batch) times
-        further apart than alone (the ratio cancels what the measured stages spent on prefill)."""
+        further apart than alone (decode-phase throughputs, so prefill time does not enter the ratio)."""
         per_token = _interp(batch, self.batches, self.tpot_ms)
         if batch <= 1:
             return per_token
@@ -73,7 +74,9 @@ class PhaseModel:
 def fit(con: duckdb.DuckDBPyConnection, endpoint: str) -> PhaseModel:
     """The endpoint's phase models; KeyError when the database lacks its prefill or decode measurements."""
     pre = con.execute(
-        "SELECT prompt_tokens, ttft_p50_ms FROM prefill WHERE endpoint = ? ORDER BY 1", [endpoint]
+        "SELECT prompt_tokens, ttft_p50_ms FROM prefill WHERE endpoint = $1 "
+        "AND batch = (SELECT min(batch) FROM prefill WHERE endpoint = $1) ORDER BY 1",
+        [endpoint],
     ).fetchall()
     dec = con.execute(
         "SELECT batch, tpot_p50_ms, decode_tokens_per_s FROM decode WHERE endpoint = ? ORDER BY 1", [endpoint]

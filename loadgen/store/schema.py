@@ -109,61 +109,99 @@ _PHASE_ROWS = """
 FROM requests r JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
 WHERE st.phase = '{phase}' AND r.status = 'ok' AND NOT r.warmup"""
 
-# The Prefill phase: TTFT against prompt length, per endpoint.
+
+def _busy(phase: str, keys: dict[str, str], start: str, end: str, tokens: str, where: str = "TRUE") -> str:
+    """Per `keys` (and run and stage): the tokens of the phase's requests and the length of the union of their
+    [start, end] windows, the time during which at least one of them was in that phase (metrics.py states the
+    definition; this is its one implementation). Gaps and islands: a window opens a new island when it starts
+    after every earlier window has ended. `keys`: output column -> expression."""
+    select = ", ".join(f"{expr} AS {name}" for name, expr in keys.items())
+    names = ", ".join(keys)
+    return f"""
+    windows AS (
+        SELECT {select}, r.run_id, r.stage, r.{start} AS w0, r.{end} AS w1, {tokens} AS tokens
+        {_PHASE_ROWS.format(phase=phase)} AND r.{start} IS NOT NULL AND r.{end} IS NOT NULL AND {where}
+    ), reach AS (
+        SELECT *, max(w1) OVER (PARTITION BY run_id, stage ORDER BY w0, w1
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach FROM windows
+    ), islands AS (
+        SELECT *, sum(CASE WHEN reach IS NULL OR w0 > reach THEN 1 ELSE 0 END)
+                  OVER (PARTITION BY run_id, stage ORDER BY w0, w1 ROWS UNBOUNDED PRECEDING) AS island FROM reach
+    ), busy AS (
+        SELECT {names}, sum(tokens) AS tokens, sum(w1 - w0) AS busy_s FROM (
+            SELECT {names}, run_id, stage, island, sum(tokens) AS tokens, min(w0) AS w0, max(w1) AS w1
+            FROM islands GROUP BY ALL
+        ) GROUP BY ALL
+    )"""
+
+
+_PREFILL_KEYS = {"endpoint": "ru.endpoint", "prompt_tokens": "r.prompt_tokens", "batch": "st.concurrency"}
+_DECODE_KEYS = {"endpoint": "ru.endpoint", "batch": "st.concurrency"}
+_DECODES = "r.output_tokens >= 2"  # a one-token request has no decode phase
+
+# The Prefill phase, per endpoint, prompt length and batch (the stage's concurrency): TTFT, and prefill
+# throughput: prompt tokens over the time the batch spent prefilling (sent to first token, see metrics.py).
 PREFILL = f"""
 CREATE OR REPLACE VIEW prefill AS
-SELECT
-    ru.endpoint,
-    r.prompt_tokens,
-    count(*) AS requests,
-    quantile_cont(r.ttft_ms, 0.5) AS ttft_p50_ms,
-    quantile_cont(r.ttft_ms, 0.9) AS ttft_p90_ms,
-    r.prompt_tokens / (quantile_cont(r.ttft_ms, 0.5) / 1000.0) AS prefill_tokens_per_s
-{_PHASE_ROWS.format(phase="prefill")}
-GROUP BY ru.endpoint, r.prompt_tokens
+WITH {_busy("prefill", _PREFILL_KEYS, "sent_s", "first_token_s", "r.prompt_tokens").strip()},
+ttfts AS (
+    SELECT ru.endpoint, r.prompt_tokens, st.concurrency AS batch, count(*) AS requests,
+           quantile_cont(r.ttft_ms, 0.5) AS ttft_p50_ms, quantile_cont(r.ttft_ms, 0.9) AS ttft_p90_ms
+    {_PHASE_ROWS.format(phase="prefill")}
+    GROUP BY ALL
+)
+SELECT t.endpoint, t.prompt_tokens, t.batch, t.requests, t.ttft_p50_ms, t.ttft_p90_ms,
+       b.tokens / nullif(b.busy_s, 0) AS prefill_tokens_per_s
+FROM ttfts t LEFT JOIN busy b USING (endpoint, prompt_tokens, batch)
 """
 
-# The Decode phase: TPOT and decode throughput against batch (the stage's concurrency), per endpoint.
-# Throughput is the stage's output tokens over its span, summed over runs of the same endpoint and batch.
+# The Decode phase, per endpoint and batch (the stage's concurrency): TPOT; decode throughput, the tokens after
+# each request's first over the time the batch spent decoding (first to last token, see metrics.py); and, for
+# comparison, the stage's output tokens over its whole span as `summary` has it (prefills included).
 DECODE = f"""
 CREATE OR REPLACE VIEW decode AS
-WITH per_run AS (
-    SELECT ru.endpoint, st.concurrency AS batch, r.run_id,
-           sum(r.output_tokens) AS tokens, max(r.end_s) - min(r.sent_s) AS span_s
-    {_PHASE_ROWS.format(phase="decode")}
+WITH {_busy("decode", _DECODE_KEYS, "first_token_s", "last_token_s", "r.output_tokens - 1", _DECODES).strip()},
+stage_rates AS (
+    SELECT ru.endpoint, st.concurrency AS batch,
+           sum(s.output_tokens_per_s * s.span_s) / nullif(sum(s.span_s), 0) AS stage_tokens_per_s
+    FROM summary s JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
+    WHERE st.phase = 'decode'
     GROUP BY ALL
-), rates AS (
-    SELECT endpoint, batch, sum(tokens) / nullif(sum(span_s), 0) AS decode_tokens_per_s FROM per_run GROUP BY ALL
 ), tpots AS (
     SELECT ru.endpoint, st.concurrency AS batch, count(*) AS requests,
            quantile_cont(r.tpot_ms, 0.5) AS tpot_p50_ms, quantile_cont(r.tpot_ms, 0.9) AS tpot_p90_ms
     {_PHASE_ROWS.format(phase="decode")}
     GROUP BY ALL
 )
-SELECT t.endpoint, t.batch, t.requests, t.tpot_p50_ms, t.tpot_p90_ms, r.decode_tokens_per_s,
+SELECT t.endpoint, t.batch, t.requests, t.tpot_p50_ms, t.tpot_p90_ms,
+       b.tokens / nullif(b.busy_s, 0) AS decode_tokens_per_s,
+       s.stage_tokens_per_s,
        1000.0 / t.tpot_p50_ms AS tokens_per_s_per_user
-FROM tpots t JOIN rates r USING (endpoint, batch)
+FROM tpots t LEFT JOIN busy b USING (endpoint, batch) LEFT JOIN stage_rates s USING (endpoint, batch)
 """
 
-# For every pair of endpoints: the smallest batch at which the first's decode throughput passes the second's, and
-# the smallest prompt length from which the first's TTFT is the lower (NULL where it never is).
+# For every pair of endpoints, on the phase-pure figures: the smallest batch at which the first's decode
+# throughput passes the second's; the smallest batch at which its decode throughput per user (1000 / TPOT p50)
+# falls below the second's; and the smallest prompt length from which its TTFT is the lower, at the smallest
+# prefill batch both measured (the study's one-request TTFT). NULL where it never is.
 CROSSOVER = """
 CREATE OR REPLACE VIEW crossover AS
-WITH pairs AS (
-    SELECT DISTINCT a.endpoint, b.endpoint AS versus
-    FROM (SELECT endpoint FROM decode UNION SELECT endpoint FROM prefill) a,
-         (SELECT endpoint FROM decode UNION SELECT endpoint FROM prefill) b
-    WHERE a.endpoint <> b.endpoint
-)
+WITH eps AS (SELECT endpoint FROM decode UNION SELECT endpoint FROM prefill),
+pairs AS (SELECT a.endpoint, b.endpoint AS versus FROM eps a, eps b WHERE a.endpoint <> b.endpoint)
 SELECT
     p.endpoint,
     p.versus,
     (SELECT min(x.batch) FROM decode x JOIN decode y ON x.batch = y.batch
       WHERE x.endpoint = p.endpoint AND y.endpoint = p.versus
         AND x.decode_tokens_per_s > y.decode_tokens_per_s) AS decode_passes_at_batch,
-    (SELECT min(x.prompt_tokens) FROM prefill x JOIN prefill y ON x.prompt_tokens = y.prompt_tokens
+    (SELECT min(x.batch) FROM decode x JOIN decode y ON x.batch = y.batch
       WHERE x.endpoint = p.endpoint AND y.endpoint = p.versus
-        AND x.ttft_p50_ms < y.ttft_p50_ms) AS ttft_lower_from_prompt_tokens
+        AND x.tokens_per_s_per_user < y.tokens_per_s_per_user) AS per_user_below_at_batch,
+    (SELECT min(x.prompt_tokens) FROM prefill x
+       JOIN prefill y ON x.prompt_tokens = y.prompt_tokens AND x.batch = y.batch
+      WHERE x.endpoint = p.endpoint AND y.endpoint = p.versus AND x.ttft_p50_ms < y.ttft_p50_ms
+        AND x.batch = (SELECT min(u.batch) FROM prefill u JOIN prefill v ON u.batch = v.batch
+                        WHERE u.endpoint = p.endpoint AND v.endpoint = p.versus)) AS ttft_lower_from_prompt_tokens
 FROM pairs p
 """
 
