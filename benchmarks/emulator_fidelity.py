@@ -2,7 +2,10 @@
 
 Within 15% for A100 and H100: TPOT at batch 1, decode tokens/s at batch 16, 32 and 64 (input = output = 128,
 a batch of requests sent together), and the TTFT of 16 concurrent 1024-token prompts (until all 16 have their
-first token). The study's shape, from the models: GPU TTFT below GroqRack TTFT for prompts of 512 tokens and
+first token). Short prompts, one request: the A100 80GB's TTFT at 128 and 2048 prompt tokens against
+TensorRT-LLM v0.5's first-token latency (fp16, batch 1; no vLLM figure for Llama-2-7B at short prompts was
+found): the 128-token row calibrated the profiles' prefill_overhead_ms, the 2048-token row is held out.
+The study's shape, from the models: GPU TTFT below GroqRack TTFT for prompts of 512 tokens and
 more; GroqRack TPOT below every GPU's at batch 1; GPU decode throughput above GroqRack's by batch 16; and the
 disaggregated endpoint's TTFT minus the prefill-only TTFT equal to KV bytes / link bandwidth + latency (10%).
 
@@ -26,6 +29,10 @@ MEASURED = {  # ../shared/HARDWARE.md, LLM-Inference-Bench vLLM rows
     "emulated-a100": {"tpot_bs1": 12.9, "bs16": 1017, "bs32": 1669, "bs64": 2460, "ttft16x1024": 1030},
     "emulated-h100": {"tpot_bs1": 7.3, "bs16": 1804, "bs32": 2981, "bs64": 4440, "ttft16x1024": 420},
 }
+# NVIDIA/TensorRT-LLM docs/source/performance.md, v0.5 "Low Latency" table: LLaMA 7B, A100 SXM 80GB, fp16,
+# batch 1, output 1: first-token latency at 128 and 2048 prompt tokens.
+SHORT_PROMPTS = {"p128": 16.0, "p2048": 133.0}
+A100_80GB = {"name": "emulated-a100-80gb", "emulate": {"engine": "gpu", "hardware": "a100-80gb"}}
 
 
 def stage(name: str, users: int, n: int, prompt: int, output: int) -> dict:
@@ -53,13 +60,14 @@ GROQ_STAGES = [
     stage("p2048", 1, 1, 2048, 1),
 ]
 DISAGG_STAGES = [stage("p512", 1, 3, 512, 2)]
+SHORT_STAGES = [stage("p128", 1, 5, 128, 1), stage("p2048", 1, 3, 2048, 1)]
 
 
-def run(endpoint: str, stages: list[dict], tmp: Path) -> dict[str, dict]:
+def run(endpoint: str, stages: list[dict], tmp: Path, endpoint_file: Path | None = None) -> dict[str, dict]:
     workload = tmp / f"{endpoint}.yaml"
     spec = {
         "name": endpoint,
-        "endpoint": str(ROOT / "endpoints" / f"{endpoint}.yaml"),
+        "endpoint": str(endpoint_file or ROOT / "endpoints" / f"{endpoint}.yaml"),
         "api": "completions",
         "stop": {"requests": 1},
         "stages": stages,
@@ -81,6 +89,9 @@ def main() -> None:
         res = {e: run(e, GPU_STAGES, t) for e in ("emulated-a100", "emulated-h100")}
         res["emulated-groqrack"] = run("emulated-groqrack", GROQ_STAGES, t)
         res["emulated-disagg-h100-groqrack"] = run("emulated-disagg-h100-groqrack", DISAGG_STAGES, t)
+        a100_80 = t / "a100-80gb-endpoint.yaml"
+        a100_80.write_text(yaml.safe_dump(A100_80GB))
+        res["emulated-a100-80gb"] = run("emulated-a100-80gb", SHORT_STAGES, t, a100_80)
 
     b = Bounds("emulator fidelity against HARDWARE.md (vLLM rows) and the study's shape")
     print(f"  {'endpoint':<16} {'figure':<26} {'emulated':>10} {'measured':>10} {'error':>8}")
@@ -104,6 +115,12 @@ def main() -> None:
             err = got[key] / want - 1
             print(f"  {ep:<16} {labels[key]:<26} {got[key]:>10.1f} {want:>10.1f} {err:>+8.1%}")
             b.check(f"{ep} {labels[key]} |error|", abs(err) * 100, "<=", 15.0, "%")
+    for key, want in SHORT_PROMPTS.items():
+        got = res["emulated-a100-80gb"][key]["ttft"]
+        err = got / want - 1
+        label = f"TTFT {key.removeprefix('p')} bs1 (ms)"
+        print(f"  {'a100-80gb':<16} {label:<26} {got:>10.1f} {want:>10.1f} {err:>+8.1%}  (TensorRT-LLM v0.5)")
+        b.check(f"a100-80gb {label} |error|", abs(err) * 100, "<=", 15.0, "%")
     groq = res["emulated-groqrack"]
     for p in ("p512", "p2048"):
         for gpu in MEASURED:

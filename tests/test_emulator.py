@@ -50,6 +50,19 @@ def test_groqrack_decode_and_prefill_modes():
     serial = perf.groq_prefill_s(GROQ, M, 512)
     piped = perf.groq_prefill_s(GROQ.model_copy(update={"prefill_mode": "pipelined"}), M, 512)
     assert serial == pytest.approx(512 * perf.groq_token_s(GROQ, M)) and piped < serial / 50
+    # Padded to a compiled input length: every prefill costs that length's, whatever the prompt.
+    padded = GROQ.model_copy(update={"prefill_mode": "padded", "padded_prompt_tokens": 2048})
+    full = perf.groq_prefill_s(GROQ.model_copy(update={"prefill_mode": "pipelined"}), M, 2048)
+    assert perf.groq_prefill_s(padded, M, 16) == perf.groq_prefill_s(padded, M, 2048) == pytest.approx(full)
+    groq = build(emulate(engine="groq", hardware="groqrack-72", hardware_overrides={"prefill_mode": "padded"}))
+    assert groq.fits(4096, 1) and not groq.fits(4097, 1)  # the compiled shape takes nothing longer
+
+
+def test_a_step_with_prefill_work_pays_the_prefill_overhead():
+    decode_only = perf.gpu_step_s(H100, M, [], [128])
+    with_prefill = perf.gpu_step_s(H100, M, [(1, 127)], [])
+    # The same one token of work and the same KV read, plus the fixed cost of an eager prefill step.
+    assert with_prefill - decode_only == pytest.approx(H100.prefill_overhead_ms / 1000, rel=0.01)
 
 
 def test_kv_transfer_whole_and_layerwise():

@@ -319,7 +319,8 @@ class GroqEngine(Engine):
         self.token_s = perf.groq_token_s(hw, model)
 
     def fits(self, prompt: int, target: int) -> bool:
-        return True
+        # A graph compiled for a static input shape takes nothing longer than that shape.
+        return self.hw.prefill_mode != "padded" or prompt <= self.hw.padded_prompt_tokens
 
     def _enqueue(self, seq: Seq) -> None:
         self.queue.append(seq)

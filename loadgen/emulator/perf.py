@@ -6,10 +6,12 @@ every sequence in the batch at once,
          + causal attention FLOPs of the prefill chunks / (eff_c x peak)             prefill attention
          + KV bytes read by the decoding sequences / (eff_bw x BW)                   decode attention
          + overhead + overhead_per_seq x sequences                                   the serving framework
+         + prefill_overhead, in a step that holds prefill work                        eager prefill kernels
 GroqRack (an LPU pipeline): the weights are spread over `chips` chips' SRAM and a token passes through every
 chip in turn, so one token's latency is chips x (stage compute + hop) + host overhead; a decode step is one
-token of one request; prefill is either every prompt token through the whole pipeline in turn (token-serial)
-or the prompt's tokens streamed back to back through the pipeline (pipelined).
+token of one request; prefill is every prompt token through the whole pipeline in turn (token-serial), the
+prompt's tokens streamed back to back through the pipeline (pipelined), or, for a graph compiled for a static
+input shape, the compiled length streamed whatever the prompt (padded).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def gpu_step_s(
     attn_flops = sum(4.0 * m.layers * m.hidden * n * (c + (n + 1) / 2) for n, c in prefill)
     kv_read = (sum(decode_contexts) + sum(c for _, c in prefill)) * m.kv_bytes_per_token
     seqs = len(prefill) + len(decode_contexts)
-    overhead = (hw.overhead_ms + hw.overhead_per_seq_ms * seqs) / 1000.0
+    overhead = (hw.overhead_ms + hw.overhead_per_seq_ms * seqs + (hw.prefill_overhead_ms if prefill else 0.0)) / 1000.0
     return linear + attn_flops / flops + kv_read / bw + overhead
 
 
@@ -63,6 +65,8 @@ def groq_prefill_s(hw: GroqHardware, m: ModelConfig, prompt_tokens: int) -> floa
     """Prefill of one prompt, which also yields its first output token."""
     if hw.prefill_mode == "token-serial":
         return prompt_tokens * groq_token_s(hw, m)
+    if hw.prefill_mode == "padded":
+        prompt_tokens = hw.padded_prompt_tokens
     # Pipelined: the first token takes the whole pipeline; each further one leaves one stage-and-hop later.
     return groq_token_s(hw, m) + (prompt_tokens - 1) * (
         groq_stage_s(hw, m) + groq_hop_s(hw, m) - hw.hop_latency_us / 1e6

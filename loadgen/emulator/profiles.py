@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -15,6 +15,8 @@ class Strict(BaseModel):
 
 
 NonNeg = Annotated[float, Field(ge=0)]
+PrefillMode = Literal["token-serial", "pipelined", "padded"]  # a GroqRack's prefill (see groqrack-72.yaml)
+PREFILL_MODES: tuple[str, ...] = get_args(PrefillMode)
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -55,6 +57,7 @@ class GpuHardware(Strict):
     eff_compute: Fraction
     overhead_ms: NonNeg  # per step
     overhead_per_seq_ms: NonNeg = 0.0  # per running sequence per step
+    prefill_overhead_ms: NonNeg = 0.0  # per step that holds prefill work (run without CUDA graphs)
     sources: dict[str, str] = Field(default_factory=dict)
 
 
@@ -69,7 +72,8 @@ class GroqHardware(Strict):
     efficiency: Fraction
     host_overhead_ms: NonNeg
     hop_latency_us: NonNeg
-    prefill_mode: Literal["pipelined", "token-serial"] = "token-serial"
+    prefill_mode: PrefillMode = "token-serial"
+    padded_prompt_tokens: PositiveInt = 4096  # padded: the compiled input length every prompt is padded to
     sources: dict[str, str] = Field(default_factory=dict)
 
 

@@ -158,7 +158,9 @@ class Emulator:
                 f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} in the completion)."
             )
         if not self.backend.fits(prompt_tokens, max_tokens):
-            raise BadRequest("the request needs more KV cache than the emulated hardware has")
+            raise BadRequest(
+                "the request does not fit the emulated hardware (its KV cache, or a compiled input length)"
+            )
         # Without ignore_eos the model may stop early: its natural length is drawn from the emulator's seed.
         if body.get("ignore_eos") is True:
             target = max_tokens
