@@ -37,7 +37,7 @@ emulate: {engine: groq, hardware: groqrack-72, hardware_overrides: {hop_latency_
 
 
 @pytest.fixture(scope="module")
-def study_db(tmp_path_factory):
+def study_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     (tmp / "w.yaml").write_text(STUDY)
     (tmp / "groq.yaml").write_text(GROQ)
@@ -50,30 +50,68 @@ def study_db(tmp_path_factory):
         str(tmp / "groq.yaml"),
         "--db",
         str(db),
+        "--prefill-modes",
+        "token-serial,pipelined",
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
     assert "crossover" in res.stdout
-    return db
+    return db, res.stdout
+
+
+GROQ_NAME = "mini-groq@token-serial"
+
+
+def test_study_prints_the_findings_and_how_they_depend_on_the_prefill_mode(study_run):
+    _, out = study_run
+    text = " ".join(out.split())  # the terminal wraps long lines
+    for claim in (
+        "(1) GPUs have the lowest TTFT (Prefill) at every prompt length: as the study",
+        "(2) the GroqRack has the lowest TPOT (Decode latency) at batch 1: as the study",
+        "(3) the GroqRack decodes the most tokens/s at batch 1, and every GPU passes it as batch grows (by 16): as the",
+        "(4) prefill on one platform with decode on another beats both for some lengths and networks: as the study",
+        f"emulated-h100 passes {GROQ_NAME} at batch 8",
+    ):
+        assert claim in text
+    robustness = text.split("how the findings depend on the GroqRack's prefill mode")[1]
+    # Pipelined prefill makes the GroqRack win Prefill too: finding 1 depends on the mode, finding 2 does not.
+    assert "(1) depends on the mode" in robustness and "pipelined: NOT as the study" in robustness
+    assert "(2) robust" in robustness
+
+
+@pytest.fixture(scope="module")
+def study_db(study_run):
+    return study_run[0]
 
 
 def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
     con = duckdb.connect(str(study_db), read_only=True)
-    assert sorted(r[0] for r in con.execute("SELECT endpoint FROM runs").fetchall()) == ["emulated-h100", "mini-groq"]
-    rows = con.execute("SELECT endpoint, prompt_tokens, ttft_p50_ms FROM prefill").fetchall()
-    prefill = {(e, p): t for e, p, t in rows}
-    assert set(prefill) == {(e, p) for e in ("emulated-h100", "mini-groq") for p in (256, 1024)}
-    assert prefill[("emulated-h100", 1024)] < prefill[("mini-groq", 1024)]  # the GPU wins Prefill
-    rows = con.execute("SELECT endpoint, batch, tpot_p50_ms, decode_tokens_per_s FROM decode").fetchall()
-    decode = {(e, b): (t, tok) for e, b, t, tok in rows}
-    assert decode[("mini-groq", 1)][0] < decode[("emulated-h100", 1)][0]  # the GroqRack wins TPOT at batch 1
-    assert decode[("emulated-h100", 8)][1] > decode[("mini-groq", 8)][1]  # the GPU's throughput overtakes
+    endpoints = sorted(r[0] for r in con.execute("SELECT endpoint FROM runs").fetchall())
+    assert endpoints == ["emulated-h100", "mini-groq@pipelined", GROQ_NAME]
+    rows = con.execute("SELECT endpoint, prompt_tokens, batch, ttft_p50_ms FROM prefill").fetchall()
+    prefill = {(e, p): t for e, p, b, t in rows if b == 1}
+    assert set(prefill) == {(e, p) for e in endpoints for p in (256, 1024)}
+    assert prefill[("emulated-h100", 1024)] < prefill[(GROQ_NAME, 1024)]  # the GPU wins Prefill
     rows = con.execute(
-        "SELECT endpoint, versus, decode_passes_at_batch, ttft_lower_from_prompt_tokens FROM crossover"
+        "SELECT endpoint, batch, tpot_p50_ms, decode_tokens_per_s, stage_tokens_per_s FROM decode"
     ).fetchall()
-    cross = {(e, v): (b, p) for e, v, b, p in rows}
-    assert cross[("emulated-h100", "mini-groq")] == (8, 256)
-    assert cross[("mini-groq", "emulated-h100")] == (1, None)
+    decode = {(e, b): (t, tok, stage) for e, b, t, tok, stage in rows}
+    assert decode[(GROQ_NAME, 1)][0] < decode[("emulated-h100", 1)][0]  # the GroqRack wins TPOT at batch 1
+    # Decode-phase throughput: one at a time, the GroqRack decodes at 1 / TPOT whatever the batch, and the
+    # decode phase's figure is far above the stage's, whose span holds the slow token-serial prefills.
+    for batch in (1, 8):
+        tpot, tok, stage = decode[(GROQ_NAME, batch)]
+        assert tok == pytest.approx(1000 / tpot, rel=0.05)
+        assert stage < 0.8 * tok
+    assert decode[("emulated-h100", 1)][1] < decode[(GROQ_NAME, 1)][1]  # the GroqRack leads at batch 1 ...
+    assert decode[("emulated-h100", 8)][1] > decode[(GROQ_NAME, 8)][1]  # ... and the GPU overtakes
+    rows = con.execute(
+        "SELECT endpoint, versus, decode_passes_at_batch, per_user_below_at_batch, ttft_lower_from_prompt_tokens "
+        "FROM crossover"
+    ).fetchall()
+    cross = {(e, v): (b, u, p) for e, v, b, u, p in rows}
+    assert cross[("emulated-h100", GROQ_NAME)] == (8, 1, 256)
+    assert cross[(GROQ_NAME, "emulated-h100")] == (1, None, None)
 
 
 def test_report_is_one_self_contained_page_with_figures(study_db, tmp_path):
@@ -99,7 +137,7 @@ def test_report_is_one_self_contained_page_with_figures(study_db, tmp_path):
 
 
 def test_compare_gives_deltas_with_intervals(study_db):
-    res = loadgen("compare", str(study_db), "emulated-h100", "mini-groq")
+    res = loadgen("compare", str(study_db), "emulated-h100", GROQ_NAME)
     assert res.returncode == 0, res.stderr
     assert "ttft_ms" in res.stdout and "tpot_ms" in res.stdout and "95% interval" in res.stdout
     res = loadgen("compare", str(study_db), "emulated-h100", "nobody")
@@ -114,7 +152,7 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
         "--prefill",
         "emulated-h100",
         "--decode",
-        "mini-groq",
+        GROQ_NAME,
         "--link",
         "25,100,400",
         "--load",
@@ -127,7 +165,7 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
     assert fig.read_bytes().startswith(b"\x89PNG")
     res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "nobody", "--link", "100")
     assert res.returncode == 2 and "nobody" in res.stderr
-    res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "mini-groq", "--link", "fast")
+    res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "fast")
     assert res.returncode == 2 and "--link" in res.stderr
 
 

@@ -87,3 +87,26 @@ def predict(
         break_gbps,
         break_out,
     )
+
+
+# The length grid predictions cover when no workload gives a mix.
+GRID_PROMPTS = (128, 512, 1024, 2048, 3968)
+GRID_OUTPUTS = (1, 16, 64, 256, 1024)
+
+
+def grid() -> list[tuple[int, int]]:
+    return [(p, o) for p in GRID_PROMPTS for o in GRID_OUTPUTS]
+
+
+def where_it_wins(preds: list[Prediction], cases: int) -> str:
+    """One line: of `cases` length pairs, where A then B beats both alone (predictions of one link and load)."""
+    wins = [p for p in preds if p.gain > 0]
+    if not wins:
+        return "never"
+    outs = sorted({p.output for p in wins})
+    prompts = sorted({p.prompt for p in wins})
+    best = max(wins, key=lambda p: p.gain)
+    return (
+        f"{len(wins)} of {cases} length pairs, outputs {outs[0]}-{outs[-1]}, prompts {prompts[0]}-{prompts[-1]}; "
+        f"best {best.gain:+.0%} at {best.prompt} in / {best.output} out"
+    )

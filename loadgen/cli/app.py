@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-LOAD_COMMANDS = ("run", "ui")
+LOAD_COMMANDS = ("run", "ui", "study")
 
 
 class UsageError(Exception):
@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--endpoints", nargs="+", required=True, help="endpoint YAML files or base URLs")
     st.add_argument("--db", help="results database (default: results/<workload name>.duckdb)")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    st.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("PREFILL", "DECODE"),
+        help="endpoints (names in runs.endpoint) for the disaggregation finding; default: the TTFT and TPOT winners",
+    )
+    st.add_argument("--link", default="100", help="link speeds in Gb/s for the disaggregation finding (default 100)")
+    st.add_argument(
+        "--prefill-modes",
+        help="run each emulated GroqRack once per prefill mode (token-serial,pipelined,padded), named "
+        "<endpoint>@<mode>, and show how each finding depends on the mode",
+    )
 
     sv = sub.add_parser("serve", help="serve an endpoint's emulator (OpenAI-compatible, streaming)")
     sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' section")

@@ -10,6 +10,8 @@ import duckdb
 import yaml
 
 from loadgen.cli import show
+from loadgen.cli.failure import Failure
+from loadgen.cli.options import numbers
 from loadgen.emulator.launch import LaunchError
 from loadgen.schedule import preview
 from loadgen.schedule.plan import plan_stage
@@ -19,8 +21,10 @@ from loadgen.store import StoreError
 from loadgen.trace.readers import check_traces
 
 
-class Failure(Exception):
-    """Exit status 1 with a one-line reason."""
+def cmd_study(args: argparse.Namespace) -> int:
+    from loadgen.cli.study import study
+
+    return study(args)
 
 
 def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
@@ -30,27 +34,6 @@ def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
         return execute(args.workload, args.endpoint, args.db, args.overrides, ui)
     except (StoreError, LaunchError) as e:
         raise Failure(str(e)) from None
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    """The workload on each endpoint in turn, one database; then the phase views answer the study's questions."""
-    from loadgen.cli.run import default_db, execute, print_phases
-
-    workload, _ = load_workload(args.workload, args.overrides)
-    for ref in args.endpoints:  # every endpoint file is checked before anything runs
-        if not ref.startswith(("http://", "https://")):
-            load_endpoint(ref)
-    db = args.db or str(default_db(workload))
-    for i, ref in enumerate(args.endpoints, start=1):
-        show.err.rule(f"study {workload.name}: endpoint {i}/{len(args.endpoints)}: {ref}")
-        try:
-            code = execute(args.workload, ref, db, args.overrides)
-        except (StoreError, LaunchError) as e:
-            raise Failure(str(e)) from None
-        if code != 0:
-            return code
-    print_phases(db)
-    return 0
 
 
 def _open_db(db: str) -> None:
@@ -101,32 +84,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _numbers(option: str, text: str, kind: type = float) -> list:
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v <= 0 for v in values):
-        raise SpecError(option, f"expected positive numbers separated by commas, got {text!r}")
-    return values
-
-
 def _endpoint_name(ref: str) -> str:
     return load_endpoint(ref).name if ref.endswith((".yaml", ".yml")) else ref
 
 
-GRID_PROMPTS = (128, 512, 1024, 2048, 3968)
-GRID_OUTPUTS = (1, 16, 64, 256, 1024)
-
-
 def cmd_disagg(args: argparse.Namespace) -> int:
-    from loadgen.analysis.disagg import Link, predict
+    from loadgen.analysis.disagg import Link, grid, predict, where_it_wins
     from loadgen.analysis.phases import fit
     from loadgen.emulator.profiles import ModelConfig, load_profile
 
     _open_db(args.db)
-    links = _numbers("--link", args.link)
-    loads = _numbers("--load", args.load, int)
+    links = numbers("--link", args.link)
+    loads = numbers("--load", args.load, int)
     a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
     try:
         model = load_profile(args.model)
@@ -152,7 +121,7 @@ def cmd_disagg(args: argparse.Namespace) -> int:
             }
         )
     else:
-        mix = [(p, o) for p in GRID_PROMPTS for o in GRID_OUTPUTS]
+        mix = grid()
     for m in (a, b):
         errs = [
             f"{name} {err:.1%}"
@@ -206,19 +175,8 @@ def cmd_disagg(args: argparse.Namespace) -> int:
     show.out.print("where A→B beats both alone:", style="bold")
     for gbps in links:
         for load in loads:
-            wins = [p for p in preds if p.gbps == gbps and p.load == load and p.gain > 0]
-            if not wins:
-                show.out.print(f"  {gbps:g} Gb/s, load {load}: never", highlight=False)
-                continue
-            outs = sorted({p.output for p in wins})
-            prompts = sorted({p.prompt for p in wins})
-            best = max(wins, key=lambda p: p.gain)
-            show.out.print(
-                f"  {gbps:g} Gb/s, load {load}: {len(wins)} of {len(mix)} length pairs, outputs "
-                f"{outs[0]}-{outs[-1]}, prompts {prompts[0]}-{prompts[-1]}; best {best.gain:+.0%} at "
-                f"{best.prompt} in / {best.output} out",
-                highlight=False,
-            )
+            these = [p for p in preds if p.gbps == gbps and p.load == load]
+            show.out.print(f"  {gbps:g} Gb/s, load {load}: {where_it_wins(these, len(mix))}", highlight=False)
     if args.figure:
         from loadgen.analysis.gainmap import gain_map
 

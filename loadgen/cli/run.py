@@ -19,7 +19,7 @@ from loadgen.load.engine import Engine, Outcome  # isort: skip
 import duckdb
 
 from loadgen.cli import show
-from loadgen.cli.commands import Failure
+from loadgen.cli.failure import Failure
 from loadgen.client import probe
 from loadgen.client.tokenize import PromptTokenizer
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
@@ -74,23 +74,6 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
     errs = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     if errs:
         show.out.print(show.errors_table(errs))
-
-
-def print_phases(db_file: str | Path) -> None:
-    """The study's views, as tables."""
-    con = duckdb.connect(str(db_file), read_only=True)
-    try:
-        for view, order in (
-            ("prefill", "endpoint, prompt_tokens"),
-            ("decode", "endpoint, batch"),
-            ("crossover", "endpoint, versus"),
-        ):
-            cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")
-            cols = [c[0] for c in cur.description]
-            show.out.print(view, style="bold")
-            show.out.print(show.result_table(cols, cur.fetchall()))
-    finally:
-        con.close()
 
 
 @dataclass

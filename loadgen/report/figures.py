@@ -54,20 +54,47 @@ def _finish(ax: plt.Axes, xs: list[int], xlabel: str, ylabel: str, title: str) -
     ax.legend()
 
 
+def _line_figure(rows: list[tuple], path: Path, xlabel: str, ylabel: str, title: str, band: bool = True) -> Path:
+    """Rows of (line, x, p50[, p90]) on log axes, one line per first value."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _lines(ax, _by_endpoint(rows), band=band)
+    _finish(ax, sorted({r[1] for r in rows}), xlabel, ylabel, title)
+    return _save(fig, path)
+
+
 def ttft_vs_prompt(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
-    rows = con.execute("SELECT endpoint, prompt_tokens, ttft_p50_ms, ttft_p90_ms FROM prefill ORDER BY 1, 2").fetchall()
+    rows = con.execute(
+        "SELECT endpoint, prompt_tokens, ttft_p50_ms, ttft_p90_ms FROM prefill "
+        "WHERE batch = (SELECT min(batch) FROM prefill) ORDER BY 1, 2"
+    ).fetchall()
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _lines(ax, _by_endpoint(rows))
-    _finish(
-        ax,
-        sorted({r[1] for r in rows}),
+    return _line_figure(
+        rows,
+        out / "ttft_vs_prompt.png",
         "prompt tokens",
         "TTFT (ms), p50 line, band to p90",
-        "Prefill: time to first token against prompt length",
+        "Prefill: time to first token against prompt length, one request at a time",
     )
-    return _save(fig, out / "ttft_vs_prompt.png")
+
+
+def prefill_vs_batch(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
+    """Prefill throughput against batch, for the prompt lengths measured at more than one batch."""
+    rows = con.execute(
+        "SELECT endpoint || ', ' || prompt_tokens || ' tokens', batch, prefill_tokens_per_s FROM prefill "
+        "WHERE prompt_tokens IN (SELECT prompt_tokens FROM prefill GROUP BY ALL HAVING count(DISTINCT batch) > 1) "
+        "ORDER BY 1, 2"
+    ).fetchall()
+    if not rows:
+        return None
+    return _line_figure(
+        rows,
+        out / "prefill_vs_batch.png",
+        "batch (concurrent requests)",
+        "prompt tokens/s while prefilling",
+        "Prefill throughput against batch",
+        band=False,
+    )
 
 
 def decode_vs_batch(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
@@ -76,23 +103,19 @@ def decode_vs_batch(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     ).fetchall()
     if not rows:
         return []
-    batches = sorted({r[1] for r in rows})
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _lines(ax, _by_endpoint(rows))
-    _finish(
-        ax,
-        batches,
-        "batch (concurrent requests)",
-        "TPOT (ms), p50 to p90",
-        "Decode: time per output token against batch",
+    batch = "batch (concurrent requests)"
+    tpot = _line_figure(
+        rows, out / "tpot_vs_batch.png", batch, "TPOT (ms), p50 to p90", "Decode: time per output token against batch"
     )
-    tpot = _save(fig, out / "tpot_vs_batch.png")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _lines(ax, _by_endpoint([(r[0], r[1], r[4]) for r in rows]), band=False)
-    _finish(
-        ax, batches, "batch (concurrent requests)", "decode tokens/s (all requests)", "Decode throughput against batch"
+    throughput = _line_figure(
+        [(r[0], r[1], r[4]) for r in rows],
+        out / "throughput_vs_batch.png",
+        batch,
+        "tokens/s while decoding (after each first token)",
+        "Decode throughput against batch (decode phase only)",
+        band=False,
     )
-    return [tpot, _save(fig, out / "throughput_vs_batch.png")]
+    return [tpot, throughput]
 
 
 def cdfs(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:

@@ -10,6 +10,8 @@ from typing import Any
 import duckdb
 import orjson
 
+from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
+from loadgen.emulator.profiles import ModelConfig, load_profile
 from loadgen.report import figures
 
 CSS = """
@@ -47,6 +49,28 @@ def _img(path: Path) -> str:
     return f'<figure><img alt="{path.stem}" src="data:image/png;base64,{data}"></figure>'
 
 
+def _findings(con: duckdb.DuckDBPyConnection, figs: dict[int, Path | None]) -> list[str]:
+    """The study's four findings in words, each beside the figure it rests on; per prefill mode where the
+    database holds a GroqRack under several."""
+    model = load_profile("llama-2-7b")
+    assert isinstance(model, ModelConfig)
+    per_mode = by_prefill_mode(con, model)
+    first: list[Finding] = next(iter(per_mode.values()))
+    if all(f.holds is None for f in first):
+        return []
+    parts = ["<h2>The study's findings, measured</h2>"]
+    for i, f in enumerate(first):
+        parts.append(f"<h3>({f.n}) {html.escape(f.study)}</h3>")
+        for mode, found in per_mode.items():
+            g = found[i]
+            label = f"GroqRack prefill {mode}: " if mode else ""
+            parts.append(f"<p><strong>{html.escape(label)}{verdict(g.holds)}.</strong> {html.escape(g.measured)}</p>")
+        fig = figs.get(f.n)
+        if fig is not None:
+            parts.append(_img(fig))
+    return parts
+
+
 def write_report(db: Path, out: Path) -> Path:
     """Figures as PNG files and index.html in `out`; returns the page's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -56,10 +80,10 @@ def write_report(db: Path, out: Path) -> Path:
         if not runs:
             raise ValueError("the database holds no runs")
         latest = runs[-1][0]
-        phase: list[Path] = []
         ttft = figures.ttft_vs_prompt(con, out)
-        phase += [ttft] if ttft else []
-        phase += figures.decode_vs_batch(con, out)
+        decode = figures.decode_vs_batch(con, out)
+        prefill_batch = figures.prefill_vs_batch(con, out)
+        phase = [p for p in (prefill_batch,) if p]
         dists = figures.cdfs(con, out)
         timeline = figures.run_timeline(con, latest, out)
         parts = [
@@ -67,12 +91,16 @@ def write_report(db: Path, out: Path) -> Path:
             f"<p>{len(runs)} run(s); figures and tables from the database's views.</p>",
         ]
         gain = out / "disagg_gain.png"  # written by `loadgen disagg --figure` into this folder
-        if gain.exists():
-            phase.append(gain)
-        if phase:
+        tpot, throughput = decode if decode else (None, None)
+        figs = {1: ttft, 2: tpot, 3: throughput, 4: gain if gain.exists() else None}
+        found = _findings(con, figs)
+        parts += found
+        if not found:  # no finding to judge: the phase figures stand on their own
+            phase = [p for p in figs.values() if p] + phase
+        if ttft or decode:
             parts += ["<h2>Phases</h2>", *map(_img, phase)]
             for view, order in (
-                ("prefill", "endpoint, prompt_tokens"),
+                ("prefill", "endpoint, prompt_tokens, batch"),
                 ("decode", "endpoint, batch"),
                 ("crossover", "endpoint, versus"),
             ):

@@ -1,0 +1,118 @@
+"""`loadgen study`: a workload on each endpoint into one database, then the phase views and the study's findings."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
+from loadgen.cli import show
+from loadgen.cli.failure import Failure
+from loadgen.cli.options import numbers
+from loadgen.cli.run import default_db, execute
+from loadgen.emulator.launch import LaunchError
+from loadgen.emulator.profiles import PREFILL_MODES, ModelConfig, load_profile
+from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
+from loadgen.spec.redact import redact_url
+from loadgen.store import StoreError
+
+VIEWS = (
+    ("prefill", "endpoint, prompt_tokens, batch"),
+    ("decode", "endpoint, batch"),
+    ("crossover", "endpoint, versus"),
+)
+
+
+def _modes(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in PREFILL_MODES]
+    if bad or not modes:
+        raise SpecError("--prefill-modes", f"expected modes from {', '.join(PREFILL_MODES)}, got {text!r}")
+    return modes
+
+
+def _variants(ref: str, modes: list[str], tmp: Path) -> list[str]:
+    """The endpoint references to run: an emulated GroqRack once per mode, as `<name>@<mode>`."""
+    if not modes or ref.startswith(("http://", "https://")):
+        return [ref]
+    ep = load_endpoint(ref)
+    if ep.emulate is None or ep.emulate.engine != "groq":
+        return [ref]
+    out = []
+    for mode in modes:
+        data = ep.model_dump(mode="json", exclude_none=True)
+        data["name"] = f"{ep.name}@{mode}"
+        data["emulate"]["hardware_overrides"] = {**ep.emulate.hardware_overrides, "prefill_mode": mode}
+        EndpointSpec.model_validate(data)
+        path = tmp / f"{ep.name}@{mode}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        out.append(str(path))
+    return out
+
+
+def study(args: argparse.Namespace) -> int:
+    workload, _ = load_workload(args.workload, args.overrides)
+    links = numbers("--link", args.link)
+    modes = _modes(args.prefill_modes)
+    if args.pair and args.pair[0] == args.pair[1]:
+        raise SpecError("--pair", f"expected two different endpoints, got {args.pair[0]!r} twice")
+    for ref in args.endpoints:  # every endpoint file is checked before anything runs
+        if not ref.startswith(("http://", "https://")):
+            load_endpoint(ref)
+    db = args.db or str(default_db(workload))
+    with tempfile.TemporaryDirectory(prefix="loadgen-study-") as tmp:
+        runs = [v for ref in args.endpoints for v in _variants(ref, modes, Path(tmp))]
+        for i, ref in enumerate(runs, start=1):
+            name = redact_url(ref) if ref.startswith(("http://", "https://")) else load_endpoint(ref).name
+            show.err.rule(f"study {workload.name}: endpoint {i}/{len(runs)}: {name}")
+            try:
+                code = execute(args.workload, ref, db, args.overrides)
+            except (StoreError, LaunchError) as e:
+                raise Failure(str(e)) from None
+            if code != 0:
+                return code
+    model = load_profile("llama-2-7b")
+    assert isinstance(model, ModelConfig)
+    con = duckdb.connect(db, read_only=True)
+    try:
+        for view, order in VIEWS:
+            cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")
+            show.out.print(view, style="bold")
+            show.out.print(show.result_table([c[0] for c in cur.description], cur.fetchall()))
+        pair = (args.pair[0], args.pair[1]) if args.pair else None
+        per_mode = by_prefill_mode(con, model, pair, links)
+    finally:
+        con.close()
+    if None in per_mode:
+        print_findings(per_mode[None])
+        return 0
+    first = next(iter(per_mode))
+    show.out.print(f"the study's findings, with the GroqRack's prefill {first}", style="bold")
+    print_findings(per_mode[first], heading=False)
+    print_robustness(per_mode)
+    return 0
+
+
+def print_findings(found: list[Finding], heading: bool = True) -> None:
+    if heading:
+        show.out.print("the study's findings, measured", style="bold")
+    for f in found:
+        show.out.print(f"({f.n}) {f.study}: {verdict(f.holds)}", style="bold", highlight=False)
+        show.out.print(f"    {f.measured}", highlight=False)
+
+
+def print_robustness(per_mode: dict[str, list[Finding]]) -> None:
+    """Each finding under each prefill mode, and whether its verdict survives the choice."""
+    show.out.print("how the findings depend on the GroqRack's prefill mode", style="bold")
+    for i, first in enumerate(next(iter(per_mode.values()))):
+        cells = {mode: found[i] for mode, found in per_mode.items()}
+        robust = len({c.holds for c in cells.values()}) == 1
+        show.out.print(f"({first.n}) {'robust' if robust else 'depends on the mode'}", style="bold", highlight=False)
+        for mode, c in cells.items():
+            show.out.print(f"    {mode}: {verdict(c.holds)} ({c.short})", highlight=False)
