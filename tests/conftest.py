@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA = ROOT / "tests" / "data"  # real trace samples, with their licenses (tests/data/README.md)
 
 
 def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None):

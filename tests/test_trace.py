@@ -1,4 +1,4 @@
-"""Trace replay: the real samples in ../shared/traces/, the other formats, options, bad rows, and the commands."""
+"""Trace replay: the real samples in tests/data/, the other formats, options, bad rows, and the commands."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import FAST_ENDPOINT, SHARED, loadgen
+from conftest import DATA, FAST_ENDPOINT, loadgen
 from loadgen.client.prompts import make_prompt
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_workload
 from loadgen.spec.workload import StageSpec
+from loadgen.trace.readers import check
 
-AZURE = SHARED / "traces" / "azure-2023-conv-head2000.csv"
-MOONCAKE = SHARED / "traces" / "mooncake-conversation-head500.jsonl"
+AZURE = DATA / "azure-2023-conv-head2000.csv"
+MOONCAKE = DATA / "mooncake-conversation-head500.jsonl"
 
 
 def stage(trace: dict, requests: dict | None = None, stop: dict | None = None) -> StageSpec:
@@ -80,6 +81,9 @@ def test_window_rows_sample_and_limits():
     assert len(plan) == len(expected) and plan[0].offset_s == pytest.approx(float(expected[0][0] - t0 - 60))
     rows = list(plan_stage(stage({"path": str(AZURE), "start_row": 100, "end_row": 300}), 1, 0))
     assert len(rows) == 200 and rows[0].offset_s == 0.0 and rows[0].prompt_tokens == truth[100][1]
+    for path, fmt in ((AZURE, "azure"), (MOONCAKE, "mooncake")):  # what `validate` counts is what is replayed
+        spec = stage({"path": str(path), "format": fmt, "start_row": 100, "end_row": 300}).load.trace
+        assert check(spec).rows == 200
     sampled = list(plan_stage(stage({"path": str(AZURE), "sample": 0.25}), 1, 0))
     assert 400 < len(sampled) < 600
     assert sampled == list(plan_stage(stage({"path": str(AZURE), "sample": 0.25}), 1, 0))  # by the seed
