@@ -229,8 +229,22 @@ def test_web_ui_and_emulator_bind_loopback_only(write):
     w = write("w.yaml", "name: u\nendpoint: ep.yaml\nstop: {requests: 1}\n")
     res = loadgen("ui", str(w), "--web-host", "0.0.0.0")
     assert res.returncode == 2 and "loopback" in res.stderr
-    res = loadgen("serve", str(ep), "--host", "0.0.0.0")
-    assert res.returncode == 2 and "loopback" in res.stderr
+    for host in ("0.0.0.0", "localhost.example.net", "128.0.0.1"):
+        res = loadgen("serve", str(ep), "--host", host)
+        assert res.returncode == 2 and "loopback" in res.stderr, host
+
+
+def test_query_help_names_every_table_and_view(tmp_path):
+    from loadgen.store import Store
+
+    store = Store(tmp_path / "x.duckdb")
+    try:
+        names = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    finally:
+        store.close()
+    res = loadgen("query", "--help")
+    help_text = " ".join(res.stdout.split())
+    assert len(names) == 9 and all(f" {n}" in help_text for n in names), help_text
 
 
 @pytest.mark.parametrize("option", [["--set", "nonsense"], ["--db"], ["--endpoint", "ftp://x"]])

@@ -30,6 +30,20 @@ def test_shipped_chat_workload_resolves_with_its_emulated_endpoint():
     assert endpoint.emulated and endpoint.emulate is not None
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "workloads").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_workload_validates_with_its_endpoint_and_trace(path):
+    from loadgen.schedule import preview
+    from loadgen.trace.readers import check_traces
+
+    spec, wpath = load_workload(path)
+    endpoint = resolve_endpoint(spec, wpath)
+    assert endpoint.emulated  # the shipped workloads run on a laptop
+    for name, c in check_traces(spec).items():
+        assert c.rows > 0 and c.bad_rows == 0, name
+    for i, stage in enumerate(spec.stages):
+        assert preview(stage, spec.seed, i).requests != 0, stage.name
+
+
 def test_lengths_accept_a_number_or_each_distribution(write):
     spec, _ = load_workload(write("w.yaml", BASE))
     stage = spec.stages[0]

@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
-    q.add_argument("sql", help="SQL to run (tables: runs, requests, events; views: summary, errors)")
+    from loadgen.store.schema import names
+
+    tables, views = ", ".join(names("TABLE")), ", ".join(names("VIEW"))
+    q.add_argument("sql", help=f"SQL to run (tables: {tables}; views: {views})")
     return p
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import itertools
 from pathlib import Path
 
@@ -187,11 +188,18 @@ def cmd_disagg(args: argparse.Namespace) -> int:
     return 0
 
 
-LOOPBACK = ("127.", "::1", "localhost")
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name localhost itself (not localhost.example.net)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    if not args.web_host.startswith(LOOPBACK):
+    if not _loopback(args.web_host):
         # Locust's UI can start and stop load against your endpoint: it stays on this machine.
         raise SpecError("--web-host", f"the web UI binds loopback only (127.0.0.1 or ::1), not {args.web_host}")
     return cmd_run(args, ui=(args.web_host, args.web_port))
@@ -200,7 +208,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from loadgen.emulator.server import serve
 
-    if not args.host.startswith(LOOPBACK):
+    if not _loopback(args.host):
         raise SpecError("--host", f"the emulator binds loopback only (127.0.0.1 or ::1), not {args.host}")
     endpoint = load_endpoint(args.endpoint)
     if endpoint.emulate is None:

@@ -1,5 +1,7 @@
 """Tables and views of the results database. Views aggregate stored per-request values (see metrics.py)."""
 
+import re
+
 RUNS = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -206,3 +208,9 @@ FROM pairs p
 """
 
 ALL = (RUNS, REQUESTS, EVENTS, STAGES, SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER)
+
+
+def names(kind: str) -> list[str]:
+    """The tables (kind "TABLE") or views ("VIEW") that ALL creates, in order."""
+    pattern = r"CREATE TABLE IF NOT EXISTS (\w+)" if kind == "TABLE" else r"CREATE OR REPLACE VIEW (\w+)"
+    return [m.group(1) for ddl in ALL if (m := re.search(pattern, ddl))]

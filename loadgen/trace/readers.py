@@ -122,7 +122,8 @@ def check(spec: TraceSpec) -> Check:
         for _, bad_here, n in _mooncake_lines(path, spec.on_bad_rows):
             rows += n
             bad += bad_here
-        return Check(rows, bad)
+        end = rows if spec.end_row is None else min(spec.end_row, rows)  # the row range, as the CSV readers apply it
+        return Check(max(end - spec.start_row, 0), bad)
     con = duckdb.connect()
     try:
         # fetchall, not fetchone: DuckDB writes the rejected rows out only once the query has been read to the end.
