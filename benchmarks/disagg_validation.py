@@ -21,7 +21,7 @@ from common import Bounds, query, run_loadgen
 
 from loadgen.analysis.disagg import Link, predict
 from loadgen.analysis.phases import fit
-from loadgen.emulator.profiles import load_profile
+from loadgen.hardware.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 LINKS = (25.0, 100.0, 400.0)

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 from common import Bounds, query, run_loadgen
 
-from loadgen.emulator.perf import kv_transfer_s
-from loadgen.emulator.profiles import load_profile
+from loadgen.hardware.perf import kv_transfer_s
+from loadgen.hardware.profiles import load_profile
 from loadgen.spec import load_endpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ import openai
 import pytest
 
 from conftest import ROOT
-from loadgen.emulator import perf
 from loadgen.emulator.engine import Seq, build
 from loadgen.emulator.launch import BackgroundEmulator
-from loadgen.emulator.profiles import load_profile
+from loadgen.hardware import perf
+from loadgen.hardware.profiles import load_profile
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import EmulateSpec, EndpointSpec
 

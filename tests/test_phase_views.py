@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from loadgen.analysis.findings import findings
-from loadgen.emulator.profiles import load_profile
+from loadgen.hardware.profiles import load_profile
 from loadgen.store import schema
 
 MODEL = load_profile("llama-2-7b")

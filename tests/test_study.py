@@ -174,7 +174,7 @@ def test_disagg_model_transfer_and_break_evens():
 
     from loadgen.analysis.disagg import Link, predict
     from loadgen.analysis.phases import PhaseModel
-    from loadgen.emulator.profiles import load_profile
+    from loadgen.hardware.profiles import load_profile
 
     m = load_profile("llama-2-7b")
     flat = np.array([1.0, 8.0])

@@ -1,7 +1,7 @@
 """Would prefill on A and decode on B, over a given network, beat either alone? For which lengths and loads?
 
 One request's E2E on a single platform is TTFT(prompt) + (output - 1) x TPOT(load). Disaggregated, the KV cache
-(loadgen.emulator.perf.kv_transfer_s: bytes per token from the model's configuration) crosses the link before
+(loadgen.hardware.perf.kv_transfer_s: bytes per token from the model's configuration) crosses the link before
 the decode side can continue, so TTFT = TTFT_A(prompt) + transfer and TPOT = TPOT_B(load). Break-evens follow:
 - against A alone, disaggregation wins once (output - 1) x (TPOT_A - TPOT_B) > transfer;
 - against B alone, once TTFT_B - TTFT_A > transfer.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loadgen.analysis.phases import PhaseModel
-from loadgen.emulator.perf import kv_transfer_s
-from loadgen.emulator.profiles import ModelConfig
+from loadgen.hardware.perf import kv_transfer_s
+from loadgen.hardware.profiles import ModelConfig
 
 
 @dataclass

@@ -17,7 +17,7 @@ import orjson
 
 from loadgen.analysis.disagg import Link, grid, predict, where_it_wins
 from loadgen.analysis.phases import fit
-from loadgen.emulator.profiles import PREFILL_MODES, ModelConfig
+from loadgen.hardware.profiles import PREFILL_MODES, ModelConfig
 
 GPU_SERVERS = ("vllm", "sglang", "tgi", "trtllm")
 PASS_BY_BATCH = 16  # the study: GPUs regain the decode-throughput lead "as batch grows"; the press summary: by 16

@@ -92,7 +92,7 @@ def _endpoint_name(ref: str) -> str:
 def cmd_disagg(args: argparse.Namespace) -> int:
     from loadgen.analysis.disagg import Link, grid, predict, where_it_wins
     from loadgen.analysis.phases import fit
-    from loadgen.emulator.profiles import ModelConfig, load_profile
+    from loadgen.hardware.profiles import ModelConfig, load_profile
 
     _open_db(args.db)
     links = numbers("--link", args.link)

@@ -15,7 +15,7 @@ from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
 from loadgen.cli.run import default_db, execute
 from loadgen.emulator.launch import LaunchError
-from loadgen.emulator.profiles import PREFILL_MODES, ModelConfig, load_profile
+from loadgen.hardware.profiles import PREFILL_MODES, ModelConfig, load_profile
 from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError

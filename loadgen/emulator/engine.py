@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadgen.emulator import perf
-from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig
+from loadgen.hardware import perf
+from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
 from loadgen.spec.endpoint import EmulateSpec, EngineSpec, LinkSpec, Serving
 
 

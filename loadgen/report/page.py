@@ -11,7 +11,7 @@ import duckdb
 import orjson
 
 from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
-from loadgen.emulator.profiles import ModelConfig, load_profile
+from loadgen.hardware.profiles import ModelConfig, load_profile
 from loadgen.report import figures
 
 CSS = """

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig, load_profile, profile_names
+from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig, load_profile, profile_names
 from loadgen.spec.workload import Strict
 
 # Server families differ in how they are told to produce exactly max_tokens tokens (see client/openai.py).

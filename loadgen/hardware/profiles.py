@@ -81,7 +81,7 @@ KINDS: dict[str, type[Strict]] = {"model": ModelConfig, "gpu": GpuHardware, "gro
 
 
 def profile_names() -> list[str]:
-    folder = resources.files("loadgen.emulator") / "profiles"
+    folder = resources.files("loadgen.hardware") / "profiles"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -90,7 +90,7 @@ def raw_profile(name: str) -> dict[str, Any]:
     """The profile file's mapping; KeyError names the profiles there are."""
     if name not in profile_names():
         raise KeyError(f"unknown profile {name!r} (have: {', '.join(profile_names())})")
-    text = (resources.files("loadgen.emulator") / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+    text = (resources.files("loadgen.hardware") / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadgen.emulator.profiles import GpuHardware, GroqHardware, ModelConfig
+from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
 
 
 def gpu_step_s(

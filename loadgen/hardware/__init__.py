@@ -1,0 +1,1 @@
+"""Hardware knowledge shared by the specs, the emulator and the analysis: cited profiles and the performance model."""
