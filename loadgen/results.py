@@ -1,8 +1,23 @@
-"""What one request produced: raw timestamps and counts, as plain data. Metrics are derived in metrics.py."""
+"""What load generation produces, as plain data: one request's raw timestamps and counts (metrics are derived in
+metrics.py), and a run's progress so far."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+# The class of a request that did not end ok (requests.error); `interrupted` goes with status `interrupted`.
+ErrorKind = Literal[
+    "timeout",
+    "connect",
+    "http_429",
+    "http_4xx",
+    "http_5xx",
+    "stream_broken",
+    "stream_error",
+    "malformed",
+    "interrupted",
+]
 
 
 @dataclass(slots=True)
@@ -16,7 +31,7 @@ class RequestResult:
     warmup: bool = False  # a stage's first requests, kept in the database but out of `summary`
     end_s: float | None = None
     status: str = "ok"  # ok | error | interrupted
-    error: str | None = None  # short class: timeout, connect, http_429, http_4xx, http_5xx, stream_broken, malformed
+    error: ErrorKind | None = None
     error_detail: str | None = None
     http_status: int | None = None
     retries: int = 0  # resends after HTTP 429 (workload retry.on_429)
@@ -49,3 +64,17 @@ class RequestResult:
         if self.usage_completion_tokens is not None:
             return "usage"
         return "tokenizer" if self.tokenizer_tokens is not None else "events"
+
+
+@dataclass
+class Progress:
+    """A run's progress so far, for a live view."""
+
+    planned: int | None
+    done: int
+    in_flight: int
+    errors: int
+    ttft_p50_ms: float | None
+    tpot_p50_ms: float | None
+    stage: str
+    elapsed_s: float

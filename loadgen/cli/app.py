@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-LOAD_COMMANDS = ("run", "ui", "study")
+LOAD_COMMANDS = ("run", "ui", "study")  # these send load: loadgen.load.runtime.prepare() runs first
 
 
 class UsageError(Exception):
@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LOAD_COMMANDS:
-        import loadgen.cli.run  # noqa: F401  (Locust's monkey-patching must come first)
+        from loadgen.load.runtime import prepare
+
+        prepare()
 
     from loadgen.cli import commands, show
     from loadgen.spec import SpecError

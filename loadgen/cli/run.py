@@ -12,10 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-# Locust (through the engine) monkey-patches the standard library for gevent; that must happen before
-# anything below imports ssl or threading, so this module is imported only by the commands that send load.
-from loadgen.load.engine import Engine, Outcome  # isort: skip
-
 import duckdb
 
 from loadgen.cli import show
@@ -24,6 +20,7 @@ from loadgen.client import probe
 from loadgen.client.tokenize import PromptTokenizer
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
 from loadgen.load.context import RunContext
+from loadgen.load.engine import Engine, Outcome
 from loadgen.load.recorder import Recorder
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url, split_credentials

@@ -11,7 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from loadgen.load.recorder import Progress
+from loadgen.results import Progress
 from loadgen.schedule.plan import Preview
 
 out = Console()

@@ -6,7 +6,6 @@ progress goes to a callback, so the same engine can later feed a Locust master f
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -20,9 +19,9 @@ from locust.env import Environment
 
 from loadgen.load.context import RunContext
 from loadgen.load.monitor import DelayMonitor
-from loadgen.load.recorder import Progress
 from loadgen.load.stages import StageWalker
 from loadgen.load.user import StreamUser
+from loadgen.results import Progress
 from loadgen.spec.workload import StageSpec
 
 GRACE_S = 5.0  # after an interrupt, in-flight requests get this long before they are cut off
@@ -30,12 +29,6 @@ TICK_S = 0.002
 PROGRESS_EVERY_S = 0.5
 # Above this p99 of its own scheduling delay, loadgen says its stamps (and so the latencies) may be inflated.
 DELAY_WARN_MS = 1.0
-
-# Locust logs every ramp and the spawn-rate advice at INFO/WARNING; loadgen has its own progress view.
-logging.getLogger("locust").setLevel(logging.ERROR)
-# The database writer is a real thread: by default it may hold the GIL for 5 ms at a time, and every send and
-# stamp on the load's event loop would wait behind it. Half a millisecond keeps the loop's delays below that.
-sys.setswitchinterval(0.0005)
 
 
 @dataclass
