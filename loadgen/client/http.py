@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import gevent
@@ -21,7 +22,7 @@ from loadgen.client import stamps
 from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.client.stamps import ReadDelays
-from loadgen.results import RequestResult
+from loadgen.results import ErrorKind, RequestResult
 from loadgen.spec.workload import TimeoutSpec
 
 Recv = Callable[[socket.socket, int], tuple[bytes, float, float]]
@@ -29,6 +30,69 @@ Recv = Callable[[socket.socket, int], tuple[bytes, float, float]]
 
 class StreamBroken(Exception):
     """The connection closed before the HTTP message was complete."""
+
+
+class Failed(Exception):
+    """The request ended without a complete stream: its error class, a detail, and when (None: when caught)."""
+
+    def __init__(self, kind: ErrorKind, detail: str, at_s: float | None = None):
+        super().__init__(detail)
+        self.kind, self.detail, self.at_s = kind, detail, at_s
+
+
+@dataclass(slots=True)
+class _Received:
+    """What the server sent back, gathered while the stream is read."""
+
+    text_parts: list[str] | None
+    http_status: int | None = None
+    retry_after_s: float | None = None
+    event_times: list[float] = field(default_factory=list)
+    event_tokens: list[int] = field(default_factory=list)
+    usage_completion_tokens: int | None = None
+    server_prompt_tokens: int | None = None
+    end_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One send of a planned request: what goes on the wire, and the labels its result carries."""
+
+    request_id: int
+    stage: str
+    scheduled_s: float
+    prompt_tokens: int
+    max_tokens: int
+    warmup: bool
+    path: str
+    body: bytes
+    keep_text: bool = False  # keep the output text (a tokenizer will count it)
+    retries: int = 0
+
+    def result(
+        self, sent_s: float | None, end_s: float | None, got: _Received, failure: Failed | None
+    ) -> RequestResult:
+        return RequestResult(
+            request_id=self.request_id,
+            stage=self.stage,
+            scheduled_s=self.scheduled_s,
+            sent_s=self.scheduled_s if sent_s is None else sent_s,  # never sent (no connection): at its schedule
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=self.max_tokens,
+            warmup=self.warmup,
+            end_s=end_s,
+            status="ok" if failure is None else ("interrupted" if failure.kind == "interrupted" else "error"),
+            error=None if failure is None else failure.kind,
+            error_detail=None if failure is None else failure.detail,
+            http_status=got.http_status,
+            retries=self.retries,
+            retry_after_s=got.retry_after_s,
+            event_times=got.event_times,
+            event_tokens=got.event_tokens,
+            usage_completion_tokens=got.usage_completion_tokens,
+            server_prompt_tokens=got.server_prompt_tokens,
+            text_parts=got.text_parts,
+        )
 
 
 class FirstTokenTimeout(Exception):
@@ -74,7 +138,7 @@ def read_some(resp: HTTPSocketResponse, recv: Recv, buffered: tuple[float, float
     return out, stamp, read_at
 
 
-def _status_class(status: int) -> str:
+def _status_class(status: int) -> ErrorKind:
     if status == 429:
         return "http_429"
     return "http_5xx" if status >= 500 else "http_4xx"
@@ -131,100 +195,96 @@ class StreamClient:
             self.sock.close()
             self.sock = None
 
-    def _send(self, r: RequestResult, path: str, body: bytes, t0: float) -> HTTPSocketResponse:
+    def _send(self, path: str, body: bytes, t0: float) -> tuple[HTTPSocketResponse, float]:
+        """The response, and when the request went out (run clock)."""
         head = f"POST {self.prefix}{path} HTTP/1.1\r\n{self.header_lines}Content-Length: {len(body)}\r\n\r\n"
         data = head.encode("latin-1") + body
         reused = self.sock is not None
         sock = self.sock if self.sock is not None else self._open()
         try:
-            return self._exchange(sock, data, r, t0)
+            return self._exchange(sock, data, t0)
         except (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
         # The server closed the idle keep-alive connection before reading this request: send it again, once.
         self.close()
-        return self._exchange(self._open(), data, r, t0)
+        return self._exchange(self._open(), data, t0)
 
-    def _exchange(self, sock: socket.socket, data: bytes, r: RequestResult, t0: float) -> HTTPSocketResponse:
-        r.sent_s = time.perf_counter() - t0
+    def _exchange(self, sock: socket.socket, data: bytes, t0: float) -> tuple[HTTPSocketResponse, float]:
+        sent_s = time.perf_counter() - t0
         sock.sendall(data)
         # Read the first bytes here rather than in the parser, so that body bytes arriving with the headers
         # (a server that sends everything at once) keep their receive stamp too.
         first, arrived, read_at = self.recv(sock, BLOCK_SIZE)
         self.buffered = (arrived, read_at)
-        return HTTPSocketResponse(sock, block_size=BLOCK_SIZE, method="POST", pre_buffered=first)
+        return HTTPSocketResponse(sock, block_size=BLOCK_SIZE, method="POST", pre_buffered=first), sent_s
 
-    def stream(self, r: RequestResult, path: str, body: bytes, t0: float) -> None:
-        """Send `body` to `path`, filling `r` with timestamps (run clock: seconds since t0), counts and status."""
+    def stream(self, a: Attempt, t0: float) -> RequestResult:
+        """Send the attempt and read its stream: its result, with every timestamp on the run clock (seconds since
+        t0) set once. An interrupted request (the greenlet killed) comes back with status `interrupted`; the
+        caller records it and ends its greenlet."""
         resp: HTTPSocketResponse | None = None
         t = self.timeouts
         total = gevent.Timeout(t.total_s, TotalTimeout) if t.total_s else None
         self.first = gevent.Timeout(t.first_token_s, FirstTokenTimeout) if t.first_token_s else None
+        got = _Received(text_parts=[] if a.keep_text else None)
+        sent_s: float | None = None
+        failure: Failed | None = None
         try:
             if total is not None:
                 total.start()
             if self.first is not None:
                 self.first.start()
-            resp = self._send(r, path, body, t0)
-            r.http_status = resp.status_code
+            resp, sent_s = self._send(a.path, a.body, t0)
+            got.http_status = resp.status_code
             if resp.status_code != 200:
                 retry_after = resp.get("retry-after")
                 if isinstance(retry_after, str) and retry_after.strip().replace(".", "", 1).isdigit():
-                    r.retry_after_s = float(retry_after)
-                detail = resp.read(ERROR_BODY_LIMIT)
-                r.end_s = time.perf_counter() - t0
-                self._fail(r, _status_class(resp.status_code), detail.decode("utf-8", "replace")[:300])
-                return
+                    got.retry_after_s = float(retry_after)
+                detail = resp.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")[:300]
+                raise Failed(_status_class(resp.status_code), detail or f"HTTP {resp.status_code} with no body")
             ctype = str(resp.get("content-type") or "")
             if "text/event-stream" not in ctype:
-                r.end_s = time.perf_counter() - t0
-                self._fail(r, "malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")
-                return
-            self._read_events(r, resp, t0)
+                raise Failed("malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")
+            got.end_s = self._read_events(got, resp, t0)
+        except Failed as e:
+            failure = e
         except gevent.GreenletExit:
-            r.end_s = time.perf_counter() - t0
-            self._fail(r, "interrupted", "the run stopped while this request was in flight", status="interrupted")
-            raise
+            failure = Failed("interrupted", "the run stopped while this request was in flight")
         except FirstTokenTimeout:
-            r.end_s = time.perf_counter() - t0
-            self._fail(r, "timeout", f"no output within the first-token timeout ({t.first_token_s:g} s)")
+            failure = Failed("timeout", f"no output within the first-token timeout ({t.first_token_s:g} s)")
         except TotalTimeout:
-            r.end_s = time.perf_counter() - t0
-            self._fail(r, "timeout", f"the request outran the total timeout ({t.total_s:g} s)")
+            failure = Failed("timeout", f"the request outran the total timeout ({t.total_s:g} s)")
         except TimeoutError:
-            r.end_s = time.perf_counter() - t0
-            self._fail(
-                r,
-                "timeout",
+            idle = (
                 f"no bytes for {t.idle_s:g} s (idle timeout)"
-                if r.http_status
-                else f"no response within {t.idle_s:g} s",
+                if got.http_status
+                else f"no response within {t.idle_s:g} s"
             )
+            failure = Failed("timeout", idle)
         except StreamBroken as e:
-            r.end_s = time.perf_counter() - t0
-            self._fail(r, "stream_broken", str(e))
+            failure = Failed("stream_broken", str(e))
         except OSError as e:  # refused, reset, unreachable
-            r.end_s = time.perf_counter() - t0
-            kind = "connect" if r.http_status is None and self.sock is None else "stream_broken"
-            self._fail(r, kind, f"{type(e).__name__}: {e}"[:300])
+            kind: ErrorKind = "connect" if got.http_status is None and self.sock is None else "stream_broken"
+            failure = Failed(kind, f"{type(e).__name__}: {e}"[:300])
         except Exception as e:  # the HTTP parser rejects what the server sent
-            r.end_s = time.perf_counter() - t0
-            self._fail(r, "malformed", f"{type(e).__name__}: {e}"[:300])
+            failure = Failed("malformed", f"{type(e).__name__}: {e}"[:300])
         finally:
             for timer in (total, self.first):
                 if timer is not None:
                     timer.close()
             # Keep the connection only after a complete response that allows keep-alive.
-            if resp is None or not resp.message_complete or resp.should_close() or r.status != "ok":
+            if resp is None or not resp.message_complete or resp.should_close() or failure is not None:
                 self.close()
+        end_s = got.end_s
+        if failure is not None:
+            end_s = failure.at_s if failure.at_s is not None else time.perf_counter() - t0
+        return a.result(sent_s, end_s, got, failure)
 
-    @staticmethod
-    def _fail(r: RequestResult, error: str, detail: str, status: str = "error") -> None:
-        r.status, r.error, r.error_detail = status, error, detail
-
-    def _read_events(self, r: RequestResult, resp: HTTPSocketResponse, t0: float) -> None:
+    def _read_events(self, got: _Received, resp: HTTPSocketResponse, t0: float) -> float:
+        """Read the stream to its end into `got`; returns when it ended, or raises Failed."""
         parser = SSEParser()
-        times, tokens = r.event_times, r.event_tokens
+        times, tokens = got.event_times, got.event_tokens
         done = False
         kernel = self.recv is stamps.recv_stamped
         buffered = self.buffered
@@ -236,28 +296,25 @@ class StreamClient:
             had = len(times)
             for payload in payloads:
                 c = read_chunk(payload)
-                if c.error is not None:
-                    r.end_s = now
-                    self._fail(r, "malformed" if "server error" not in c.error else "stream_error", c.error)
-                    return
+                if c.error_kind is not None:
+                    raise Failed(c.error_kind, c.error or c.error_kind, at_s=now)
                 if c.done:
                     done = True
                     continue
                 if c.text:
-                    if r.text_parts is not None:
-                        r.text_parts.append(c.text)
+                    if got.text_parts is not None:
+                        got.text_parts.append(c.text)
                     if not times and self.first is not None:
                         self.first.close()  # the first token came in time
                     times.append(now)
                     tokens.append(1)
                 if c.completion_tokens is not None:
-                    r.usage_completion_tokens = c.completion_tokens
+                    got.usage_completion_tokens = c.completion_tokens
                 if c.prompt_tokens is not None:
-                    r.server_prompt_tokens = c.prompt_tokens
+                    got.server_prompt_tokens = c.prompt_tokens
             if kernel:  # several output events in one late read may have arrived apart: bound that error
                 self.delays.add(read_at - arrived if len(times) - had > 1 else 0.0)
             if not chunk:
-                r.end_s = now
-                break
-        if not done:
-            self._fail(r, "stream_broken", "the stream ended without data: [DONE]")
+                if not done:
+                    raise Failed("stream_broken", "the stream ended without data: [DONE]", at_s=now)
+                return now

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from loadgen.results import ErrorKind
+
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 
 # How each server family is asked to return exactly max_tokens tokens (no early end-of-sequence).
@@ -43,6 +45,7 @@ class Chunk:
     prompt_tokens: int | None = None  # usage.prompt_tokens, when present
     done: bool = False  # the [DONE] sentinel
     error: str | None = None  # a short reason when the payload is malformed or reports an error
+    error_kind: ErrorKind | None = None  # malformed (not what the API sends) | stream_error (the server's error)
 
 
 DONE = Chunk(done=True)
@@ -55,18 +58,18 @@ def read_chunk(payload: bytes) -> Chunk:
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return Chunk(error="event is not valid JSON")
+        return Chunk(error="event is not valid JSON", error_kind="malformed")
     if not isinstance(obj, dict):
-        return Chunk(error="event is not a JSON object")
+        return Chunk(error="event is not a JSON object", error_kind="malformed")
     if "error" in obj:
         err = obj["error"]
         msg = err.get("message") if isinstance(err, dict) else err
-        return Chunk(error=f"server error in stream: {str(msg)[:200]}")
+        return Chunk(error=f"server error in stream: {str(msg)[:200]}", error_kind="stream_error")
     out = Chunk()
     choices = obj.get("choices")
     if choices:
         if not isinstance(choices, list) or not isinstance(choices[0], dict):
-            return Chunk(error="'choices' is not a list of objects")
+            return Chunk(error="'choices' is not a list of objects", error_kind="malformed")
         choice = choices[0]
         delta = choice.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")

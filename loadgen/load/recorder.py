@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import gevent
 import gevent.event
@@ -19,18 +18,6 @@ from loadgen.spec.workload import SloSpec
 
 Writer = Callable[[Sequence[tuple[RequestResult, Derived]]], None]
 FLUSH_INTERVAL_S = 0.5
-
-
-@dataclass
-class Progress:
-    planned: int | None
-    done: int
-    in_flight: int
-    errors: int
-    ttft_p50_ms: float | None
-    tpot_p50_ms: float | None
-    stage: str
-    elapsed_s: float
 
 
 def _median(values: deque[float]) -> float | None:
@@ -53,7 +40,16 @@ class Recorder:
         self._stop = gevent.event.Event()
         self.write_error: BaseException | None = None
 
+    def sending(self) -> None:
+        """A request goes out; `add` (or `not_sent`) ends it."""
+        self.in_flight += 1
+
+    def not_sent(self) -> None:
+        self.in_flight -= 1
+
     def add(self, r: RequestResult, slo: SloSpec) -> Derived:
+        """A sent request has ended: derive its metrics and queue it for the writer."""
+        self.in_flight -= 1
         d = derive(r, slo)
         self.buffer.append((r, d))
         self.done += 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 import gevent
 from locust import User, constant, task
 
-from loadgen.client.http import StreamClient
+from loadgen.client.http import Attempt, StreamClient
 from loadgen.client.openai import PATHS, request_body
 from loadgen.client.prompts import make_prompt
 from loadgen.client.tokenize import PromptTokenizer
@@ -15,21 +16,6 @@ from loadgen.load.context import RunContext
 from loadgen.results import RequestResult
 from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
-
-
-def _again(r: RequestResult) -> RequestResult:
-    """A fresh result for a resend: the same request and scheduled time, one more retry."""
-    return RequestResult(
-        request_id=r.request_id,
-        stage=r.stage,
-        scheduled_s=r.scheduled_s,
-        sent_s=r.sent_s,
-        prompt_tokens=r.prompt_tokens,
-        max_tokens=r.max_tokens,
-        warmup=r.warmup,
-        retries=r.retries + 1,
-        text_parts=[] if r.text_parts is not None else None,
-    )
 
 
 def _prompt(c: RunContext, stage: StageSpec, item: Planned, tok: PromptTokenizer | None) -> str | list[int]:
@@ -98,32 +84,37 @@ class StreamUser(User):
         body = request_body(
             stage.api, c.server, stage.model or c.model, _prompt(c, stage, item, tok), item.output_tokens
         )
-        r = RequestResult(
+        attempt = Attempt(
             request_id=item.request_id,
             stage=item.stage,
             scheduled_s=scheduled,
-            sent_s=scheduled,
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
             warmup=item.request_id - d.first_id < stage.warmup.requests,
-            text_parts=[] if tok is not None else None,
+            path=PATHS[stage.api],
+            body=body,
+            keep_text=tok is not None,
         )
-        path = PATHS[stage.api]
-        c.recorder.in_flight += 1
+        c.recorder.sending()
+        r: RequestResult | None = None
         try:
-            self.http.stream(r, path, body, c.t0)
+            r = self.http.stream(attempt, c.t0)
             retry = c.retry
             while retry.on_429 and r.error == "http_429" and r.retries < retry.max_retries and not d.stopping:
                 gevent.sleep(r.retry_after_s if r.retry_after_s is not None else retry.backoff_s * 2**r.retries)
-                r = _again(r)
-                self.http.stream(r, path, body, c.t0)
+                attempt = replace(attempt, retries=r.retries + 1)
+                r = self.http.stream(attempt, c.t0)
         finally:
-            if tok is not None and r.usage_completion_tokens is None and r.text_parts:
-                r.tokenizer_tokens = tok.count("".join(r.text_parts))
-            c.recorder.in_flight -= 1
             d.finish()
-            derived = c.recorder.add(r, d.stage.slo)
-            self._report(path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
+            if r is None:  # killed before the first attempt came back (it always returns): nothing was sent
+                c.recorder.not_sent()
+            else:
+                if tok is not None and r.usage_completion_tokens is None and r.text_parts:
+                    r.tokenizer_tokens = tok.count("".join(r.text_parts))
+                derived = c.recorder.add(r, stage.slo)
+                self._report(attempt.path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
+        if r.status == "interrupted":
+            raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
 
     def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
         """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""
