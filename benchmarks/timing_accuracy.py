@@ -16,7 +16,7 @@ import orjson
 from common import Bounds, query, run_loadgen, truth_server
 from truth_server import prompt_key
 
-from loadgen.client.prompts import make_prompt
+from loadgen.target.prompts import make_prompt
 
 STREAMS, TTFT_MS, ITL_MS, OUTPUT, ROUNDS, SEED = 64, 50.0, 10.0, 64, 6, 1
 

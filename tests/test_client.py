@@ -28,7 +28,8 @@ def _sse(events: bytes) -> bytes:
 ANSWERS = {
     "ok": _sse(OK_EVENTS),
     "server_error": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops",
-    "rate_limited": b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    "rate_limited": b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n",
     "not_found": b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
     "error_event": _sse(b'data: {"choices": [{"text": "a"}]}\n\ndata: {"error": {"message": "overloaded"}}\n\n'),
     "bad_json": _sse(b'data: {"choices": [{"text": "a"}]}\n\ndata: {not json\n\n'),

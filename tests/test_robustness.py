@@ -302,8 +302,8 @@ def test_a_full_disk_is_a_clear_failure_and_keeps_what_was_committed(write, tmp_
 
 def test_a_configured_tokenizer_makes_exact_prompts_and_counts_output(write, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    from loadgen.client.prompts import WORDS
     from loadgen.emulator.server import OUTPUT_WORDS
+    from loadgen.target.prompts import WORDS
 
     vocab = {w: i for i, w in enumerate(["[UNK]", *dict.fromkeys([*WORDS, *(w.strip() for w in OUTPUT_WORDS)])])}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))

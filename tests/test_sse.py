@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from loadgen.client.openai import read_chunk, request_body
+from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
+from loadgen.target.bodies import request_body
 
 STREAM = (
     b": keep-alive comment\n\n"

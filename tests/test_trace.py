@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from conftest import DATA, FAST_ENDPOINT, loadgen
-from loadgen.client.prompts import make_prompt
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_workload
 from loadgen.spec.workload import StageSpec
+from loadgen.target.prompts import make_prompt
 from loadgen.trace.readers import check
 
 AZURE = DATA / "azure-2023-conv-head2000.csv"

@@ -7,7 +7,6 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,15 @@ import duckdb
 
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
-from loadgen.client import probe
-from loadgen.client.tokenize import PromptTokenizer
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
-from loadgen.load.context import RunContext
+from loadgen.load.description import RunDescription
 from loadgen.load.engine import Engine, Outcome
 from loadgen.load.recorder import Recorder
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
+from loadgen.target import probe
+from loadgen.target.tokenize import PromptTokenizer
 from loadgen.trace.readers import check_traces
 
 
@@ -73,41 +72,6 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
         show.out.print(show.errors_table(errs))
 
 
-@dataclass
-class Prompting:
-    """How this run makes prompts for this endpoint, and what it found out doing so (for the run's note)."""
-
-    text_only: bool = False
-    calibration: dict[str, probe.TextCalibration] = field(default_factory=dict)
-    tokenizers: dict[str, PromptTokenizer] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def _prompting(
-    workload: WorkloadSpec, base_url: str, headers: dict[str, str], model: str, tokenizers: dict[str, PromptTokenizer]
-) -> Prompting:
-    """Probe the endpoint: token-ID prompts accepted? Text calibrated for every api sending untokenized text."""
-    p = Prompting(tokenizers=tokenizers)
-    if any(not s.text_prompts for s in workload.stages):
-        refused = probe.token_prompts_refused(base_url, headers, model)
-        if refused is not None:
-            p.text_only = True
-            p.notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
-            show.err.print(f"[yellow]note:[/] {p.notes[-1]}")
-    untokenized = [s for s in workload.stages if not s.requests.tokenizer and (s.text_prompts or p.text_only)]
-    for api in sorted({s.api for s in untokenized}):
-        cal = probe.calibrate_text(base_url, headers, model, api)
-        if cal is None:
-            p.notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
-            continue
-        p.calibration[api] = cal
-        if (cal.overhead, cal.per_word) != (0.0, 1.0):
-            p.notes.append(
-                f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
-            )
-    return p
-
-
 def execute(
     workload_path: str,
     endpoint_ref: str | None,
@@ -117,7 +81,8 @@ def execute(
 ) -> int:
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
-    tokenizers = {p: PromptTokenizer(p) for p in {s.requests.tokenizer for s in workload.stages} if p}
+    for path in {s.requests.tokenizer for s in workload.stages} - {None}:
+        PromptTokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
     skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
     for name, bad in skipped.items():
         show.err.print(f"stage {name}: skipping {bad} malformed trace rows (on_bad_rows: skip)", highlight=False)
@@ -139,8 +104,25 @@ def execute(
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
             _preflight(base_url, headers)
-            prompting = _prompting(workload, base_url, headers, workload.model or endpoint.model, tokenizers)
-            return _run(workload, endpoint, base_url, headers, db_file, ui, prompting)
+            server = endpoint.server if not endpoint.emulated else "emulator"
+            model = workload.model or endpoint.model
+            setup = probe.prepare(
+                probe.Endpoint(base_url=base_url, headers=headers, server=server, model=model), workload.stages
+            )
+            if setup.text_only:  # said at once: the run measures something other than what was asked
+                show.err.print(f"[yellow]note:[/] {setup.notes[0]}")
+            description = RunDescription(
+                base_url=base_url,
+                headers=headers,
+                server=server,
+                model=model,
+                seed=workload.seed,
+                timeouts=workload.timeouts,
+                retry=workload.retry,
+                stages=tuple(workload.stages),
+                prompts=setup,
+            )
+            return _run(workload, endpoint, description, db_file, ui)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -149,37 +131,26 @@ def execute(
 def _run(
     workload: WorkloadSpec,
     endpoint: EndpointSpec,
-    base_url: str,
-    headers: dict[str, str],
+    description: RunDescription,
     db_file: Path,
     ui: tuple[str, int] | None,
-    prompting: Prompting,
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_id = f"{workload.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     try:
         store.begin_run(
-            run_id, workload.name, endpoint.name, _spec_record(workload, endpoint, base_url), workload.stages
+            run_id,
+            workload.name,
+            endpoint.name,
+            _spec_record(workload, endpoint, description.base_url),
+            workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
-        ctx = RunContext(
-            base_url=base_url,
-            server=endpoint.server if not endpoint.emulated else "emulator",
-            model=workload.model or endpoint.model,
-            seed=workload.seed,
-            headers=headers,
-            timeouts=workload.timeouts,
-            retry=workload.retry,
-            recorder=recorder,
-            text_only=prompting.text_only,
-            calibration=prompting.calibration,
-            tokenizers=prompting.tokenizers,
-        )
-        engine = Engine(ctx, workload.stages)
+        engine = Engine(description, recorder)
 
         def finish(outcome: Outcome) -> None:
-            note = "; ".join([*prompting.notes, *([outcome.note] if outcome.note else [])]) or None
+            note = "; ".join([*description.prompts.notes, *([outcome.note] if outcome.note else [])]) or None
             try:
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable

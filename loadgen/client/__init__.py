@@ -1,1 +1,1 @@
-"""Talking to OpenAI-compatible streaming endpoints: request bodies, SSE parsing, per-event timestamps."""
+"""Talking to OpenAI-compatible streaming endpoints: the connection, SSE parsing, per-event timestamps."""

@@ -1,39 +1,12 @@
-"""OpenAI-compatible request bodies and the reading of streamed chunks."""
+"""Reading the chunks of an OpenAI-compatible stream (chat and completions)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from loadgen.results import ErrorKind
-
-PATHS = {"chat": "/chat/completions", "completions": "/completions"}
-
-# How each server family is asked to return exactly max_tokens tokens (no early end-of-sequence).
-_EXACT_LENGTH: dict[str, dict[str, Any]] = {
-    "vllm": {"ignore_eos": True, "min_tokens": None},
-    "sglang": {"ignore_eos": True, "min_tokens": None},
-    "trtllm": {"ignore_eos": True, "min_tokens": None},
-    "emulator": {"ignore_eos": True, "min_tokens": None},
-    "llamacpp": {"ignore_eos": True},
-    "tgi": {},
-    "groq": {},
-    "openai": {},
-}
-
-
-def request_body(api: str, server: str, model: str, prompt: str | list[int], max_tokens: int) -> bytes:
-    body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
-    if api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    body["max_completion_tokens" if server == "openai" else "max_tokens"] = max_tokens
-    for key, value in _EXACT_LENGTH[server].items():
-        body[key] = max_tokens if value is None else value
-    return orjson.dumps(body)
 
 
 @dataclass(slots=True)

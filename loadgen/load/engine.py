@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
@@ -17,12 +17,13 @@ import gevent.event
 from locust import LoadTestShape
 from locust.env import Environment
 
-from loadgen.load.context import RunContext
+from loadgen.load.description import RunDescription
 from loadgen.load.monitor import DelayMonitor
+from loadgen.load.recorder import Recorder
 from loadgen.load.stages import StageWalker
+from loadgen.load.state import RunState
 from loadgen.load.user import StreamUser
 from loadgen.results import Progress
-from loadgen.spec.workload import StageSpec
 
 GRACE_S = 5.0  # after an interrupt, in-flight requests get this long before they are cut off
 TICK_S = 0.002
@@ -42,18 +43,18 @@ class Outcome:
 class Engine:
     def __init__(
         self,
-        ctx: RunContext,
-        stages: Sequence[StageSpec],
+        description: RunDescription,
+        recorder: Recorder,
         on_progress: Callable[[Progress], None] | None = None,
     ):
-        self.ctx = ctx
-        self.stages = stages
+        self.ctx = ctx = RunState.start(description, recorder)
+        stages = description.stages
         self.on_progress = on_progress
-        self.walker = StageWalker(ctx, stages)
+        self.walker = StageWalker(ctx)
         self.monitor = DelayMonitor()
         self.signum: int | None = None
         self._interrupted_at: float | None = None
-        self.user_class = type("LLMUser", (StreamUser,), {"ctx": ctx, "abstract": False, "host": ctx.base_url})
+        self.user_class = type("LLMUser", (StreamUser,), {"ctx": ctx, "abstract": False, "host": description.base_url})
         self.planned = (
             sum(s.stop.requests for s in stages if s.stop.requests is not None)
             if all(s.stop.requests is not None for s in stages)
@@ -78,7 +79,7 @@ class Engine:
             ttft_p50_ms=ttft,
             tpot_p50_ms=tpot,
             stage=d.stage.name if d is not None else "",
-            elapsed_s=time.perf_counter() - self.ctx.t0,
+            elapsed_s=0.0 if self.ctx.clock.t0 is None else time.perf_counter() - self.ctx.clock.t0,
         )
 
     def _outcome(self) -> Outcome:
@@ -98,9 +99,10 @@ class Engine:
         return Outcome(status, bound, note, self.signum)
 
     def run_headless(self) -> Outcome:
-        env = Environment(user_classes=[self.user_class], host=self.ctx.base_url)
+        env = Environment(user_classes=[self.user_class], host=self.ctx.description.base_url)
         runner = env.create_local_runner()
         handlers = [gevent.signal_handler(s, self.interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
+        self.ctx.clock.start()
         self.ctx.recorder.start()
         self.monitor.start()
         last_progress = time.perf_counter()
@@ -151,7 +153,7 @@ class Engine:
                     return None
                 return (want, float(want))
 
-        env = Environment(user_classes=[self.user_class], host=self.ctx.base_url, shape_class=Shape())
+        env = Environment(user_classes=[self.user_class], host=self.ctx.description.base_url, shape_class=Shape())
         runner = env.create_local_runner()
         # Locust's UI reads its own options from sys.argv, which holds loadgen's; loadgen has parsed them already.
         sys.argv = sys.argv[:1]
@@ -171,7 +173,7 @@ class Engine:
             while not started.is_set() and not closing.is_set():
                 gevent.sleep(0.1)
             if started.is_set():
-                self.ctx.t0 = time.perf_counter()
+                self.ctx.clock.start()
                 self.ctx.recorder.start()
                 self.monitor.start()
                 while not finished.is_set():

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
 
-from loadgen.load.context import RunContext
 from loadgen.load.dispatch import Dispatch
+from loadgen.load.state import RunState
 from loadgen.schedule.plan import plan_stage
-from loadgen.spec.workload import StageSpec
 
 START_TIMEOUT_S = 30.0  # a stage starts even if Locust has not brought up all its users by then
 
@@ -17,9 +15,9 @@ START_TIMEOUT_S = 30.0  # a stage starts even if Locust has not brought up all i
 class StageWalker:
     """Each stage: ask Locust for its users, start its clock once they are up, end it when its plan is done."""
 
-    def __init__(self, ctx: RunContext, stages: Sequence[StageSpec]):
+    def __init__(self, ctx: RunState):
         self.ctx = ctx
-        self.stages = stages
+        self.stages = ctx.description.stages
         self.index = -1  # the stage being run or prepared
         self.next_id = 0  # request IDs are unique across the run's stages
         self.stopping = False
@@ -51,10 +49,10 @@ class StageWalker:
         ready = users_running == stage.load.users and ctx.waiting == stage.load.users
         if ready or time.perf_counter() - self._asked_at > START_TIMEOUT_S:
             self._asked_at = None
-            plan = plan_stage(stage, ctx.seed, self.index, first_id=self.next_id)
+            plan = plan_stage(stage, ctx.description.seed, self.index, first_id=self.next_id)
             # Draw the first request now: setting up the random streams takes milliseconds, which would
             # otherwise delay the stage's first send behind its schedule.
             first = next(plan, None)
             plan = itertools.chain([first] if first is not None else [], plan)
-            ctx.open_stage(Dispatch(stage, plan, ctx.t0, self.next_id))
+            ctx.open_stage(Dispatch(stage, plan, ctx.clock.origin, self.next_id))
         return stage.load.users

@@ -1,4 +1,5 @@
-"""What every load-generating user of a run shares: where to send, how, and the current stage's dispatch."""
+"""The live state of one load-generating process: its description, clock, recorder, what to send, and the
+current stage's dispatch with the gate users wait at between stages."""
 
 from __future__ import annotations
 
@@ -7,32 +8,45 @@ from dataclasses import dataclass, field
 
 import gevent.event
 
-from loadgen.client.probe import TextCalibration
 from loadgen.client.stamps import ReadDelays
-from loadgen.client.tokenize import PromptTokenizer
+from loadgen.load.description import RunDescription
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
-from loadgen.spec.workload import RetrySpec, TimeoutSpec
+from loadgen.target.targeter import Targeter
+
+
+class Clock:
+    """The run clock: seconds since its origin, which is set once, when the load starts."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def start(self) -> None:
+        assert self.t0 is None, "the run clock starts once"
+        self.t0 = time.perf_counter()
+
+    @property
+    def origin(self) -> float:
+        assert self.t0 is not None, "the run clock has not started"
+        return self.t0
 
 
 @dataclass
-class RunContext:
-    base_url: str
-    server: str
-    model: str
-    seed: int
-    headers: dict[str, str]
-    timeouts: TimeoutSpec
-    retry: RetrySpec
+class RunState:
+    description: RunDescription
     recorder: Recorder
+    targeter: Targeter
+    clock: Clock = field(default_factory=Clock)
     read_delays: ReadDelays = field(default_factory=ReadDelays)
-    text_only: bool = False  # the server refuses token-ID prompts: every stage sends text
-    calibration: dict[str, TextCalibration] = field(default_factory=dict)  # per api: words for a token count
-    tokenizers: dict[str, PromptTokenizer] = field(default_factory=dict)  # by path (requests.tokenizer)
-    t0: float = field(default_factory=time.perf_counter)  # origin of the run clock
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching
     waiting: int = 0  # users ready and waiting at the gate; a stage's clock starts once all are
+
+    @classmethod
+    def start(cls, description: RunDescription, recorder: Recorder) -> RunState:
+        d = description
+        targeter = Targeter(d.server, d.model, d.seed, d.prompts, d.stages)
+        return cls(description, recorder, targeter)
 
     def wait_at_gate(self) -> None:
         self.waiting += 1

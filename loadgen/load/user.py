@@ -9,25 +9,8 @@ import gevent
 from locust import User, constant, task
 
 from loadgen.client.http import Attempt, StreamClient
-from loadgen.client.openai import PATHS, request_body
-from loadgen.client.prompts import make_prompt
-from loadgen.client.tokenize import PromptTokenizer
-from loadgen.load.context import RunContext
+from loadgen.load.state import RunState
 from loadgen.results import RequestResult
-from loadgen.schedule.plan import Planned
-from loadgen.spec.workload import StageSpec
-
-
-def _prompt(c: RunContext, stage: StageSpec, item: Planned, tok: PromptTokenizer | None) -> str | list[int]:
-    """Token IDs, or text: exact with a tokenizer, else sized by the endpoint's calibration, else a word a token."""
-    text = stage.text_prompts or c.text_only
-    if text and tok is not None:
-        return tok.prompt(item.prompt_tokens, item.request_id, c.seed, item.prefix)
-    length = item.prompt_tokens
-    cal = c.calibration.get(stage.api)
-    if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
-        length = cal.words(length)
-    return make_prompt(length, item.request_id, c.seed, text, item.prefix)
 
 
 def sleep_to_send(delay: float) -> None:
@@ -44,11 +27,11 @@ def sleep_to_send(delay: float) -> None:
 class StreamUser(User):
     abstract = True
     wait_time = constant(0)
-    ctx: ClassVar[RunContext]  # set by the engine on a subclass made for the run
+    ctx: ClassVar[RunState]  # set by the engine on a subclass made for the run
 
     def on_start(self) -> None:
-        c = self.ctx
-        self.http = StreamClient(c.base_url, c.headers, c.timeouts, c.read_delays)
+        c, d = self.ctx, self.ctx.description
+        self.http = StreamClient(d.base_url, d.headers, d.timeouts, c.read_delays)
         self.http.connect()
 
     def on_stop(self) -> None:
@@ -80,10 +63,8 @@ class StreamUser(User):
             d.finish()
             return
         stage = d.stage
-        tok = c.tokenizers.get(stage.requests.tokenizer or "")
-        body = request_body(
-            stage.api, c.server, stage.model or c.model, _prompt(c, stage, item, tok), item.output_tokens
-        )
+        target = c.targeter.target(stage, item)
+        tok = target.tokenizer
         attempt = Attempt(
             request_id=item.request_id,
             stage=item.stage,
@@ -91,19 +72,19 @@ class StreamUser(User):
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
             warmup=item.request_id - d.first_id < stage.warmup.requests,
-            path=PATHS[stage.api],
-            body=body,
+            path=target.path,
+            body=target.body,
             keep_text=tok is not None,
         )
         c.recorder.sending()
         r: RequestResult | None = None
         try:
-            r = self.http.stream(attempt, c.t0)
-            retry = c.retry
+            r = self.http.stream(attempt, c.clock.origin)
+            retry = c.description.retry
             while retry.on_429 and r.error == "http_429" and r.retries < retry.max_retries and not d.stopping:
                 gevent.sleep(r.retry_after_s if r.retry_after_s is not None else retry.backoff_s * 2**r.retries)
                 attempt = replace(attempt, retries=r.retries + 1)
-                r = self.http.stream(attempt, c.t0)
+                r = self.http.stream(attempt, c.clock.origin)
         finally:
             d.finish()
             if r is None:  # killed before the first attempt came back (it always returns): nothing was sent

@@ -1,29 +1,42 @@
-"""Probing an endpoint before a run: does it take token-ID prompts, and how many tokens is a prompt word?
+"""The pre-run step: probe the endpoint (does it take token-ID prompts? how many tokens is a prompt word?) and
+settle how this run's prompts are made, as plain immutable data (`PromptSetup`).
 
-Both are a few tiny non-streaming requests; none of them lands in the results.
+The probes are a few tiny non-streaming requests, built like the run's own; none of them lands in the results.
 """
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
-from loadgen.client.openai import PATHS
-from loadgen.client.prompts import make_prompt
+from loadgen.spec.workload import StageSpec
+from loadgen.target.bodies import PATHS, request_body
+from loadgen.target.prompts import make_prompt
 
 PROBE_WORDS = (64, 512)
 TOLERANCE = 0.01
 
 
-def _post(base_url: str, headers: dict[str, str], api: str, body: dict) -> tuple[int, dict]:
+class Endpoint(BaseModel):
+    """Where the probes go and how they are built."""
+
+    model_config = ConfigDict(frozen=True)
+    base_url: str
+    headers: dict[str, str]
+    server: str
+    model: str
+
+
+def _post(ep: Endpoint, api: str, prompt: str | list[int]) -> tuple[int, dict]:
     req = urllib.request.Request(
-        base_url.rstrip("/") + PATHS[api],
-        data=orjson.dumps(body),
+        ep.base_url.rstrip("/") + PATHS[api],
+        data=request_body(api, ep.server, ep.model, prompt, 1, stream=False),
         method="POST",
-        headers={**headers, "Content-Type": "application/json"},
+        headers={**ep.headers, "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -34,22 +47,20 @@ def _post(base_url: str, headers: dict[str, str], api: str, body: dict) -> tuple
         return 0, {}  # the run itself will report what is wrong
 
 
-def token_prompts_refused(base_url: str, headers: dict[str, str], model: str) -> str | None:
+def token_prompts_refused(ep: Endpoint) -> str | None:
     """Whether the server refuses token-ID prompts but takes text (llama.cpp's OpenAI servers do: 422 or 500).
     Returns the refusal's HTTP status, or None."""
-    code, _ = _post(
-        base_url, headers, "completions", {"model": model, "prompt": [1000, 1001, 1002, 1003], "max_tokens": 1}
-    )
+    code, _ = _post(ep, "completions", [1000, 1001, 1002, 1003])
     if code < 400 or code == 429:
         return None
-    ok, _ = _post(base_url, headers, "completions", {"model": model, "prompt": "hello world", "max_tokens": 1})
+    ok, _ = _post(ep, "completions", "hello world")
     return f"HTTP {code}" if ok == 200 else None
 
 
-@dataclass(frozen=True)
-class TextCalibration:
+class TextCalibration(BaseModel):
     """The server's prompt tokens for a text prompt of w words: overhead + per_word x w (from usage)."""
 
+    model_config = ConfigDict(frozen=True)
     overhead: float
     per_word: float
 
@@ -57,37 +68,64 @@ class TextCalibration:
         return max(1, round((tokens - self.overhead) / self.per_word))
 
 
-def _prompt_tokens(base_url: str, headers: dict[str, str], model: str, api: str, words: int) -> int | None:
-    text = make_prompt(words, -words, 0)
-    body: dict = {"model": model, "max_tokens": 1}
-    if api == "chat":
-        body["messages"] = [{"role": "user", "content": text}]
-    else:
-        body["prompt"] = text
-    code, out = _post(base_url, headers, api, body)
+def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
+    code, out = _post(ep, api, make_prompt(words, -words, 0))
     usage = out.get("usage") if isinstance(out, dict) else None
     n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     return n if code == 200 and isinstance(n, int) else None
 
 
-def calibrate_text(base_url: str, headers: dict[str, str], model: str, api: str) -> TextCalibration | None:
+def calibrate_text(ep: Endpoint, api: str) -> TextCalibration | None:
     """Fit tokens = overhead + per_word x words from two probes, then check a third within 1% (refitting once
     through all three if not). None when the server reports no prompt tokens."""
-    points = [(w, _prompt_tokens(base_url, headers, model, api, w)) for w in PROBE_WORDS]
+    points = [(w, _prompt_tokens(ep, api, w)) for w in PROBE_WORDS]
     if any(n is None for _, n in points):
         return None
     (w1, n1), (w2, n2) = points
     per_word = (n2 - n1) / (w2 - w1)
     if per_word <= 0:
         return None
-    cal = TextCalibration(n1 - per_word * w1, per_word)
+    cal = TextCalibration(overhead=n1 - per_word * w1, per_word=per_word)
     target = 256
     words = cal.words(target)
-    got = _prompt_tokens(base_url, headers, model, api, words)
+    got = _prompt_tokens(ep, api, words)
     if got is None or abs(got / target - 1) <= TOLERANCE:
         return cal
     xs = [w1, w2, words]
     ys = [n1, n2, got]
     mx, my = sum(xs) / 3, sum(ys) / 3
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    return TextCalibration(my - slope * mx, slope) if slope > 0 else cal
+    return TextCalibration(overhead=my - slope * mx, per_word=slope) if slope > 0 else cal
+
+
+class PromptSetup(BaseModel):
+    """How this run makes prompts on this endpoint, and what the probes found (for the run's note)."""
+
+    model_config = ConfigDict(frozen=True)
+    text_only: bool = False  # the server refuses token-ID prompts: every stage sends text
+    calibration: dict[str, TextCalibration] = {}  # per api: how many words make a token count
+    notes: tuple[str, ...] = ()
+
+
+def prepare(ep: Endpoint, stages: Sequence[StageSpec]) -> PromptSetup:
+    """Probe the endpoint: token-ID prompts accepted? Text calibrated for every api sending untokenized text."""
+    text_only = False
+    notes: list[str] = []
+    if any(not s.text_prompts for s in stages):
+        refused = token_prompts_refused(ep)
+        if refused is not None:
+            text_only = True
+            notes.append(f"the server refused token-ID prompts ({refused}): text prompts were sent instead")
+    calibration: dict[str, TextCalibration] = {}
+    untokenized = [s for s in stages if not s.requests.tokenizer and (s.text_prompts or text_only)]
+    for api in sorted({s.api for s in untokenized}):
+        cal = calibrate_text(ep, api)
+        if cal is None:
+            notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
+            continue
+        calibration[api] = cal
+        if (cal.overhead, cal.per_word) != (0.0, 1.0):
+            notes.append(
+                f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
+            )
+    return PromptSetup(text_only=text_only, calibration=calibration, notes=tuple(notes))

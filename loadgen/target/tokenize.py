@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadgen.client.prompts import make_prompt
 from loadgen.spec.errors import SpecError
+from loadgen.target.prompts import make_prompt
 
 
 class PromptTokenizer:
