@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
+from loadgen.store.schema import counts
+
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
 RESAMPLES = 2000
 
@@ -25,7 +27,7 @@ class Delta:
 def _values(con: duckdb.DuckDBPyConnection, who: str, metric: str) -> np.ndarray:
     rows = con.execute(
         f"SELECT r.{metric} FROM requests r JOIN runs ru USING (run_id) "
-        f"WHERE (r.run_id = ? OR ru.endpoint = ?) AND r.status = 'ok' AND NOT r.warmup AND r.{metric} IS NOT NULL",
+        f"WHERE (r.run_id = ? OR ru.endpoint = ?) AND {counts('r')} AND r.{metric} IS NOT NULL",
         [who, who],
     ).fetchall()
     return np.array([r[0] for r in rows], dtype=float)

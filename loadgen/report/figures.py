@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from loadgen.store.schema import counts  # noqa: E402
+
 DPI = 110
 
 
@@ -123,7 +125,7 @@ def cdfs(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     for metric, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)")):
         rows = con.execute(
             f"SELECT ru.endpoint, list({metric} ORDER BY {metric}) FROM requests r JOIN runs ru USING (run_id) "
-            f"WHERE r.status = 'ok' AND NOT r.warmup AND {metric} IS NOT NULL GROUP BY 1 ORDER BY 1"
+            f"WHERE {counts('r')} AND {metric} IS NOT NULL GROUP BY 1 ORDER BY 1"
         ).fetchall()
         if not rows:
             continue

@@ -58,12 +58,26 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
 EVENTS = "CREATE TABLE IF NOT EXISTS events ({})".format(", ".join(f"{name} {kind}" for name, kind in EVENT_COLUMNS))
 
 
+def measured(alias: str = "") -> str:
+    """The requests a stage measures: all outside warm-up (failed ones included, as errors)."""
+    return f"NOT {alias + '.' if alias else ''}warmup"
+
+
+def counts(alias: str = "") -> str:
+    """The requests that count in every aggregate of latencies and tokens: measured, and ok."""
+    return f"{alias + '.' if alias else ''}status = 'ok' AND {measured(alias)}"
+
+
+# A stage's span, over its measured requests: from its first send to its last stream's end.
+SPAN = "max(end_s) - min(sent_s)"
+
+
 def _pcts(col: str, name: str, qs: tuple[int, ...], only_ok: bool = True) -> str:
-    where = " FILTER (WHERE status = 'ok')" if only_ok else ""
+    where = f" FILTER (WHERE {counts()})" if only_ok else ""
     return ",\n    ".join(f"quantile_cont({col}, {q / 100}){where} AS {name}_p{q}_ms" for q in qs)
 
 
-# One row per run and stage. Rates are over the stage's span, from its first send to its last stream's end.
+# One row per run and stage: its measured requests. Rates are over the stage's span (SPAN).
 SUMMARY = f"""
 CREATE OR REPLACE VIEW summary AS
 SELECT
@@ -71,26 +85,26 @@ SELECT
     stage,
     min(scheduled_s) AS start_s,
     count(*) AS requests,
-    count(*) FILTER (WHERE status <> 'ok') AS errors,
+    count(*) FILTER (WHERE NOT ({counts()})) AS errors,
     {_pcts("ttft_ms", "ttft", (50, 90, 99))},
     {_pcts("tpot_ms", "tpot", (50, 90, 99))},
     {_pcts("e2e_ms", "e2e", (50, 90, 99))},
     {_pcts("lag_ms", "lag", (50, 99), only_ok=False)},
     {_pcts("ttft_sched_ms", "ttft_sched", (50, 99))},
-    sum(output_tokens) FILTER (WHERE status = 'ok') / nullif(max(end_s) - min(sent_s), 0) AS output_tokens_per_s,
-    count(*) FILTER (WHERE status = 'ok') / nullif(max(end_s) - min(sent_s), 0) AS requests_per_s,
-    count(*) FILTER (WHERE slo_ok) / nullif(max(end_s) - min(sent_s), 0) AS goodput_rps,
-    max(end_s) - min(sent_s) AS span_s
+    sum(output_tokens) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS output_tokens_per_s,
+    count(*) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS requests_per_s,
+    count(*) FILTER (WHERE slo_ok) / nullif({SPAN}, 0) AS goodput_rps,
+    {SPAN} AS span_s
 FROM requests
-WHERE NOT warmup
+WHERE {measured()}
 GROUP BY run_id, stage
 """
 
 # Error counts by class, for the summary's error breakdown.
-ERRORS = """
+ERRORS = f"""
 CREATE OR REPLACE VIEW errors AS
 SELECT run_id, stage, error, count(*) AS requests, any_value(error_detail) AS example
-FROM requests WHERE status <> 'ok' AND NOT warmup
+FROM requests WHERE {measured()} AND NOT ({counts()})
 GROUP BY run_id, stage, error
 """
 
@@ -107,9 +121,9 @@ CREATE TABLE IF NOT EXISTS stages (
     spec JSON NOT NULL
 )"""
 
-_PHASE_ROWS = """
+_PHASE_ROWS = f"""
 FROM requests r JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
-WHERE st.phase = '{phase}' AND r.status = 'ok' AND NOT r.warmup"""
+WHERE st.phase = '{{phase}}' AND {counts("r")}"""
 
 
 def _busy(phase: str, keys: dict[str, str], start: str, end: str, tokens: str, where: str = "TRUE") -> str:
