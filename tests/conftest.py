@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +13,37 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # real trace samples, with their licenses (tests/data/README.md)
 
 
+# The console script a user runs, from this interpreter's environment (`python -m loadgen` where it is not installed).
+_SCRIPT = Path(sys.executable).parent / "loadgen"
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "loadgen"]
+
+# Commands that send no load and return at once run in this process (a child process adds only its start-up);
+# run, ui and study patch the standard library for gevent and serve blocks, so they run in a child, as a user's.
+IN_PROCESS = ("validate", "query", "report", "compare", "disagg", "trace")
+
+
+def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
+    from loadgen.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(ROOT)  # as the child process would run
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    except SystemExit as e:  # argparse's --help
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["loadgen", *args], code, out.getvalue(), err.getvalue())
+
+
 def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None):
-    """Run the real command line in a child process, as a user would."""
+    """Run the real command line: in a child process as a user would, or in this one where that changes nothing."""
+    if args and args[0] in IN_PROCESS and cwd is None and env is None:
+        return _in_process(args)
     return subprocess.run(
-        [sys.executable, "-m", "loadgen", *args],
+        [*COMMAND, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -279,7 +279,8 @@ def test_a_full_disk_is_a_clear_failure_and_keeps_what_was_committed(write, tmp_
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        write("ep.yaml", FAST_ENDPOINT)
+        # An H100 with ten times its memory bandwidth: decode steps of under a millisecond fill the disk fast.
+        write("ep.yaml", FAST_ENDPOINT.replace("overhead_ms: 0.2", "overhead_ms: 0.2, bandwidth: 3.35e13"))
         w = write(
             "w.yaml",
             "name: full\nendpoint: ep.yaml\napi: completions\nload: {arrival: closed, concurrency: 32}\n"

@@ -16,15 +16,15 @@ endpoint: x
 api: completions
 requests: {prompt_tokens: 32, output_tokens: 16}
 stages:
-  - name: p256
+  - name: p128
     phase: prefill
     load: {arrival: closed, concurrency: 1}
-    requests: {prompt_tokens: 256, output_tokens: 1}
+    requests: {prompt_tokens: 128, output_tokens: 1}
     stop: {requests: 2}
-  - name: p1024
+  - name: p512
     phase: prefill
     load: {arrival: closed, concurrency: 1}
-    requests: {prompt_tokens: 1024, output_tokens: 1}
+    requests: {prompt_tokens: 512, output_tokens: 1}
     stop: {requests: 2}
   - {name: b1, phase: decode, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}
   - {name: b8, phase: decode, load: {arrival: closed, concurrency: 8}, stop: {requests: 8}}
@@ -90,8 +90,8 @@ def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
     assert endpoints == ["emulated-h100", "mini-groq@pipelined", GROQ_NAME]
     rows = con.execute("SELECT endpoint, prompt_tokens, batch, ttft_p50_ms FROM prefill").fetchall()
     prefill = {(e, p): t for e, p, b, t in rows if b == 1}
-    assert set(prefill) == {(e, p) for e in endpoints for p in (256, 1024)}
-    assert prefill[("emulated-h100", 1024)] < prefill[(GROQ_NAME, 1024)]  # the GPU wins Prefill
+    assert set(prefill) == {(e, p) for e in endpoints for p in (128, 512)}
+    assert prefill[("emulated-h100", 512)] < prefill[(GROQ_NAME, 512)]  # the GPU wins Prefill
     rows = con.execute(
         "SELECT endpoint, batch, tpot_p50_ms, decode_tokens_per_s, stage_tokens_per_s FROM decode"
     ).fetchall()
@@ -110,7 +110,7 @@ def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
         "FROM crossover"
     ).fetchall()
     cross = {(e, v): (b, u, p) for e, v, b, u, p in rows}
-    assert cross[("emulated-h100", GROQ_NAME)] == (8, 1, 256)
+    assert cross[("emulated-h100", GROQ_NAME)] == (8, 1, 128)
     assert cross[(GROQ_NAME, "emulated-h100")] == (1, None, None)
 
 

@@ -156,7 +156,9 @@ def test_bad_rows_name_file_line_and_column(write, tmp_path):
     text = AZURE.read_text().splitlines()[:6]
     text[4] = "2023-11-16 18:15:50.1000000,lots,44"
     p = write("bad.csv", "\r\n".join(text) + "\r\n")
-    w = write("w.yaml", f"name: bad\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {p.name}}}}}\n")
+    w = write(
+        "w.yaml", f"name: bad\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {p.name}, time_scale: 20}}}}\n"
+    )
     write("ep.yaml", FAST_ENDPOINT)
     db = tmp_path / "bad.duckdb"
     res = loadgen("run", str(w), "--db", str(db))

@@ -30,7 +30,8 @@ def _die_with_parent() -> None:
 
 
 class BackgroundEmulator:
-    """`loadgen serve` in a child process on a free loopback port; `url` is its OpenAI base URL."""
+    """The emulator in a child process (`python -m loadgen.emulator`) on a free loopback port; `url` is its
+    OpenAI base URL."""
 
     def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 30.0):
         """`workdir` is a private temporary folder that outlives the child process."""
@@ -38,7 +39,7 @@ class BackgroundEmulator:
         spec_file.write_text(yaml.safe_dump(endpoint.model_dump(mode="json")))
         self.log = open(workdir / "emulator.log", "w+")  # a file, so a chatty child can never block on a pipe
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadgen", "serve", str(spec_file), "--port", "0"],
+            [sys.executable, "-m", "loadgen.emulator", str(spec_file)],
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
