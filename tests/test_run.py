@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import socket
 
 import duckdb
@@ -241,3 +243,21 @@ def test_query_and_validate(setup):
     assert res.returncode == 0 and "2" in res.stdout
     res = loadgen("query", str(db), "SELECT nope FROM requests")
     assert res.returncode == 2 and "nope" in res.stderr
+    # Piped (not a terminal, 80 columns): every value whole, times to the microsecond, in any format.
+    sql = (
+        "SELECT r.request_id, r.stage || '-with-a-long-stage-name' AS stage_name, e.t_s, r.ttft_ms, r.tpot_ms, "
+        "r.e2e_ms, r.output_tokens_source, ru.run_id FROM events e JOIN requests r USING (run_id, request_id) "
+        "JOIN runs ru USING (run_id) WHERE e.idx = 0 ORDER BY r.request_id"
+    )
+    res = loadgen("query", str(db), sql)
+    con = duckdb.connect(str(db), read_only=True)
+    (t_s, run_id) = con.execute("SELECT e.t_s, e.run_id FROM events e WHERE idx = 0 ORDER BY request_id").fetchone()
+    con.close()
+    assert res.returncode == 0 and "…" not in res.stdout
+    assert (
+        f"{t_s:.6f}".rstrip("0") in res.stdout and run_id in res.stdout and "main-with-a-long-stage-name" in res.stdout
+    )
+    csv_rows = list(csv.reader(io.StringIO(loadgen("query", str(db), sql, "--format", "csv").stdout)))
+    assert csv_rows[0][:3] == ["request_id", "stage_name", "t_s"] and float(csv_rows[1][2]) == t_s
+    records = orjson.loads(loadgen("query", str(db), sql, "--format", "json").stdout)
+    assert len(records) == 2 and records[0]["t_s"] == t_s and records[0]["run_id"] == run_id

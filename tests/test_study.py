@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 
 import duckdb
+import orjson
 import pytest
 
 from conftest import ROOT, loadgen
@@ -162,7 +164,31 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "where A→B beats both alone" in res.stdout and "100 Gb/s, load 1" in res.stdout
+    # Piped: the whole table, headers and numbers, with no cell cut short.
+    assert "…" not in res.stdout and "break-even Gb/s" in res.stdout and "wins from output" in res.stdout
     assert fig.read_bytes().startswith(b"\x89PNG")
+    import matplotlib.image
+
+    one = tmp_path / "one_load.png"
+    args = ["--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "25,100,400"]
+    assert loadgen("disagg", str(study_db), *args, "--load", "1", "--figure", str(one)).returncode == 0
+    # Every load drawn: two rows of link panels where one load has one.
+    assert matplotlib.image.imread(fig).shape[0] > 1.6 * matplotlib.image.imread(one).shape[0]
+    res = loadgen(
+        "disagg",
+        str(study_db),
+        "--prefill",
+        "emulated-h100",
+        "--decode",
+        GROQ_NAME,
+        "--link",
+        "100",
+        "--format",
+        "json",
+    )
+    records = orjson.loads(res.stdout)
+    assert len(records) == 25 and all(isinstance(r["wins from output"], int | None) for r in records)
+    assert all(-10 < r["gain"] < 1 for r in records)  # a fraction, not a formatted percentage
     res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "nobody", "--link", "100")
     assert res.returncode == 2 and "nobody" in res.stderr
     res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "fast")
@@ -199,7 +225,11 @@ def test_disagg_model_transfer_and_break_evens():
     assert p.transfer_ms == pytest.approx(transfer)
     assert p.ttft_ab_ms == pytest.approx(50 + transfer) and p.e2e_ab_ms == pytest.approx(50 + transfer + 100 * 2)
     assert p.e2e_a_ms == pytest.approx(50 + 100 * 10) and p.e2e_b_ms == pytest.approx(2000 + 100 * 2)
-    assert p.break_even_output == pytest.approx(1 + transfer / (10 - 2))  # (out - 1)(TPOT_A - TPOT_B) = transfer
+    # (out - 1)(TPOT_A - TPOT_B) > transfer: the first whole output length past the tie
+    assert p.break_even_output == math.floor(1 + transfer / (10 - 2)) + 1 and isinstance(p.break_even_output, int)
+    for out, wins in ((p.break_even_output, True), (p.break_even_output - 1, False)):
+        q = predict(gpu, lpu, m, 500, out, Link(100.0, latency_ms=0.0))
+        assert (q.e2e_ab_ms < q.e2e_a_ms) is wins
     at = predict(gpu, lpu, m, 500, 101, Link(p.break_even_gbps, latency_ms=0.0))
     assert at.e2e_ab_ms == pytest.approx(min(at.e2e_a_ms, at.e2e_b_ms))  # the break-even link ties
     assert lpu.tpot(8) == pytest.approx(2.0 * 8)  # no batching: eight requests share one decoder

@@ -9,6 +9,7 @@ the decode side can continue, so TTFT = TTFT_A(prompt) + transfer and TPOT = TPO
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from loadgen.analysis.phases import PhaseModel
@@ -37,7 +38,7 @@ class Prediction:
     e2e_ab_ms: float
     transfer_ms: float
     break_even_gbps: float | None  # the slowest link at which A then B still beats both alone (None: never)
-    break_even_output: float | None  # the output length from which A then B beats A alone on this link
+    break_even_output: int | None  # the shortest whole output length at which A then B beats A alone here
 
     @property
     def best_alone_ms(self) -> float:
@@ -72,7 +73,8 @@ def predict(
         wire_bits = wire_bits / model.layers  # at best only the last layer is left after the prefill
     break_gbps = wire_bits / (room / 1000.0) / 1e9 if room > 0 else None
     saving = tpot_a - tpot_b
-    break_out = 1 + transfer / saving if saving > 0 else None
+    # (output - 1) x saving > transfer: the first whole output length past 1 + transfer / saving.
+    break_out = math.floor(1 + transfer / saving) + 1 if saving > 0 else None
     return Prediction(
         prompt,
         output,

@@ -24,6 +24,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: the commands that send load set the process up before anything loads.
+    from loadgen.cli.show import FORMATS
+    from loadgen.store.schema import names
+
     p = Parser(prog="loadgen", description="Phase-aware load generator for LLM serving endpoints.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--load", default="1", help="concurrent requests, comma-separated (default 1)")
     dg.add_argument("--workload", help="use this workload's length mix instead of a grid of lengths")
     dg.add_argument("--model", default="llama-2-7b", help="model profile for KV bytes per token")
+    dg.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
     dg.add_argument(
         "--figure",
         help="write the gain map (PNG) here; `loadgen report` shows it if it is reports/<db>/disagg_gain.png",
@@ -122,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
-    from loadgen.store.schema import names
 
     tables, views = ", ".join(names("TABLE")), ", ".join(names("VIEW"))
     q.add_argument("sql", help=f"SQL to run (tables: {tables}; views: {views})")
+    q.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
     return p
 
 

@@ -123,13 +123,15 @@ def cmd_disagg(args: argparse.Namespace) -> int:
         )
     else:
         mix = grid()
+    table = args.format == "table"
+    info = show.out if table else show.err  # CSV and JSON keep stdout for the data alone
     for m in (a, b):
         errs = [
             f"{name} {err:.1%}"
             for name, err in (("TTFT", m.ttft_fit_error), ("TPOT", m.tpot_fit_error))
             if err is not None
         ]
-        show.out.print(
+        info.print(
             f"{m.endpoint}: fitted to {len(m.prompts)} prompt lengths and {len(m.batches)} batches; "
             f"leave-one-out error {', '.join(errs) or 'n/a'}",
             highlight=False,
@@ -165,26 +167,28 @@ def cmd_disagg(args: argparse.Namespace) -> int:
             p.e2e_b_ms,
             p.e2e_ab_ms,
             p.ttft_ab_ms,
-            f"{p.gain:+.1%}",
+            f"{p.gain:+.1%}" if table else p.gain,  # CSV and JSON: the fraction, 0.2 = 20% less E2E
             p.break_even_gbps,
             p.break_even_output,
         )
         for p in preds
     ]
-    show.out.print(f"prefill on {a_name}, KV over the link, decode on {b_name} (A→B), against each alone")
-    show.out.print(show.result_table(cols, rows))
-    show.out.print("where A→B beats both alone:", style="bold")
-    for gbps in links:
-        for load in loads:
-            these = [p for p in preds if p.gbps == gbps and p.load == load]
-            show.out.print(f"  {gbps:g} Gb/s, load {load}: {where_it_wins(these, len(mix))}", highlight=False)
+    if table:
+        info.print(f"prefill on {a_name}, KV over the link, decode on {b_name} (A→B), against each alone")
+    show.emit(cols, rows, args.format)
+    if table:
+        info.print("where A→B beats both alone:", style="bold")
+        for gbps in links:
+            for load in loads:
+                these = [p for p in preds if p.gbps == gbps and p.load == load]
+                info.print(f"  {gbps:g} Gb/s, load {load}: {where_it_wins(these, len(mix))}", highlight=False)
     if args.figure:
         from loadgen.analysis.gainmap import gain_map
 
         out = Path(args.figure)
         out.parent.mkdir(parents=True, exist_ok=True)
-        gain_map([p for p in preds if p.load == loads[0]], f"prefill {a_name} → decode {b_name}, load {loads[0]}", out)
-        show.out.print(f"gain map: {out}", highlight=False)
+        gain_map(preds, f"prefill {a_name} → decode {b_name}", out)
+        info.print(f"gain map: {out}", highlight=False)
     return 0
 
 
@@ -253,7 +257,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise SpecError("SQL", str(e).splitlines()[0]) from None
     finally:
         con.close()
-    show.out.print(show.result_table(cols, rows))
+    show.emit(cols, rows, args.format, show.precise)
     return 0
 
 

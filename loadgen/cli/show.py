@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -14,8 +17,39 @@ from rich.text import Text
 from loadgen.results import Progress
 from loadgen.schedule.plan import Preview
 
-out = Console()
-err = Console(stderr=True)
+
+class Output(Console):
+    """A console that never elides a value. In a terminal, table cells that do not fit wrap (columns fold);
+    piped or in CI (not a terminal, 80 columns by default) it widens to what it prints instead."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        tables = [o for o in objects if isinstance(o, Table | Group)]
+        if self.is_terminal or not tables:
+            super().print(*objects, **kwargs)
+            return
+        unbounded = self.options.update_width(1_000_000)
+        need = max(self.measure(o, options=unbounded).maximum for o in tables)
+        saved = self._width
+        self.width = max(need, self.width)  # print() caps its own width option at the console's
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self._width = saved
+
+
+class FoldingTable(Table):
+    """A table whose columns fold (wrap) rather than cut what does not fit."""
+
+    def add_column(self, *args: Any, overflow: Any = "fold", **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_column(*args, overflow=overflow, **kwargs)
+
+
+def table(title: str | None = None, **kwargs: Any) -> Table:
+    return FoldingTable(title=title, title_justify="left", header_style="bold", **kwargs)
+
+
+out = Output()
+err = Output(stderr=True)
 
 
 def _ms(v: float | None) -> str:
@@ -28,6 +62,14 @@ def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.2f}"
     return str(v)
+
+
+def precise(v: Any) -> str:
+    """A query's value as stored, to the microsecond for seconds: six decimals, trailing zeros dropped."""
+    if isinstance(v, float):
+        text = f"{v:,.6f}".rstrip("0")
+        return text + "0" if text.endswith(".") else text
+    return "-" if v is None else str(v)
 
 
 class ProgressView:
@@ -81,7 +123,7 @@ SUMMARY_COLUMNS = (
 def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     """Few stages: one column per stage (fits a narrow terminal); many stages (sweeps): one row per stage."""
     if len(rows) <= 5:
-        t = Table(title=title, title_justify="left", header_style="bold")
+        t = table(title)
         t.add_column("metric")
         for row in rows:
             t.add_column(str(row["stage"]), justify="right")
@@ -89,7 +131,7 @@ def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
             unit = " ms" if key.endswith("_ms") else ""
             t.add_row(label + unit, *(_ms(r[key]) if unit else _num(r[key]) for r in rows))
         return t
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = table(title)
     for key, label in SUMMARY_COLUMNS:
         t.add_column(label + (" ms" if key.endswith("_ms") else ""), justify="left" if key == "stage" else "right")
     for row in rows:
@@ -98,7 +140,7 @@ def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
 
 
 def errors_table(rows: Sequence[dict[str, Any]]) -> Table:
-    t = Table(title="errors by class", title_justify="left", header_style="bold red")
+    t = table("errors by class")
     for col in ("stage", "error", "requests", "example"):
         t.add_column(col)
     for r in rows:
@@ -106,17 +148,33 @@ def errors_table(rows: Sequence[dict[str, Any]]) -> Table:
     return t
 
 
-def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    t = Table(header_style="bold")
+def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: Any = _num) -> Table:
+    t = table()
     for c in columns:
         t.add_column(c)
     for row in rows:
-        t.add_row(*(_num(v) for v in row))
+        t.add_row(*(fmt(v) for v in row))
     return t
 
 
+FORMATS = ("table", "csv", "json")
+
+
+def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", cell: Any = _num) -> None:
+    """Rows on stdout: a table for people, or CSV or JSON (values as they are) for programs."""
+    if fmt == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows(["" if v is None else v for v in row] for row in rows)
+    elif fmt == "json":
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        sys.stdout.write(orjson.dumps(records, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.print(result_table(columns, rows, cell))
+
+
 def preview_table(previews: Sequence[Preview]) -> Table:
-    t = Table(title="schedule preview", title_justify="left", header_style="bold")
+    t = table("schedule preview")
     for c in (
         "stage",
         "arrival",
@@ -147,7 +205,7 @@ BARS = " ▁▂▃▄▅▆▇█"
 
 def trace_info(path: Any, info: Any) -> Group:
     """A trace's figures and its arrival rate over time as a one-line chart."""
-    t = Table(title=str(path), title_justify="left", header_style="bold", show_header=False)
+    t = table(str(path), show_header=False)
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_row("rows", f"{info.rows:,}")
