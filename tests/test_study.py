@@ -147,21 +147,9 @@ def test_compare_gives_deltas_with_intervals(study_db):
 
 
 def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
-    fig = tmp_path / "disagg_gain.png"
-    res = loadgen(
-        "disagg",
-        str(study_db),
-        "--prefill",
-        "emulated-h100",
-        "--decode",
-        GROQ_NAME,
-        "--link",
-        "25,100,400",
-        "--load",
-        "1,8",
-        "--figure",
-        str(fig),
-    )
+    fig, one = tmp_path / "disagg_gain.png", tmp_path / "one_load.png"
+    pair = ["--prefill", "emulated-h100", "--decode", GROQ_NAME]
+    res = loadgen("disagg", str(study_db), *pair, "--link", "25,100,400", "--load", "1,8", "--figure", str(fig))
     assert res.returncode == 0, res.stderr
     assert "where A→B beats both alone" in res.stdout and "100 Gb/s, load 1" in res.stdout
     # Piped: the whole table, headers and numbers, with no cell cut short.
@@ -169,29 +157,16 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
     assert fig.read_bytes().startswith(b"\x89PNG")
     import matplotlib.image
 
-    one = tmp_path / "one_load.png"
-    args = ["--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "25,100,400"]
-    assert loadgen("disagg", str(study_db), *args, "--load", "1", "--figure", str(one)).returncode == 0
+    assert loadgen("disagg", str(study_db), *pair, "--link", "25,100,400", "--figure", str(one)).returncode == 0
     # Every load drawn: two rows of link panels where one load has one.
     assert matplotlib.image.imread(fig).shape[0] > 1.6 * matplotlib.image.imread(one).shape[0]
-    res = loadgen(
-        "disagg",
-        str(study_db),
-        "--prefill",
-        "emulated-h100",
-        "--decode",
-        GROQ_NAME,
-        "--link",
-        "100",
-        "--format",
-        "json",
-    )
+    res = loadgen("disagg", str(study_db), *pair, "--link", "100", "--format", "json")
     records = orjson.loads(res.stdout)
     assert len(records) == 25 and all(isinstance(r["wins from output"], int | None) for r in records)
     assert all(-10 < r["gain"] < 1 for r in records)  # a fraction, not a formatted percentage
     res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", "nobody", "--link", "100")
     assert res.returncode == 2 and "nobody" in res.stderr
-    res = loadgen("disagg", str(study_db), "--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "fast")
+    res = loadgen("disagg", str(study_db), *pair, "--link", "fast")
     assert res.returncode == 2 and "--link" in res.stderr
 
 
