@@ -150,3 +150,27 @@ def test_endpoint_override_accepts_a_base_url(write):
     spec, path = load_workload(write("w.yaml", BASE))
     ep = resolve_endpoint(spec, path, "http://127.0.0.1:9/v1")
     assert ep.url == "http://127.0.0.1:9/v1" and not ep.emulated
+
+
+def test_every_error_in_a_file_is_reported_at_once_with_a_did_you_mean(write):
+    text = BASE.replace("rate: 4", "rate: -4\n  concurrncy: 8").replace(
+        "output_tokens: 64", "output_tokens: 64\nstopp: 1"
+    )
+    e = error_of(write("w.yaml", text))
+    found = {x.where: x for x in [e, *e.more]}
+    assert {"load.rate", "load.concurrncy", "stopp"} <= set(found), str(e)
+    assert "did you mean 'concurrency'?" in found["load.concurrncy"].message
+    assert "did you mean 'stop'?" in found["stopp"].message
+    assert found["stopp"].line == 11 and found["load.rate"].line == 5
+    assert len(str(e).splitlines()) == len(found)  # one line a problem, each with its place
+    text = BASE + "stages:\n  - {name: a, lod: {concurrency: 2}}\n  - {name: b, load: {rate: 0}, stp: 1}\n"
+    e = error_of(write("w2.yaml", text))
+    wheres = [x.where for x in [e, *e.more]]
+    assert wheres == ["stages[0].lod", "stages[1].stp", "stages[1].load.rate"] and "did you mean 'load'?" in e.message
+
+
+def test_set_into_stages_a_workload_does_not_have_says_how(write):
+    e = error_of(write("w.yaml", BASE), ["stages.0.load.concurrency=4"])
+    assert e.source == "--set" and "no list 'stages'" in e.message and "load.concurrency=4" in e.message
+    spec, _ = load_workload(ROOT / "workloads" / "phase-study.yaml", ["stages.0.load.concurrency=4"])
+    assert spec.stages[0].load.concurrency == 4  # the README's example, on a workload with stages

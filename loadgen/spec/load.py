@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +76,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path = _parse_path(key)
         node: Any = data
         for i, part in enumerate(path[:-1]):
+            if isinstance(path[i + 1], int) and not isinstance(
+                node.get(part) if isinstance(node, dict) else None, list
+            ):
+                where = ".".join(map(str, path[: i + 1]))
+                hint = " (without stages, a workload is one stage: set its keys at the top, e.g. load.concurrency=4)"
+                raise SpecError(
+                    "--set", f"{key}: this file has no list '{where}'" + (hint if where == "stages" else "")
+                )
             if isinstance(node, dict):
                 node = node.setdefault(part, {})
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
@@ -102,17 +112,49 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{msg} (got {err['input']!r})" if not isinstance(err["input"], dict | list) else msg
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field can hold, through Optional, unions, lists and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(model: type[BaseModel], loc: Path_) -> set[str]:
+    """The keys a mapping at `loc` of `model` may have."""
+    models = [model]
+    for part in loc:
+        if isinstance(part, str):
+            models = [
+                m for mdl in models if part in mdl.model_fields for m in _models_in(mdl.model_fields[part].annotation)
+            ]
+    return {k for m in models for k in m.model_fields}
+
+
+def did_you_mean(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _where(path: Path_) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+
+
 def validate(model: type[M], data: Any, source: str, lines: dict[Path_, int], prefix: Path_ = ()) -> M:
+    """The model, or a SpecError that reports every problem in `data`, each at its place."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        # Tagged unions add the tag to the location (prompt_tokens.normal.std); drop it to get the YAML path.
-        loc = tuple(p for p in err["loc"] if p not in ("fixed", "uniform", "normal", "lognormal", "choice"))
-        full = (*prefix, *loc)
-        line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in full).replace(".[", "[")
-        raise SpecError(source, _describe(err), where=where or None, line=line) from None
+        problems = []
+        for err in e.errors(include_url=False):
+            # Tagged unions add the tag to the location (prompt_tokens.normal.std); drop it to get the YAML path.
+            loc = tuple(p for p in err["loc"] if p not in ("fixed", "uniform", "normal", "lognormal", "choice"))
+            full = (*prefix, *loc)
+            line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
+            message = _describe(err)
+            if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+                message += did_you_mean(loc[-1], _keys_at(model, loc[:-1]))
+            problems.append(SpecError(source, message, where=_where(full) or None, line=line))
+        raise SpecError.all(problems) from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -170,27 +212,43 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
             raise SpecError(source, "give 'stages' or 'sweep', not both", where="sweep", line=lines.get(("sweep",)))
         stages_raw = _expand_sweep(sweep, source, lines)
         lines = {k: v for k, v in lines.items() if k[:1] != ("stages",)}
-    spec = validate(WorkloadSpec, raw, source, lines)
-    base = spec.model_dump(include=set(STAGE_KEYS))
-    base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
+    problems: list[SpecError] = []  # every problem in the file is reported at once
+    try:
+        spec: WorkloadSpec | None = validate(WorkloadSpec, raw, source, lines)
+    except SpecError as e:
+        spec, problems = None, [e, *e.more]
     stages: list[StageSpec] = []
     for i, stage in enumerate(stages_raw or [{"name": "main"}]):
         prefix: Path_ = ("stages", i)
         if not isinstance(stage, dict):
-            raise SpecError(source, "expected a mapping with 'name'", where=f"stages[{i}]", line=lines.get(prefix))
-        unknown = set(stage) - {"name", *STAGE_KEYS}
-        if unknown:
-            key = sorted(unknown)[0]
-            raise SpecError(
-                source,
-                f"unknown stage key (a stage may set: name, {', '.join(STAGE_KEYS)})",
-                where=f"stages[{i}].{key}",
-                line=lines.get((*prefix, key)),
+            problems.append(
+                SpecError(source, "expected a mapping with 'name'", where=f"stages[{i}]", line=lines.get(prefix))
             )
-        merged = _merge(base, stage)
+            continue
+        for key in sorted(set(stage) - {"name", *STAGE_KEYS}):
+            problems.append(
+                SpecError(
+                    source,
+                    f"unknown stage key (a stage may set: name, {', '.join(STAGE_KEYS)})"
+                    + did_you_mean(key, {"name", *STAGE_KEYS}),
+                    where=f"stages[{i}].{key}",
+                    line=lines.get((*prefix, key)),
+                )
+            )
+        if spec is None:
+            continue  # a stage inherits the top level: only its own keys are checked until that is valid
+        base = spec.model_dump(include=set(STAGE_KEYS))
+        base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
+        merged = _merge(base, {k: v for k, v in stage.items() if k in {"name", *STAGE_KEYS}})
         merged.setdefault("name", f"stage{i}")
-        resolved = validate(StageSpec, merged, source, lines, prefix if stages_raw else ())
+        try:
+            resolved = validate(StageSpec, merged, source, lines, prefix if stages_raw else ())
+        except SpecError as e:
+            problems += [e, *e.more]
+            continue
         stages.append(_absolute_paths(resolved, path.parent))
+    if problems or spec is None:
+        raise SpecError.all(problems)
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
