@@ -40,7 +40,7 @@ def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
 
 def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None):
     """Run the real command line: in a child process as a user would, or in this one where that changes nothing."""
-    if args and args[0] in IN_PROCESS and cwd is None and env is None:
+    if (not args or args[0] in IN_PROCESS or args[0].startswith("-")) and cwd is None and env is None:
         return _in_process(args)
     return subprocess.run(
         [*COMMAND, *args],

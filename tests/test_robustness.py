@@ -329,3 +329,12 @@ def test_a_configured_tokenizer_makes_exact_prompts_and_counts_output(write, tmp
         "name: tk\nendpoint: ep.yaml\nrequests: {tokenizer: missing.json}\nstop: {requests: 1}\n",
     )
     assert res.returncode == 2 and "missing.json" in res.stderr
+
+
+def test_bare_loadgen_prints_usage_and_version_prints_the_version():
+    from loadgen import __version__
+
+    res = loadgen()
+    assert res.returncode == 0 and "usage: loadgen" in res.stdout and "run" in res.stdout and "study" in res.stdout
+    res = loadgen("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"loadgen {__version__}"

@@ -166,9 +166,15 @@ def test_bad_rows_name_file_line_and_column(write, tmp_path):
     assert not db.exists()
     res = loadgen("run", str(w), "--db", str(db), "--set", "load.trace.on_bad_rows=skip")
     assert res.returncode == 0, res.stderr
-    assert "skipping 1 malformed trace rows" in res.stderr
+    assert "skipped 1 malformed trace rows" in res.stderr
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM requests").fetchone() == (4,)
+    (note,) = con.execute("SELECT note FROM runs").fetchone()
+    assert "stage main: skipped 1 malformed trace rows" in note  # the run says what it left out
+    info = loadgen("trace", "info", str(p))
+    assert info.returncode == 0 and "malformed rows (left out)" in info.stdout and " 1 " in info.stdout
+    res = loadgen("trace", "info", str(p), "--format", "mooncake")
+    assert res.returncode == 2 and "not a mooncake trace" in res.stderr and "--format azure" in res.stderr
 
 
 def test_bad_mooncake_line_names_the_line_and_key(write):
@@ -223,6 +229,15 @@ def test_sweep_expands_into_stages_and_warmup_stays_out_of_summary(write, tmp_pa
         ("concurrency=1", 4),
         ("concurrency=3", 4),
     ]
+
+
+def test_a_replay_without_stop_replays_the_whole_trace(write):
+    w = write("w.yaml", f"name: all\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {AZURE}}}}}\n")
+    spec, _ = load_workload(w)
+    assert len(list(plan_stage(spec.stages[0], spec.seed, 0))) == 2000  # what validate says it will replay
+    write("ep.yaml", FAST_ENDPOINT)
+    res = loadgen("validate", str(w))
+    assert res.returncode == 0 and "2000 rows to replay" in res.stdout and "2000" in res.stdout.split("preview")[1]
 
 
 def test_trace_info_and_synth(tmp_path):

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from loadgen import __version__
+
 LOAD_COMMANDS = ("run", "ui", "study")  # these send load: loadgen.load.runtime.prepare() runs first
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from loadgen.store.schema import names
 
     p = Parser(prog="loadgen", description="Phase-aware load generator for LLM serving endpoints.")
+    p.add_argument("--version", action="version", version=f"loadgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def load_opts(sp: argparse.ArgumentParser) -> None:
@@ -144,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from loadgen.cli import commands, show
     from loadgen.spec import SpecError
 
+    if not argv:  # bare `loadgen`: what it can do
+        build_parser().print_help()
+        return 0
     try:
         args = build_parser().parse_args(argv)
         return commands.dispatch(args)

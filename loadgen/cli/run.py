@@ -84,8 +84,9 @@ def execute(
     for path in {s.requests.tokenizer for s in workload.stages} - {None}:
         PromptTokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
     skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
-    for name, bad in skipped.items():
-        show.err.print(f"stage {name}: skipping {bad} malformed trace rows (on_bad_rows: skip)", highlight=False)
+    notes = [f"stage {name}: skipped {bad} malformed trace rows (on_bad_rows: skip)" for name, bad in skipped.items()]
+    for note in notes:
+        show.err.print(note, highlight=False)
     headers = _api_headers(endpoint, endpoint_ref or str(wpath))
     db_file = Path(db_path) if db_path else default_db(workload)
 
@@ -122,7 +123,7 @@ def execute(
                 stages=tuple(workload.stages),
                 prompts=setup,
             )
-            return _run(workload, endpoint, description, db_file, ui)
+            return _run(workload, endpoint, description, db_file, ui, notes)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -134,6 +135,7 @@ def _run(
     description: RunDescription,
     db_file: Path,
     ui: tuple[str, int] | None,
+    notes: list[str],
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -150,7 +152,8 @@ def _run(
         engine = Engine(description, recorder)
 
         def finish(outcome: Outcome) -> None:
-            note = "; ".join([*description.prompts.notes, *([outcome.note] if outcome.note else [])]) or None
+            said = [*notes, *description.prompts.notes, *([outcome.note] if outcome.note else [])]
+            note = "; ".join(said) or None
             try:
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable

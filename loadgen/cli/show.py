@@ -209,6 +209,7 @@ def trace_info(path: Any, info: Any) -> Group:
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_row("rows", f"{info.rows:,}")
+    t.add_row("malformed rows (left out)", f"{info.bad_rows:,}")
     t.add_row("span", f"{info.span_s:,.1f} s")
     t.add_row("mean rate", f"{info.rate_per_s:,.2f} req/s")
     for q, v in info.prompt_pcts.items():

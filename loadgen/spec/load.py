@@ -241,6 +241,8 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
         base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
         merged = _merge(base, {k: v for k, v in stage.items() if k in {"name", *STAGE_KEYS}})
         merged.setdefault("name", f"stage{i}")
+        if "stop" not in raw and "stop" not in stage and merged["load"].get("arrival") == "trace":
+            merged["stop"] = {}  # a trace replay without stop: replays the whole trace (the range it selects)
         try:
             resolved = validate(StageSpec, merged, source, lines, prefix if stages_raw else ())
         except SpecError as e:

@@ -9,7 +9,7 @@ import numpy as np
 
 from loadgen.spec.errors import SpecError
 from loadgen.spec.workload import TraceSpec
-from loadgen.trace.readers import batches
+from loadgen.trace.readers import batches, check
 
 MAX_LENGTH = 1 << 20
 
@@ -23,6 +23,7 @@ class TraceInfo:
     bin_s: float
     prompt_pcts: dict[int, int]
     output_pcts: dict[int, int]
+    bad_rows: int  # malformed rows, left out of every figure
 
 
 def detect_format(path: Path) -> str:
@@ -46,8 +47,20 @@ def _pcts(hist: np.ndarray, qs: tuple[int, ...]) -> dict[int, int]:
     return {q: int(np.searchsorted(cum, q / 100 * total)) if total else 0 for q in qs}
 
 
+def _guess(path: Path) -> str:
+    try:
+        return detect_format(path)
+    except SpecError:
+        return "unknown"
+
+
 def trace_info(path: Path, fmt: str | None = None, bins: int = 48) -> TraceInfo:
     spec = TraceSpec(path=str(path), format=fmt or detect_format(path), max_context=None, on_bad_rows="skip")
+    bad = check(spec).bad_rows
+    if fmt is not None and _guess(path) not in (fmt, "unknown"):
+        raise SpecError(
+            str(path), f"this is not a {fmt} trace: it reads as {_guess(path)} (give --format {_guess(path)})"
+        )
     prompt_hist = np.zeros(MAX_LENGTH + 1, np.int64)
     output_hist = np.zeros(MAX_LENGTH + 1, np.int64)
     stamps: list[np.ndarray] = []  # per batch, thinned to keep memory bounded on week-long traces
@@ -61,7 +74,8 @@ def trace_info(path: Path, fmt: str | None = None, bins: int = 48) -> TraceInfo:
         output_hist += np.bincount(np.minimum(b.output, MAX_LENGTH), minlength=MAX_LENGTH + 1)
         stamps.append(b.ts_ns)
     if rows == 0 or first is None or last is None:
-        raise SpecError(str(path), "the trace has no rows")
+        detail = f": all {bad} rows are malformed for the {spec.format} format" if bad else ""
+        raise SpecError(str(path), f"the trace has no rows{detail}")
     span = (last - first) / 1e9
     bin_s = max(span / bins, 1e-9)
     counts = np.zeros(bins, np.int64)
@@ -76,4 +90,5 @@ def trace_info(path: Path, fmt: str | None = None, bins: int = 48) -> TraceInfo:
         bin_s=bin_s,
         prompt_pcts=_pcts(prompt_hist, qs),
         output_pcts=_pcts(output_hist, qs),
+        bad_rows=bad,
     )
