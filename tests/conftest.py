@@ -84,3 +84,17 @@ def run_workload(write, tmp_path: Path, endpoint: str, workload: str, db_name: s
     w = write("w.yaml", workload)
     db = tmp_path / db_name
     return loadgen("run", str(w), "--db", str(db)), db
+
+
+@contextlib.contextmanager
+def served(endpoint_file: Path):
+    """`loadgen serve` in a child process on a free loopback port; yields its base URL (…/v1)."""
+    proc = subprocess.Popen(
+        [*COMMAND, "serve", str(endpoint_file), "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait()

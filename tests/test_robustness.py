@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, with_faults
+from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, served, with_faults
 from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.schedule.plan import plan_stage
@@ -201,15 +201,8 @@ def test_a_database_held_by_another_process_or_unwritable_is_a_clear_failure(wri
 
 
 def test_credentials_in_urls_and_keys_appear_nowhere(write, tmp_path):
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "serve", str(write("ep.yaml", FAST_ENDPOINT)), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert serve.stdout is not None
-        port = serve.stdout.readline().split(":")[-1].split("/")[0]
+    with served(write("ep.yaml", FAST_ENDPOINT)) as url:
+        port = url.split(":")[-1].split("/")[0]
         w = write("w.yaml", "name: s\nendpoint: x\nstop: {requests: 3}\n")
         db = tmp_path / "s.duckdb"
         secret = "hunter2canary"
@@ -219,9 +212,27 @@ def test_credentials_in_urls_and_keys_appear_nowhere(write, tmp_path):
         assert secret.encode() not in Path(db).read_bytes()
         con = duckdb.connect(str(db), read_only=True)
         assert "***@127.0.0.1" in con.execute("SELECT spec FROM runs").fetchone()[0]
-    finally:
-        serve.terminate()
-        serve.wait()
+
+
+def test_a_wrong_endpoint_fails_fast_with_what_it_answered_and_the_likely_fix(write, tmp_path):
+    w = write("w.yaml", "name: wrong\nendpoint: x\nstop: {requests: 40}\n")
+    db = tmp_path / "w.duckdb"
+    with served(write("ep.yaml", FAST_ENDPOINT)) as url:
+        res = loadgen("run", str(w), "--db", str(db), "--endpoint", url.removesuffix("/v1"))
+        assert res.returncode == 1 and f"(did you mean {url}?)" in res.stderr and "HTTP 404" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not db.exists()
+        res = loadgen("run", str(w), "--db", str(db), "--endpoint", url, "--set", "model=gpt-4")
+        assert res.returncode == 1 and "does not serve model 'gpt-4'; it serves llama-2-7b" in res.stderr
+        assert "--set model=llama-2-7b" in res.stderr and not db.exists()
+        # Past the checks, every request refused alike (prompts beyond the context): the run stops as failed.
+        res = loadgen("run", str(w), "--db", str(db), "--endpoint", url, "--set", "requests.prompt_tokens=5000")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("loadgen: the first 5 requests all failed with HTTP 400") and "context length" in last
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("failed",)]
+    (n,) = con.execute("SELECT count(*) FROM requests").fetchone()
+    assert 5 <= n < 40
 
 
 def test_web_ui_and_emulator_bind_loopback_only(write):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, r
 from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
 from loadgen.target import probe
+from loadgen.target.check import WrongEndpoint, check_endpoint
 from loadgen.target.tokenize import PromptTokenizer
 from loadgen.trace.readers import check_traces
 
@@ -34,19 +33,6 @@ def _api_headers(endpoint: EndpointSpec, source: str) -> dict[str, str]:
     if not key:
         raise SpecError(source, f"environment variable {endpoint.api_key_env} is not set", where="api_key_env")
     return {"Authorization": f"Bearer {key}"}
-
-
-def _preflight(base_url: str, headers: dict[str, str]) -> None:
-    """Reach the endpoint before anything is written: an unreachable endpoint is a failure, not a run."""
-    req = urllib.request.Request(base_url.rstrip("/") + "/models", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered; whether /models exists does not matter
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise Failure(f"cannot reach the endpoint at {redact_url(base_url)}: {reason}") from None
 
 
 def default_db(workload: WorkloadSpec) -> Path:
@@ -104,12 +90,14 @@ def execute(
                 base_url, basic = split_credentials(endpoint.url)
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
-            _preflight(base_url, headers)
             server = endpoint.server if not endpoint.emulated else "emulator"
             model = workload.model or endpoint.model
-            setup = probe.prepare(
-                probe.Endpoint(base_url=base_url, headers=headers, server=server, model=model), workload.stages
-            )
+            target = probe.Endpoint(base_url=base_url, headers=headers, server=server, model=model)
+            try:  # before anything is written: a wrong endpoint is a failure, not a run of failed requests
+                check_endpoint(target, sorted({s.api for s in workload.stages}))
+            except WrongEndpoint as e:
+                raise Failure(str(e)) from None
+            setup = probe.prepare(target, workload.stages)
             if setup.text_only:  # said at once: the run measures something other than what was asked
                 show.err.print(f"[yellow]note:[/] {setup.notes[0]}")
             description = RunDescription(

@@ -19,7 +19,7 @@ import gevent.socket
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketResponse
 
 from loadgen.client import stamps
-from loadgen.client.openai import read_chunk
+from loadgen.client.openai import error_message, read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.client.stamps import ReadDelays
 from loadgen.results import ErrorKind, RequestResult
@@ -241,8 +241,9 @@ class StreamClient:
                 retry_after = resp.get("retry-after")
                 if isinstance(retry_after, str) and retry_after.strip().replace(".", "", 1).isdigit():
                     got.retry_after_s = float(retry_after)
-                detail = resp.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")[:300]
-                raise Failed(_status_class(resp.status_code), detail or f"HTTP {resp.status_code} with no body")
+                body = resp.read(ERROR_BODY_LIMIT)
+                detail = error_message(body) if body else f"HTTP {resp.status_code} with no body"
+                raise Failed(_status_class(resp.status_code), detail)
             ctype = str(resp.get("content-type") or "")
             if "text/event-stream" not in ctype:
                 raise Failed("malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")

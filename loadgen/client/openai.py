@@ -54,3 +54,15 @@ def read_chunk(payload: bytes) -> Chunk:
         out.completion_tokens = ct if isinstance(ct, int) else None
         out.prompt_tokens = pt if isinstance(pt, int) else None
     return out
+
+
+def error_message(body: bytes) -> str:
+    """A server's answer to a failed request, in its own words: an OpenAI-style error's message, or the start of
+    the body, on one line."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return " ".join(body.decode("utf-8", "replace").split())[:300] or "no body"
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    msg = err.get("message") if isinstance(err, dict) else err
+    return " ".join(str(msg if msg is not None else obj).split())[:300]

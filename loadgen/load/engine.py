@@ -95,8 +95,17 @@ class Engine:
             )
         if self.ctx.recorder.write_error is not None:
             return Outcome("failed", bound, str(self.ctx.recorder.write_error))
+        if self.ctx.recorder.refused is not None:
+            return Outcome("failed", bound, self.ctx.recorder.refused)
         status = "interrupted" if self.signum is not None else "completed"
         return Outcome(status, bound, note, self.signum)
+
+    def _stop_if_pointless(self) -> None:
+        """Results can no longer be stored, or the endpoint refuses every request alike: sending more would
+        measure nothing."""
+        rec = self.ctx.recorder
+        if (rec.write_error is not None or rec.refused is not None) and not self.walker.stopping:
+            self.walker.stop()
 
     def run_headless(self) -> Outcome:
         env = Environment(user_classes=[self.user_class], host=self.ctx.description.base_url)
@@ -115,8 +124,7 @@ class Engine:
                     break
                 if want != runner.target_user_count:
                     runner.start(want, spawn_rate=want)
-                if self.ctx.recorder.write_error is not None and not self.walker.stopping:
-                    self.walker.stop()  # results can no longer be stored: sending more would measure for nothing
+                self._stop_if_pointless()
                 if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
                     break
                 now = time.perf_counter()
@@ -177,6 +185,7 @@ class Engine:
                 self.ctx.recorder.start()
                 self.monitor.start()
                 while not finished.is_set():
+                    self._stop_if_pointless()
                     if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
                         runner.stop()  # users still in flight record themselves as interrupted
                         break

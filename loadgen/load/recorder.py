@@ -18,6 +18,9 @@ from loadgen.spec.workload import SloSpec
 
 Writer = Callable[[Sequence[tuple[RequestResult, Derived]]], None]
 FLUSH_INTERVAL_S = 0.5
+# When the run's first N requests all fail with the same 4xx status, the endpoint refuses what this workload
+# sends (a wrong model, path or body): the run stops as failed instead of sending the rest.
+FAIL_FAST_REQUESTS = 5
 
 
 def _median(values: deque[float]) -> float | None:
@@ -25,6 +28,16 @@ def _median(values: deque[float]) -> float | None:
         return None
     s = sorted(values)
     return s[len(s) // 2]
+
+
+def _refused(first: Sequence[RequestResult]) -> str | None:
+    statuses = {(r.error, r.http_status) for r in first}
+    if len(statuses) != 1 or first[0].error != "http_4xx":
+        return None
+    return (
+        f"the first {len(first)} requests all failed with HTTP {first[0].http_status} "
+        f"({(first[0].error_detail or '').strip()[:200]}): the run stopped instead of sending the rest"
+    )
 
 
 class Recorder:
@@ -39,6 +52,8 @@ class Recorder:
         self._flusher: gevent.Greenlet | None = None
         self._stop = gevent.event.Event()
         self.write_error: BaseException | None = None
+        self.refused: str | None = None  # why the run should stop: its first requests were all refused alike
+        self._first: list[RequestResult] = []
 
     def sending(self) -> None:
         """A request goes out; `add` (or `not_sent`) ends it."""
@@ -53,6 +68,10 @@ class Recorder:
         d = derive(r, slo)
         self.buffer.append((r, d))
         self.done += 1
+        if len(self._first) < FAIL_FAST_REQUESTS:
+            self._first.append(r)
+            if len(self._first) == FAIL_FAST_REQUESTS:
+                self.refused = _refused(self._first)
         if r.status != "ok":
             self.errors += 1
         if d.ttft_ms is not None and r.status == "ok":

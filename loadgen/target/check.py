@@ -1,0 +1,72 @@
+"""Before a run: is this the endpoint the workload means? Reachable, serving the model, answering a real request.
+
+A wrong base URL (no `/v1`) or a model the server does not serve would otherwise fail every request of the run;
+here it is one line that says what the server answered and the likely fix.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import orjson
+
+from loadgen.client.openai import error_message
+from loadgen.spec.redact import redact_url
+from loadgen.target.bodies import PATHS, request_body
+from loadgen.target.probe import Endpoint
+
+
+class WrongEndpoint(Exception):
+    """The endpoint cannot serve this run; the message is one line with what it answered and the likely fix."""
+
+
+def _call(ep: Endpoint, req: urllib.request.Request) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
+
+
+def _v1_hint(ep: Endpoint) -> str:
+    base = ep.base_url.rstrip("/")
+    if urlsplit(base).path.endswith("/v1"):
+        return ""
+    return f" (did you mean {redact_url(base)}/v1?)"
+
+
+def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
+    """Raise WrongEndpoint unless the server lists the model (where it lists models) and answers one real,
+    one-token request on every api the run uses."""
+    base = ep.base_url.rstrip("/")
+    code, body = _call(ep, urllib.request.Request(base + "/models", headers=ep.headers))
+    if code in (401, 403):
+        raise WrongEndpoint(f"GET /models answered HTTP {code} ({error_message(body)}): the server refused the API key")
+    if code == 200:
+        try:
+            listed = [m.get("id") for m in orjson.loads(body).get("data", []) if isinstance(m, dict)]
+        except (orjson.JSONDecodeError, AttributeError):
+            listed = []  # not an OpenAI model list: the real request below decides
+        if listed and ep.model not in listed:
+            served = ", ".join(map(str, listed[:5])) + (", ..." if len(listed) > 5 else "")
+            raise WrongEndpoint(
+                f"the server does not serve model {ep.model!r}; it serves {served} "
+                f"(set model: in the workload or endpoint, or --set model={listed[0]})"
+            )
+    for api in apis:
+        req = urllib.request.Request(
+            base + PATHS[api],
+            data=request_body(api, ep.server, ep.model, "hello", 1, stream=False),
+            method="POST",
+            headers={**ep.headers, "Content-Type": "application/json"},
+        )
+        code, body = _call(ep, req)
+        if 400 <= code < 500 and code != 429:
+            hint = _v1_hint(ep) if code in (404, 405) else ""
+            raise WrongEndpoint(f"POST {PATHS[api]} answered HTTP {code}: {error_message(body)}{hint}")
