@@ -41,24 +41,24 @@ def _v1_hint(ep: Endpoint) -> str:
     return f" (did you mean {redact_url(base)}/v1?)"
 
 
-def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
-    """Raise WrongEndpoint unless the server lists the model (where it lists models) and answers one real,
-    one-token request on every api the run uses."""
-    base = ep.base_url.rstrip("/")
+def _listed(ep: Endpoint, base: str) -> list[str]:
+    """The models GET /models lists (none where it lists none, or is not there)."""
     code, body = _call(ep, urllib.request.Request(base + "/models", headers=ep.headers))
     if code in (401, 403):
         raise WrongEndpoint(f"GET /models answered HTTP {code} ({error_message(body)}): the server refused the API key")
-    if code == 200:
-        try:
-            listed = [m.get("id") for m in orjson.loads(body).get("data", []) if isinstance(m, dict)]
-        except (orjson.JSONDecodeError, AttributeError):
-            listed = []  # not an OpenAI model list: the real request below decides
-        if listed and ep.model not in listed:
-            served = ", ".join(map(str, listed[:5])) + (", ..." if len(listed) > 5 else "")
-            raise WrongEndpoint(
-                f"the server does not serve model {ep.model!r}; it serves {served} "
-                f"(set model: in the workload or endpoint, or --set model={listed[0]})"
-            )
+    if code != 200:
+        return []
+    try:
+        return [str(m.get("id")) for m in orjson.loads(body).get("data", []) if isinstance(m, dict)]
+    except (orjson.JSONDecodeError, AttributeError):
+        return []  # not an OpenAI model list: the real request decides
+
+
+def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
+    """Raise WrongEndpoint unless one real, one-token request on every api the run uses is answered. When it is
+    refused, the line says why as well as the server can tell: the models it lists, or the path's /v1."""
+    base = ep.base_url.rstrip("/")
+    listed = _listed(ep, base)
     for api in apis:
         req = urllib.request.Request(
             base + PATHS[api],
@@ -67,6 +67,13 @@ def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
             headers={**ep.headers, "Content-Type": "application/json"},
         )
         code, body = _call(ep, req)
-        if 400 <= code < 500 and code != 429:
-            hint = _v1_hint(ep) if code in (404, 405) else ""
-            raise WrongEndpoint(f"POST {PATHS[api]} answered HTTP {code}: {error_message(body)}{hint}")
+        if not 400 <= code < 500 or code == 429:
+            continue  # answered (servers such as llama.cpp's take any model name), or busy: the run will tell
+        if listed and ep.model not in listed:
+            served = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+            raise WrongEndpoint(
+                f"the server does not serve model {ep.model!r}; it serves {served} (HTTP {code}: "
+                f"{error_message(body)}; set model: in the workload or endpoint, or --set model={listed[0]})"
+            )
+        hint = _v1_hint(ep) if code in (404, 405) else ""
+        raise WrongEndpoint(f"POST {PATHS[api]} answered HTTP {code}: {error_message(body)}{hint}")
