@@ -1,8 +1,9 @@
 """The one definition of each per-request metric. The database stores these values; SQL views only aggregate.
 
 ttft_ms = first_token - sent; tpot_ms = (last_token - first_token) / (output_tokens - 1), NULL below 2 tokens;
-e2e_ms = end - sent; lag_ms = sent - scheduled; ttft_sched_ms = first_token - scheduled (what a user waiting
-since the scheduled time saw, so that a send held back by the in-flight cap is not hidden);
+e2e_ms = end - sent; lag_ms = sent - scheduled (NULL for a request never sent); ttft_sched_ms = first_token -
+scheduled (what a user waiting since the scheduled time saw, so that a send held back by the in-flight cap is not
+hidden);
 slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
 
 The phase throughputs aggregate these timestamps over a batch (a stage of phase prefill or decode, ok requests
@@ -25,7 +26,7 @@ from loadgen.spec.workload import SloSpec
 
 @dataclass(frozen=True, slots=True)
 class Derived:
-    lag_ms: float
+    lag_ms: float | None
     ttft_ms: float | None
     ttft_sched_ms: float | None
     tpot_ms: float | None
@@ -50,7 +51,7 @@ def derive(r: RequestResult, slo: SloSpec) -> Derived:
     if slo.tpot_ms is not None and tpot is not None and tpot > slo.tpot_ms:  # one token: no decode to judge
         ok = False
     return Derived(
-        lag_ms=(r.sent_s - r.scheduled_s) * 1000.0,
+        lag_ms=_ms(r.sent_s, r.scheduled_s),
         ttft_ms=ttft,
         ttft_sched_ms=_ms(first, r.scheduled_s),
         tpot_ms=tpot,

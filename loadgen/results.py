@@ -17,6 +17,7 @@ ErrorKind = Literal[
     "stream_error",
     "malformed",
     "interrupted",
+    "not_sent",
 ]
 
 
@@ -24,13 +25,13 @@ ErrorKind = Literal[
 class RequestResult:
     request_id: int
     stage: str
-    scheduled_s: float  # run clock (seconds since the run's start)
-    sent_s: float
+    scheduled_s: float | None  # run clock (seconds since the run's start); None: a closed loop's unsent request
+    sent_s: float | None  # None: never sent (the run stopped first)
     prompt_tokens: int  # what loadgen asked for; the server's own count is server_prompt_tokens
     max_tokens: int
     warmup: bool = False  # a stage's first requests, kept in the database but out of `summary`
     end_s: float | None = None
-    status: str = "ok"  # ok | error | interrupted
+    status: str = "ok"  # ok | error | interrupted | not_sent
     error: ErrorKind | None = None
     error_detail: str | None = None
     http_status: int | None = None
@@ -64,6 +65,24 @@ class RequestResult:
         if self.usage_completion_tokens is not None:
             return "usage"
         return "tokenizer" if self.tokenizer_tokens is not None else "events"
+
+
+def not_sent(
+    request_id: int, stage: str, scheduled_s: float | None, prompt_tokens: int, max_tokens: int, warmup: bool
+) -> RequestResult:
+    """A planned request the run stopped before sending: it still ends as a row, so counts stay honest."""
+    return RequestResult(
+        request_id=request_id,
+        stage=stage,
+        scheduled_s=scheduled_s,
+        sent_s=None,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        warmup=warmup,
+        status="not_sent",
+        error="not_sent",
+        error_detail="the run stopped before this planned request was sent",
+    )
 
 
 @dataclass

@@ -106,6 +106,7 @@ SUMMARY_COLUMNS = (
     ("stage", "stage"),
     ("requests", "requests"),
     ("errors", "errors"),
+    ("not_sent", "not sent"),
     ("ttft_p50_ms", "TTFT p50"),
     ("ttft_p90_ms", "TTFT p90"),
     ("ttft_p99_ms", "TTFT p99"),

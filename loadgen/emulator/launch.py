@@ -44,6 +44,9 @@ class BackgroundEmulator:
             stderr=self.log,
             text=True,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C signals loadgen's process group, and the emulator must keep
+            # serving through loadgen's grace period; it still dies with loadgen (above) or when stopped.
+            start_new_session=True,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = re.search(r"(http://\S+/v1)", line)

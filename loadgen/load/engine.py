@@ -107,6 +107,12 @@ class Engine:
         if (rec.write_error is not None or rec.refused is not None) and not self.walker.stopping:
             self.walker.stop()
 
+    def _record_unsent(self) -> None:
+        """A run that stopped early still ends with a row for every planned request."""
+        if self.walker.stopping and self.ctx.recorder.write_error is None:
+            for r, stage in self.walker.unsent():
+                self.ctx.recorder.add_unsent(r, stage.slo)
+
     def run_headless(self) -> Outcome:
         env = Environment(user_classes=[self.user_class], host=self.ctx.description.base_url)
         runner = env.create_local_runner()
@@ -137,6 +143,7 @@ class Engine:
             for h in handlers:
                 h.cancel()
             self.monitor.stop()
+            self._record_unsent()
             self.ctx.recorder.stop()
         if self.on_progress is not None:
             self.on_progress(self.progress())
@@ -196,6 +203,7 @@ class Engine:
                 if not plan_done.is_set() and self.signum is None:  # stopped from the web UI
                     self.signum = signal.SIGINT
             self.monitor.stop()
+            self._record_unsent()
             self.ctx.recorder.stop()
             outcome = self._outcome()
             on_finished(outcome)

@@ -21,6 +21,7 @@ FLUSH_INTERVAL_S = 0.5
 # When the run's first N requests all fail with the same 4xx status, the endpoint refuses what this workload
 # sends (a wrong model, path or body): the run stops as failed instead of sending the rest.
 FAIL_FAST_REQUESTS = 5
+UNSENT_BATCH = 50_000
 
 
 def _median(values: deque[float]) -> float | None:
@@ -79,6 +80,12 @@ class Recorder:
         if d.tpot_ms is not None and r.status == "ok":
             self.tpot.append(d.tpot_ms)
         return d
+
+    def add_unsent(self, r: RequestResult, slo: SloSpec) -> None:
+        """A planned request never sent; written in batches, so that a long plan's rest never piles up here."""
+        self.buffer.append((r, derive(r, slo)))
+        if len(self.buffer) >= UNSENT_BATCH:
+            self.flush()
 
     def rolling_p50(self) -> tuple[float | None, float | None]:
         return _median(self.ttft), _median(self.tpot)

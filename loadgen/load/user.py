@@ -9,8 +9,10 @@ import gevent
 from locust import User, constant, task
 
 from loadgen.client.http import Attempt, StreamClient
+from loadgen.load.dispatch import Dispatch
 from loadgen.load.state import RunState
-from loadgen.results import RequestResult
+from loadgen.results import RequestResult, not_sent
+from loadgen.schedule.plan import Planned
 
 
 def sleep_to_send(delay: float) -> None:
@@ -48,6 +50,9 @@ class StreamUser(User):
         if item is None:
             d.ended.wait()
             return
+        stage = d.stage
+        warmup = item.request_id - d.first_id < stage.warmup.requests
+        scheduled: float | None = None
         try:
             if item.offset_s is None:  # closed loop: send as soon as this user is free
                 scheduled = d.now_s()
@@ -56,13 +61,12 @@ class StreamUser(User):
                 delay = scheduled - d.now_s()
                 if delay > 0:
                     sleep_to_send(delay)
-        except BaseException:
-            d.finish()
+        except BaseException:  # the run stopped while this request waited for its time
+            self._not_sent(d, item, scheduled, warmup)
             raise
         if d.stopping:
-            d.finish()
+            self._not_sent(d, item, scheduled, warmup)
             return
-        stage = d.stage
         target = c.targeter.target(stage, item)
         tok = target.tokenizer
         attempt = Attempt(
@@ -71,7 +75,7 @@ class StreamUser(User):
             scheduled_s=scheduled,
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
-            warmup=item.request_id - d.first_id < stage.warmup.requests,
+            warmup=warmup,
             path=target.path,
             body=target.body,
             keep_text=tok is not None,
@@ -96,6 +100,11 @@ class StreamUser(User):
                 self._report(attempt.path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
         if r.status == "interrupted":
             raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
+
+    def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None, warmup: bool) -> None:
+        d.finish()
+        r = not_sent(item.request_id, item.stage, scheduled, item.prompt_tokens, item.output_tokens, warmup)
+        self.ctx.recorder.add_unsent(r, d.stage.slo)
 
     def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
         """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""

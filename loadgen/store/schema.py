@@ -36,7 +36,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tpot_ms", "DOUBLE"),
     ("e2e_ms", "DOUBLE"),
     ("slo_ok", "BOOLEAN"),
-    ("status", "VARCHAR NOT NULL"),
+    ("status", "VARCHAR NOT NULL"),  # ok | error | interrupted | not_sent
     ("error", "VARCHAR"),
     ("error_detail", "VARCHAR"),
     ("http_status", "INTEGER"),
@@ -85,7 +85,8 @@ SELECT
     stage,
     min(scheduled_s) AS start_s,
     count(*) AS requests,
-    count(*) FILTER (WHERE NOT ({counts()})) AS errors,
+    count(*) FILTER (WHERE NOT ({counts()}) AND status <> 'not_sent') AS errors,
+    count(*) FILTER (WHERE status = 'not_sent') AS not_sent,
     {_pcts("ttft_ms", "ttft", (50, 90, 99))},
     {_pcts("tpot_ms", "tpot", (50, 90, 99))},
     {_pcts("e2e_ms", "e2e", (50, 90, 99))},
