@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import math
 import re
+import shutil
+import subprocess
 
 import duckdb
 import orjson
@@ -210,33 +212,61 @@ def test_disagg_model_transfer_and_break_evens():
     assert lpu.tpot(8) == pytest.approx(2.0 * 8)  # no batching: eight requests share one decoder
 
 
-def test_report_renders_in_headless_chromium(study_db, tmp_path):
-    import shutil
-    import subprocess
-
+def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no Chromium here (apt-get install chromium) to render the report")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_headless_chromium(study_db, tmp_path):
     out = tmp_path / "rep"
     assert loadgen("report", str(study_db), "--out", str(out)).returncode == 0
     shot = tmp_path / "page.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1200,2400",
-            f"--screenshot={shot}",
-            (out / "index.html").as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-    )
+    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (out / "index.html").as_uri())
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
+
+
+def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(study_db, tmp_path):
+    out = tmp_path / "rep"
+    assert loadgen("report", str(study_db), "--out", str(out)).returncode == 0
+    page = out / "index.html"
+    probe = (
+        "<script>window.onload = () => { const d = document.documentElement;"
+        " const ids = [...document.querySelectorAll('td.name')].map(td => td.getBoundingClientRect().height);"
+        " document.body.dataset.fit = d.scrollWidth + ',' + d.clientWidth + ',' + Math.max(...ids) + ','"
+        " + parseFloat(getComputedStyle(document.querySelector('td')).fontSize); };</script>"
+    )
+    page.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    dom = _chromium(tmp_path, "--window-size=1280,1600", "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    scroll, client, id_height, font = map(float, re.search(r'data-fit="([^"]+)"', dom.stdout).group(1).split(","))
+    assert scroll <= client <= 1280  # no horizontal scroll
+    assert id_height < 2.5 * font  # a run ID is one line, not three
+
+
+def test_every_figure_labels_its_axes_in_plain_numbers(study_db, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    drawn: list[list[str]] = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording(fig, *args, **kwargs):
+        fig.canvas.draw()
+        drawn.append(_labels(fig))
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    assert loadgen("report", str(study_db), "--out", str(tmp_path / "rep")).returncode == 0
+    pair = ["--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "100"]
+    assert loadgen("disagg", str(study_db), *pair, "--figure", str(tmp_path / "gain.png")).returncode == 0
+    assert len(drawn) >= 8  # the report's figures and the gain map
+    for labels in drawn:
+        odd = [t for t in labels if t and not re.fullmatch(r"[−-]?[\d,]+(\.\d+)?", t)]
+        assert not odd, odd  # no 10^n, no offsets, no scientific notation
+
+
+def _labels(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(), *ax.get_yticklabels()]]

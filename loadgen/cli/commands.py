@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -19,6 +21,7 @@ from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError
+from loadgen.store.read import reading
 from loadgen.trace.readers import check_traces
 
 
@@ -37,22 +40,25 @@ def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
         raise Failure(str(e)) from None
 
 
-def _open_db(db: str) -> None:
-    if not Path(db).exists():
-        raise SpecError(db, "no such results database")
+@contextmanager
+def _reading(db: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The results database, to read with the current views; one that cannot be read: exit 1, one line."""
+    try:
+        with reading(db, lambda said: show.err.print(f"[yellow]note:[/] {said}")) as con:
+            yield con
+    except duckdb.Error as e:
+        raise Failure(f"cannot read {db}: {str(e).splitlines()[0]}") from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from loadgen.report.page import write_report
 
-    _open_db(args.db)
     out = Path(args.out) if args.out else Path("reports") / Path(args.db).stem
-    try:
-        page = write_report(Path(args.db), out)
-    except ValueError as e:
-        raise SpecError(args.db, str(e)) from None
-    except duckdb.Error as e:
-        raise Failure(f"cannot read {args.db}: {str(e).splitlines()[0]}") from None
+    with _reading(args.db) as con:
+        try:
+            page = write_report(con, Path(args.db).name, out)
+        except ValueError as e:
+            raise SpecError(args.db, str(e)) from None
     show.out.print(f"report: {page}", highlight=False)
     return 0
 
@@ -60,14 +66,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from loadgen.report.compare import compare
 
-    _open_db(args.db)
-    con = duckdb.connect(args.db, read_only=True)
-    try:
-        deltas = compare(con, args.a, args.b)
-    except KeyError as e:
-        raise SpecError(args.db, f"no run or endpoint named {e.args[0]!r}") from None
-    finally:
-        con.close()
+    with _reading(args.db) as con:
+        try:
+            deltas = compare(con, args.a, args.b)
+        except KeyError as e:
+            raise SpecError(args.db, f"no run or endpoint named {e.args[0]!r}") from None
     rows = [
         (
             d.metric,
@@ -94,7 +97,6 @@ def cmd_disagg(args: argparse.Namespace) -> int:
     from loadgen.analysis.phases import fit
     from loadgen.hardware.profiles import ModelConfig, load_profile
 
-    _open_db(args.db)
     links = numbers("--link", args.link)
     loads = numbers("--load", args.load, int)
     a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
@@ -104,15 +106,14 @@ def cmd_disagg(args: argparse.Namespace) -> int:
         raise SpecError("--model", f"unknown model profile {args.model!r}") from None
     if not isinstance(model, ModelConfig):
         raise SpecError("--model", f"{args.model!r} is not a model profile")
-    con = duckdb.connect(args.db, read_only=True)
-    try:
-        a, b = fit(con, a_name), fit(con, b_name)
-    except KeyError as e:
-        raise SpecError(
-            args.db, f"no prefill and decode measurements for endpoint {e.args[0]!r} (run `loadgen study` on it first)"
-        ) from None
-    finally:
-        con.close()
+    with _reading(args.db) as con:
+        try:
+            a, b = fit(con, a_name), fit(con, b_name)
+        except KeyError as e:
+            raise SpecError(
+                args.db,
+                f"no prefill and decode measurements for endpoint {e.args[0]!r} (run `loadgen study` on it first)",
+            ) from None
     if args.workload:
         workload, _ = load_workload(args.workload)
         mix = sorted(
@@ -183,7 +184,7 @@ def cmd_disagg(args: argparse.Namespace) -> int:
                 these = [p for p in preds if p.gbps == gbps and p.load == load]
                 info.print(f"  {gbps:g} Gb/s, load {load}: {where_it_wins(these, len(mix))}", highlight=False)
     if args.figure:
-        from loadgen.analysis.gainmap import gain_map
+        from loadgen.report.gainmap import gain_map
 
         out = Path(args.figure)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,19 +245,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    _open_db(args.db)
-    try:
-        con = duckdb.connect(args.db, read_only=True)
-    except duckdb.Error as e:
-        raise Failure(f"cannot open {args.db}: {str(e).splitlines()[0]}") from None
-    try:
-        cur = con.execute(args.sql)
-        rows = cur.fetchall() if cur.description else []
-        cols = [c[0] for c in cur.description] if cur.description else []
-    except duckdb.Error as e:
-        raise SpecError("SQL", str(e).splitlines()[0]) from None
-    finally:
-        con.close()
+    with _reading(args.db) as con:
+        try:
+            cur = con.execute(args.sql)
+            rows = cur.fetchall() if cur.description else []
+            cols = [c[0] for c in cur.description] if cur.description else []
+        except duckdb.Error as e:
+            raise SpecError("SQL", str(e).splitlines()[0]) from None
     show.emit(cols, rows, args.format, show.precise)
     return 0
 

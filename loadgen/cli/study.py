@@ -6,7 +6,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import duckdb
 import yaml
 
 from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
@@ -19,6 +18,7 @@ from loadgen.hardware.profiles import PREFILL_MODES, ModelConfig, load_profile
 from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError
+from loadgen.store.read import reading
 
 VIEWS = (
     ("prefill", "endpoint, prompt_tokens, batch"),
@@ -79,16 +79,13 @@ def study(args: argparse.Namespace) -> int:
                 return code
     model = load_profile("llama-2-7b")
     assert isinstance(model, ModelConfig)
-    con = duckdb.connect(db, read_only=True)
-    try:
+    with reading(db) as con:
         for view, order in VIEWS:
             cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")
             show.out.print(view, style="bold")
             show.out.print(show.result_table([c[0] for c in cur.description], cur.fetchall()))
         pair = (args.pair[0], args.pair[1]) if args.pair else None
         per_mode = by_prefill_mode(con, model, pair, links)
-    finally:
-        con.close()
     if None in per_mode:
         print_findings(per_mode[None])
         return 0

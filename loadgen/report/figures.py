@@ -17,7 +17,24 @@ from loadgen.store.schema import counts  # noqa: E402
 DPI = 110
 
 
+PLAIN = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,g}")
+
+
+def plain_numbers(fig: plt.Figure) -> None:
+    """Every figure's one tick style: plain numbers (1, 2, 5, 10, 20, ... on log axes; no 10^n, no offsets);
+    axes labelled at chosen values (the measured batches and lengths) keep those labels."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), matplotlib.ticker.FixedFormatter):
+                continue
+            if axis.get_scale() == "log":
+                axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            axis.set_major_formatter(PLAIN)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
+    plain_numbers(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -25,12 +42,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _ticks(ax: plt.Axes, values: list[int]) -> None:
-    """Label the log x axis at the measured values themselves, and both axes in plain numbers."""
+    """Label the log x axis at the measured values themselves."""
     ax.set_xticks(values, [str(v) for v in values])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _by_endpoint(rows: list[tuple]) -> dict[str, list[tuple]]:

@@ -17,9 +17,10 @@ from loadgen.report import figures
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.6em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; } th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
+td.name { text-align: left; white-space: nowrap; }  /* run IDs, stages and endpoints stay on one line */
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 """
@@ -39,8 +40,13 @@ def _table(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     rows = cur.fetchall()
     if not rows:
         return "<p><em>no rows</em></p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td class='name'>{_fmt(v)}</td>" if isinstance(v, str) else f"<td>{_fmt(v)}</td>" for v in r)
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -71,63 +77,70 @@ def _findings(con: duckdb.DuckDBPyConnection, figs: dict[int, Path | None]) -> l
     return parts
 
 
-def write_report(db: Path, out: Path) -> Path:
-    """Figures as PNG files and index.html in `out`; returns the page's path."""
+def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
+    """Figures as PNG files and index.html in `out`, from the database `con` reads (called `name`); returns the
+    page's path."""
     out.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        runs = con.execute("SELECT run_id, endpoint, status FROM runs ORDER BY started_at").fetchall()
-        if not runs:
-            raise ValueError("the database holds no runs")
-        latest = runs[-1][0]
-        ttft = figures.ttft_vs_prompt(con, out)
-        decode = figures.decode_vs_batch(con, out)
-        prefill_batch = figures.prefill_vs_batch(con, out)
-        phase = [p for p in (prefill_batch,) if p]
-        dists = figures.cdfs(con, out)
-        timeline = figures.run_timeline(con, latest, out)
-        parts = [
-            f"<h1>loadgen report: {html.escape(db.name)}</h1>",
-            f"<p>{len(runs)} run(s); figures and tables from the database's views.</p>",
-        ]
-        gain = out / "disagg_gain.png"  # written by `loadgen disagg --figure` into this folder
-        tpot, throughput = decode if decode else (None, None)
-        figs = {1: ttft, 2: tpot, 3: throughput, 4: gain if gain.exists() else None}
-        found = _findings(con, figs)
-        parts += found
-        if not found:  # no finding to judge: the phase figures stand on their own
-            phase = [p for p in figs.values() if p] + phase
-        if ttft or decode:
-            parts += ["<h2>Phases</h2>", *map(_img, phase)]
-            for view, order in (
-                ("prefill", "endpoint, prompt_tokens, batch"),
-                ("decode", "endpoint, batch"),
-                ("crossover", "endpoint, versus"),
-            ):
-                parts += [f"<h3>{view}</h3>", _table(con, f"SELECT * FROM {view} ORDER BY {order}")]
-        parts += [
-            "<h2>Summary</h2>",
-            _table(
-                con,
-                "SELECT ru.endpoint, s.* EXCLUDE (start_s) FROM summary s JOIN runs ru USING (run_id) "
-                "ORDER BY ru.started_at, s.start_s",
-            ),
-        ]
-        if dists:
-            parts += ["<h2>Distributions</h2>", *map(_img, dists)]
-        if timeline:
-            parts += [f"<h2>The latest run: {html.escape(latest)}</h2>", *map(_img, timeline)]
-        parts += ["<h2>Errors</h2>", _table(con, "SELECT * FROM errors ORDER BY run_id, stage")]
-        parts.append("<h2>Run specs</h2>")
-        for run_id, endpoint, status in runs:
-            (spec,) = con.execute("SELECT spec FROM runs WHERE run_id = ?", [run_id]).fetchone()
-            pretty = orjson.dumps(orjson.loads(spec), option=orjson.OPT_INDENT_2).decode()
-            parts.append(
-                f"<details><summary>{html.escape(run_id)} on {html.escape(endpoint)} ({status})</summary>"
-                f"<pre>{html.escape(pretty)}</pre></details>"
-            )
-    finally:
-        con.close()
+    runs = con.execute("SELECT run_id, endpoint, status FROM runs ORDER BY started_at").fetchall()
+    if not runs:
+        raise ValueError("the database holds no runs")
+    latest = runs[-1][0]
+    ttft = figures.ttft_vs_prompt(con, out)
+    decode = figures.decode_vs_batch(con, out)
+    prefill_batch = figures.prefill_vs_batch(con, out)
+    phase = [p for p in (prefill_batch,) if p]
+    dists = figures.cdfs(con, out)
+    timeline = figures.run_timeline(con, latest, out)
+    parts = [
+        f"<h1>loadgen report: {html.escape(name)}</h1>",
+        f"<p>{len(runs)} run(s); figures and tables from the database's views.</p>",
+    ]
+    gain = out / "disagg_gain.png"  # written by `loadgen disagg --figure` into this folder
+    tpot, throughput = decode if decode else (None, None)
+    figs = {1: ttft, 2: tpot, 3: throughput, 4: gain if gain.exists() else None}
+    found = _findings(con, figs)
+    parts += found
+    if not found:  # no finding to judge: the phase figures stand on their own
+        phase = [p for p in figs.values() if p] + phase
+    if ttft or decode:
+        parts += ["<h2>Phases</h2>", *map(_img, phase)]
+        for view, order in (
+            ("prefill", "endpoint, prompt_tokens, batch"),
+            ("decode", "endpoint, batch"),
+            ("crossover", "endpoint, versus"),
+        ):
+            parts += [f"<h3>{view}</h3>", _table(con, f"SELECT * FROM {view} ORDER BY {order}")]
+    # Two tables, so that each fits a 1280-px page: counts and rates, then latencies.
+    order = "FROM summary s JOIN runs ru USING (run_id) ORDER BY ru.started_at, s.start_s"
+    parts += [
+        "<h2>Summary</h2>",
+        "<h3>Requests and rates</h3>",
+        _table(
+            con,
+            "SELECT ru.endpoint, s.run_id, s.stage, s.requests, s.errors, s.not_sent, s.output_tokens_per_s, "
+            f"s.requests_per_s, s.goodput_rps, s.lag_p50_ms, s.lag_p99_ms, s.span_s {order}",
+        ),
+        "<h3>Latencies (ms)</h3>",
+        _table(
+            con,
+            "SELECT s.run_id, s.stage, s.ttft_p50_ms, s.ttft_p90_ms, s.ttft_p99_ms, s.tpot_p50_ms, s.tpot_p90_ms, "
+            f"s.tpot_p99_ms, s.e2e_p50_ms, s.e2e_p90_ms, s.e2e_p99_ms, s.ttft_sched_p50_ms, s.ttft_sched_p99_ms "
+            f"{order}",
+        ),
+    ]
+    if dists:
+        parts += ["<h2>Distributions</h2>", *map(_img, dists)]
+    if timeline:
+        parts += [f"<h2>The latest run: {html.escape(latest)}</h2>", *map(_img, timeline)]
+    parts += ["<h2>Errors</h2>", _table(con, "SELECT * FROM errors ORDER BY run_id, stage")]
+    parts.append("<h2>Run specs</h2>")
+    for run_id, endpoint, status in runs:
+        (spec,) = con.execute("SELECT spec FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        pretty = orjson.dumps(orjson.loads(spec), option=orjson.OPT_INDENT_2).decode()
+        parts.append(
+            f"<details><summary>{html.escape(run_id)} on {html.escape(endpoint)} ({status})</summary>"
+            f"<pre>{html.escape(pretty)}</pre></details>"
+        )
     page = out / "index.html"
     page.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>loadgen report</title>"

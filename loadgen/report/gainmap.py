@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from loadgen.analysis.disagg import Prediction  # noqa: E402
+from loadgen.report.figures import plain_numbers  # noqa: E402
 
 
 def gain_map(preds: Sequence[Prediction], title: str, out: Path) -> Path:
@@ -36,6 +37,7 @@ def gain_map(preds: Sequence[Prediction], title: str, out: Path) -> Path:
         row[0].set_ylabel("output tokens")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="E2E gain over the better platform alone (%)")
     fig.suptitle(title)
+    plain_numbers(fig)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
