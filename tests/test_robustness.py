@@ -182,7 +182,8 @@ def test_a_database_held_by_another_process_or_unwritable_is_a_clear_failure(wri
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)",
+            "import duckdb, time; from loadgen.store import Store; "
+            f"s = Store({str(db)!r}); print('ready', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -192,6 +193,10 @@ def test_a_database_held_by_another_process_or_unwritable_is_a_clear_failure(wri
         res = loadgen("run", str(w), "--db", str(db))
         assert res.returncode == 1 and "cannot open results database" in res.stderr
         assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+        # Reading it meanwhile works, from a snapshot, and says so.
+        res = loadgen("query", str(db), "SELECT count(*) AS runs FROM runs")
+        assert res.returncode == 0 and "held by another loadgen" in res.stderr and "snapshot" in res.stderr
+        assert "runs" in res.stdout and "0" in res.stdout
     finally:
         holder.kill()
         holder.wait()

@@ -23,6 +23,22 @@ def _held(e: duckdb.Error) -> bool:
     return "lock" in str(e).lower()
 
 
+def _snapshot(path: Path, folder: Path) -> duckdb.DuckDBPyConnection:
+    """A copy of the database and its write-ahead log (its latest commits); without the log (as of the last
+    checkpoint) where a log caught mid-write cannot be replayed."""
+    copy = folder / path.name
+    shutil.copyfile(path, copy)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
+        try:
+            return duckdb.connect(str(copy), read_only=True)
+        except duckdb.Error:
+            copy.with_name(copy.name + ".wal").unlink()
+            shutil.copyfile(path, copy)
+    return duckdb.connect(str(copy), read_only=True)
+
+
 @contextmanager
 def reading(path: str | Path, said: Callable[[str], None] = lambda _: None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection with the current views; SpecError when there is no such database."""
@@ -35,13 +51,11 @@ def reading(path: str | Path, said: Callable[[str], None] = lambda _: None) -> I
         except duckdb.Error as e:
             if not _held(e):
                 raise
-            snapshot = Path(tmp) / path.name
-            shutil.copyfile(path, snapshot)  # the file alone: what was last checkpointed, consistent
             said(
                 f"{path} is held by another loadgen (a run or the web UI still writing it): reading a snapshot "
-                "copy as of its last checkpoint; run again when it has finished for everything"
+                "copy of what it had written; read again when it has finished for everything"
             )
-            con = duckdb.connect(str(snapshot), read_only=True)
+            con = _snapshot(path, Path(tmp))
         try:
             for ddl in schema.VIEWS:
                 con.execute(ddl.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", 1))
