@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timezone
 
 import duckdb
 
@@ -52,6 +54,13 @@ def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "the web UI did not come up"
                 time.sleep(0.1)
+        # Locust's users and ramp-up fields, which the workload's stages decide, are hidden from the form ...
+        assert re.search(r'"hide_common_options"\s*:\s*true', get(base + "/").decode())
+        # ... and its host field cannot silently point the run elsewhere: loadgen refuses it, saying why.
+        refused = json.loads(get(base + "/swarm", b"host=http%3A%2F%2Fexample.com"))
+        assert refused["success"] is False and "--endpoint" in refused["message"]
+        time.sleep(1.5)  # so that a start time taken at set-up would show
+        pressed = datetime.now(timezone.utc)
         get(base + "/swarm", b"")  # the Start button
         while True:
             stats = json.loads(get(base + "/stats/requests"))
@@ -59,6 +68,8 @@ def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
                 break
             assert time.monotonic() < deadline, "the run did not finish"
             time.sleep(0.2)
+        again = json.loads(get(base + "/swarm", b""))  # NEW, then Start, after the run: refused, never a no-op
+        assert again["success"] is False and "results are in the database" in again["message"]
         rows = {(s["method"], s["name"]): s["num_requests"] for s in stats["stats"]}
         assert rows[("POST", "/chat/completions")] == 12
         assert rows[("TTFT", "/chat/completions")] == 12 and rows[("TPOT", "/chat/completions")] == 12
@@ -69,5 +80,7 @@ def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
     assert "TTFT p50" in out
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+    (started,) = con.execute("SELECT started_at FROM runs").fetchone()
+    assert abs((started - pressed).total_seconds()) < 1.0  # when Start was pressed
     assert con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM requests").fetchone() == (12, 12)
     assert con.execute("SELECT count(*) FROM events").fetchone() == (96,)

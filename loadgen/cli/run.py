@@ -164,6 +164,7 @@ def _run(
                     port,
                     lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
                     finish,
+                    lambda: store.mark_started(run_id),
                 )
         except Failure:
             raise

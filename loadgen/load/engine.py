@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import flask
 import gevent
 import gevent.event
 from locust import LoadTestShape
@@ -150,10 +152,16 @@ class Engine:
         return self._outcome()
 
     def run_ui(
-        self, host: str, port: int, on_listening: Callable[[str], None], on_finished: Callable[[Outcome], None]
+        self,
+        host: str,
+        port: int,
+        on_listening: Callable[[str], None],
+        on_finished: Callable[[Outcome], None],
+        on_started: Callable[[], None] = lambda: None,
     ) -> Outcome:
-        """Serve Locust's web UI. The run starts with its Start button and ends with its plan or its Stop button;
-        then `on_finished` gets the outcome and the UI stays up, showing the final figures, until a signal."""
+        """Serve Locust's web UI. The run starts with its Start button (`on_started` then) and ends with its plan or
+        its Stop button; then `on_finished` gets the outcome and the UI stays up, showing the final figures, until
+        a signal. One UI is one run: a second Start is refused with a message, never silently ignored."""
         walker = self.walker
         finished = gevent.event.Event()
         plan_done = gevent.event.Event()
@@ -173,6 +181,22 @@ class Engine:
         # Locust's UI reads its own options from sys.argv, which holds loadgen's; loadgen has parsed them already.
         sys.argv = sys.argv[:1]
         web = env.create_web_ui(host=host, port=port)
+        target = self.ctx.description.base_url
+
+        @web.app.before_request
+        def _one_run_to_its_endpoint() -> Any:
+            # Locust's form hides users and ramp-up for a load shape, but not the host: a different host, or a
+            # second Start after the run, would otherwise do nothing while looking as if it did.
+            if flask.request.path != "/swarm":
+                return None
+            if started.is_set():
+                message = "this web UI has run its workload; its results are in the database (run loadgen ui again)"
+            elif flask.request.form.get("host", target) not in ("", target):
+                message = f"loadgen sends to the workload's endpoint {target}; give another with --endpoint"
+            else:
+                return None
+            return flask.jsonify({"success": False, "message": message, "host": target})
+
         env.events.test_start.add_listener(lambda **_: started.set())
         env.events.test_stop.add_listener(lambda **_: finished.set())
         closing = gevent.event.Event()
@@ -188,6 +212,7 @@ class Engine:
             while not started.is_set() and not closing.is_set():
                 gevent.sleep(0.1)
             if started.is_set():
+                on_started()
                 self.ctx.clock.start()
                 self.ctx.recorder.start()
                 self.monitor.start()

@@ -63,6 +63,10 @@ class Store:
             )
         self.con.execute("COMMIT")
 
+    def mark_started(self, run_id: str) -> None:
+        """The run's load starts now (the web UI's Start), not when the run was set up."""
+        self.con.execute("UPDATE runs SET started_at = ? WHERE run_id = ?", [_now(), run_id])
+
     def finish_run(self, run_id: str, status: str, client_delay_p99_ms: float | None, note: str | None) -> None:
         self.con.execute(
             "UPDATE runs SET status = ?, finished_at = ?, client_delay_p99_ms = ?, note = ? WHERE run_id = ?",
