@@ -118,10 +118,17 @@ def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
     assert cross[(GROQ_NAME, "emulated-h100")] == (1, None, None)
 
 
-def test_report_is_one_self_contained_page_with_figures(study_db, tmp_path):
-    out = tmp_path / "rep"
+@pytest.fixture(scope="module")
+def report(study_db, tmp_path_factory):
+    """The study's report folder, written once for the tests that read it."""
+    out = tmp_path_factory.mktemp("report")
     res = loadgen("report", str(study_db), "--out", str(out))
     assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_report_is_one_self_contained_page_with_figures(report):
+    out = report
     page = (out / "index.html").read_text()
     for name in (
         "ttft_vs_prompt",
@@ -221,19 +228,16 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_report_renders_in_headless_chromium(study_db, tmp_path):
-    out = tmp_path / "rep"
-    assert loadgen("report", str(study_db), "--out", str(out)).returncode == 0
+def test_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "page.png"
-    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (out / "index.html").as_uri())
+    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report / "index.html").as_uri())
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
 
 
-def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(study_db, tmp_path):
-    out = tmp_path / "rep"
-    assert loadgen("report", str(study_db), "--out", str(out)).returncode == 0
-    page = out / "index.html"
+def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path):
+    page = tmp_path / "index.html"
+    shutil.copyfile(report / "index.html", page)
     probe = (
         "<script>window.onload = () => { const d = document.documentElement;"
         " const ids = [...document.querySelectorAll('td.name')].map(td => td.getBoundingClientRect().height);"
