@@ -25,10 +25,12 @@ def plain_numbers(fig: plt.Figure) -> None:
     axes labelled at chosen values (the measured batches and lengths) keep those labels."""
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            if isinstance(axis.get_major_formatter(), matplotlib.ticker.FixedFormatter):
-                continue
+            if isinstance(axis.get_major_locator(), matplotlib.ticker.FixedLocator):
+                continue  # labelled at chosen values
             if axis.get_scale() == "log":
-                axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                lo, hi = sorted(axis.get_view_interval())
+                wide = axis is ax.xaxis and hi > lo > 0 and np.log10(hi / lo) > 2.5  # labels side by side crowd
+                axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
                 axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             axis.set_major_formatter(PLAIN)
 
