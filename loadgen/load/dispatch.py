@@ -46,6 +46,14 @@ class Dispatch:
         self.next_id = item.request_id + 1
         return item
 
+    def stop(self) -> None:
+        """No new sends; what is in flight finishes."""
+        self.stopping = True
+
+    def end(self) -> None:
+        """The stage is over: wake the users that wait for more of its work."""
+        self.ended.set()
+
     def finish(self) -> None:
         """A taken item is done with: sent and finished, or given up because the run is stopping."""
         self.outstanding -= 1

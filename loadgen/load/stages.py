@@ -30,7 +30,7 @@ class StageWalker:
         """No new sends; the stage ends once its in-flight requests have."""
         self.stopping = True
         if self.ctx.dispatch is not None:
-            self.ctx.dispatch.stopping = True
+            self.ctx.dispatch.stop()
 
     def step(self, users_running: int) -> int | None:
         """Advance as far as possible; return the number of users wanted now, or None when the run is over."""

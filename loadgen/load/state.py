@@ -63,4 +63,4 @@ class RunState:
         d, self.dispatch = self.dispatch, None
         self.gate.clear()
         if d is not None:
-            d.ended.set()  # wakes users that waited for more work; they now wait at the gate
+            d.end()  # users that waited for more work now wait at the gate
