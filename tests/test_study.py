@@ -118,17 +118,36 @@ def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
     assert cross[(GROQ_NAME, "emulated-h100")] == (1, None, None)
 
 
+def _labels(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(), *ax.get_yticklabels()]]
+
+
 @pytest.fixture(scope="module")
 def report(study_db, tmp_path_factory):
-    """The study's report folder, written once for the tests that read it."""
+    """The study's report folder, written once for the tests that read it, and the tick labels of every figure
+    drawn (the report's and a gain map's), as saved."""
+    import matplotlib.figure
+
     out = tmp_path_factory.mktemp("report")
-    res = loadgen("report", str(study_db), "--out", str(out))
-    assert res.returncode == 0, res.stderr
-    return out
+    drawn: list[list[str]] = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording(fig, *args, **kwargs):
+        fig.canvas.draw()
+        drawn.append(_labels(fig))
+        return savefig(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.figure.Figure, "savefig", recording)
+        res = loadgen("report", str(study_db), "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        pair = ["--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "100"]
+        assert loadgen("disagg", str(study_db), *pair, "--figure", str(out / "gain.png")).returncode == 0
+    return out, drawn
 
 
 def test_report_is_one_self_contained_page_with_figures(report):
-    out = report
+    out, _ = report
     page = (out / "index.html").read_text()
     for name in (
         "ttft_vs_prompt",
@@ -230,14 +249,14 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "page.png"
-    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report / "index.html").as_uri())
+    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report[0] / "index.html").as_uri())
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
 
 
 def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path):
     page = tmp_path / "index.html"
-    shutil.copyfile(report / "index.html", page)
+    shutil.copyfile(report[0] / "index.html", page)
     probe = (
         "<script>window.onload = () => { const d = document.documentElement;"
         " const ids = [...document.querySelectorAll('td.name')].map(td => td.getBoundingClientRect().height);"
@@ -251,28 +270,11 @@ def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path)
     assert id_height < 2.5 * font  # a run ID is one line, not three
 
 
-def test_every_figure_labels_its_axes_in_plain_numbers(study_db, tmp_path, monkeypatch):
-    import matplotlib.figure
-
-    drawn: list[list[str]] = []
-    savefig = matplotlib.figure.Figure.savefig
-
-    def recording(fig, *args, **kwargs):
-        fig.canvas.draw()
-        drawn.append(_labels(fig))
-        return savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
-    assert loadgen("report", str(study_db), "--out", str(tmp_path / "rep")).returncode == 0
-    pair = ["--prefill", "emulated-h100", "--decode", GROQ_NAME, "--link", "100"]
-    assert loadgen("disagg", str(study_db), *pair, "--figure", str(tmp_path / "gain.png")).returncode == 0
+def test_every_figure_labels_its_axes_in_plain_numbers(report):
+    _, drawn = report
     assert len(drawn) >= 8  # the report's figures and the gain map
     # The phase figures keep their x axis at the measured values: prompt lengths and batches.
     assert any({"128", "512"} <= set(labels) for labels in drawn) and any({"1", "8"} <= set(labels) for labels in drawn)
     for labels in drawn:
         odd = [t for t in labels if t and not re.fullmatch(r"[−-]?[\d,]+(\.\d+)?", t)]
         assert not odd, odd  # no 10^n, no offsets, no scientific notation
-
-
-def _labels(fig) -> list[str]:
-    return [t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(), *ax.get_yticklabels()]]
