@@ -1,0 +1,81 @@
+"""The store: what Store.write puts in the database, and the private library behaviour loadgen relies on, so that
+an upgrade that changes it fails here, by name, rather than somewhere in a run."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import duckdb
+import pytest
+from aiohttp import web
+from geventhttpclient.response import HTTPSocketResponse
+
+from loadgen.metrics import derive
+from loadgen.results import RequestResult, not_sent
+from loadgen.spec.workload import SloSpec, StageSpec
+from loadgen.store import Store
+
+
+def _stage() -> StageSpec:
+    return StageSpec.model_validate(
+        {
+            "name": "s",
+            "api": "chat",
+            "model": None,
+            "load": {"arrival": "closed"},
+            "requests": {},
+            "stop": {"requests": 2},
+            "slo": {},
+        }
+    )
+
+
+def test_write_stores_each_request_and_its_events_with_the_derived_metrics(tmp_path):
+    db = tmp_path / "w.duckdb"
+    store = Store(db)
+    store.begin_run("r", "w", "ep", {"workload": {}}, [_stage()])
+    ok = RequestResult(
+        request_id=0, stage="s", scheduled_s=1.0, sent_s=1.5, prompt_tokens=16, max_tokens=3, end_s=2.5,
+        event_times=[2.0, 2.1, 2.3], event_tokens=[1, 1, 1], usage_completion_tokens=3,
+    )  # fmt: skip
+    slo = SloSpec(ttft_ms=1000)
+    unsent = not_sent(1, "s", None, 16, 3, False)
+    store.write("r", [(ok, derive(ok, slo)), (unsent, derive(unsent, slo))])
+    store.finish_run("r", "completed", 0.1, None)
+    store.close()
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT request_id, status, lag_ms, ttft_ms, tpot_ms, e2e_ms, output_tokens, slo_ok FROM requests ORDER BY 1"
+    ).fetchall()
+    assert rows[0][:2] == (0, "ok") and rows[0][2:6] == pytest.approx((500.0, 500.0, 150.0, 1000.0))
+    assert rows[0][6:] == (3, True)
+    assert rows[1] == (1, "not_sent", None, None, None, None, 0, False)
+    events = con.execute("SELECT request_id, idx, t_s, tokens FROM events ORDER BY idx").fetchall()
+    assert events == [(0, 0, 2.0, 1), (0, 1, 2.1, 1), (0, 2, 2.3, 1)]
+
+
+def test_geventhttpclient_keeps_its_parsed_body_buffer_and_socket_where_the_client_reads_them():
+    a, b = socket.socketpair()
+    try:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 10\r\n\r\nhello"
+        resp = HTTPSocketResponse(a, block_size=1024, method="POST", pre_buffered=head)
+        # client/http.py read_some(): the parsed body so far, and the socket while the body is incomplete
+        assert bytes(resp._body_buffer) == b"hello" and resp._sock is a
+    finally:
+        a.close()
+        b.close()
+
+
+def test_aiohttp_site_exposes_its_listening_socket():
+    async def port() -> int:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            return site._server.sockets[0].getsockname()[1]  # emulator/server.py serve()
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(port()) > 0
