@@ -19,12 +19,12 @@ emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {overhead_ms: 10}
 
 def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_path):
     write("ep.yaml", SLOW_ENDPOINT)
-    # Each request streams for about 10 s, longer than the 5 s grace period, so some are cut off in flight.
+    # Each request streams for about 10 s, longer than the 2 s grace period, so some are cut off in flight.
     w = write(
         "w.yaml",
         "name: int\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 3}\n"
         "requests: {prompt_tokens: 16, output_tokens: {dist: choice, values: [2, 1000]}}\n"
-        "stop: {requests: 100}\n",
+        "stop: {requests: 100}\ntimeouts: {grace_s: 2}\n",
     )
     # Side by side (each waits out the same grace period): Ctrl-C and SIGTERM to loadgen alone, and a terminal's
     # Ctrl-C, which signals loadgen's whole process group; the background emulator must outlive the grace period.

@@ -27,7 +27,6 @@ from loadgen.load.state import RunState
 from loadgen.load.user import StreamUser
 from loadgen.results import Progress
 
-GRACE_S = 5.0  # after an interrupt, in-flight requests get this long before they are cut off
 TICK_S = 0.002
 PROGRESS_EVERY_S = 0.5
 # Above this p99 of its own scheduling delay, loadgen says its stamps (and so the latencies) may be inflated.
@@ -55,6 +54,7 @@ class Engine:
         self.walker = StageWalker(ctx)
         self.monitor = DelayMonitor()
         self.signum: int | None = None
+        self.grace_s = description.timeouts.grace_s  # after an interrupt, in-flight requests get this long
         self._interrupted_at: float | None = None
         self.user_class = type("LLMUser", (StreamUser,), {"ctx": ctx, "abstract": False, "host": description.base_url})
         self.planned = (
@@ -133,7 +133,7 @@ class Engine:
                 if want != runner.target_user_count:
                     runner.start(want, spawn_rate=want)
                 self._stop_if_pointless()
-                if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
+                if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > self.grace_s:
                     break
                 now = time.perf_counter()
                 if self.on_progress is not None and now - last_progress >= PROGRESS_EVERY_S:
@@ -218,7 +218,7 @@ class Engine:
                 self.monitor.start()
                 while not finished.is_set():
                     self._stop_if_pointless()
-                    if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > GRACE_S:
+                    if self._interrupted_at is not None and time.perf_counter() - self._interrupted_at > self.grace_s:
                         runner.stop()  # users still in flight record themselves as interrupted
                         break
                     if self.on_progress is not None:

@@ -169,6 +169,7 @@ class TimeoutSpec(Strict):
     first_token_s: PositiveFloat | None = None  # from the send to the first output text
     idle_s: PositiveFloat = 60.0  # longest silence allowed while waiting for the next streamed bytes
     total_s: PositiveFloat | None = None  # the whole request
+    grace_s: PositiveFloat = 5.0  # after Ctrl-C or SIGTERM, how long requests in flight may still finish
 
 
 class RetrySpec(Strict):
