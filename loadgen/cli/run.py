@@ -102,7 +102,7 @@ def execute(
                 show.err.print(f"[yellow]note:[/] {setup.notes[0]}")
             description = RunDescription(
                 base_url=base_url,
-                headers=headers,
+                api_key_env=endpoint.api_key_env,
                 server=server,
                 model=model,
                 seed=workload.seed,
@@ -111,7 +111,7 @@ def execute(
                 stages=tuple(workload.stages),
                 prompts=setup,
             )
-            return _run(workload, endpoint, description, db_file, ui, notes)
+            return _run(workload, endpoint, description, headers, db_file, ui, notes)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -121,6 +121,7 @@ def _run(
     workload: WorkloadSpec,
     endpoint: EndpointSpec,
     description: RunDescription,
+    headers: dict[str, str],
     db_file: Path,
     ui: tuple[str, int] | None,
     notes: list[str],
@@ -137,7 +138,7 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
-        engine = Engine(description, recorder)
+        engine = Engine(description, recorder, headers)
 
         def finish(outcome: Outcome) -> None:
             said = [*notes, *description.prompts.notes, *([outcome.note] if outcome.note else [])]

@@ -46,9 +46,10 @@ class Engine:
         self,
         description: RunDescription,
         recorder: Recorder,
+        headers: dict[str, str],
         on_progress: Callable[[Progress], None] | None = None,
     ):
-        self.ctx = ctx = RunState.start(description, recorder)
+        self.ctx = ctx = RunState.start(description, recorder, headers)
         stages = description.stages
         self.on_progress = on_progress
         self.walker = StageWalker(ctx)

@@ -36,6 +36,7 @@ class RunState:
     description: RunDescription
     recorder: Recorder
     targeter: Targeter
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # this process's, with any API key
     clock: Clock = field(default_factory=Clock)
     read_delays: ReadDelays = field(default_factory=ReadDelays)
     dispatch: Dispatch | None = None  # None between stages
@@ -43,10 +44,10 @@ class RunState:
     waiting: int = 0  # users ready and waiting at the gate; a stage's clock starts once all are
 
     @classmethod
-    def start(cls, description: RunDescription, recorder: Recorder) -> RunState:
+    def start(cls, description: RunDescription, recorder: Recorder, headers: dict[str, str]) -> RunState:
         d = description
         targeter = Targeter(d.server, d.model, d.seed, d.prompts, d.stages)
-        return cls(description, recorder, targeter)
+        return cls(description, recorder, targeter, headers)
 
     def wait_at_gate(self) -> None:
         self.waiting += 1

@@ -33,7 +33,7 @@ class StreamUser(User):
 
     def on_start(self) -> None:
         c, d = self.ctx, self.ctx.description
-        self.http = StreamClient(d.base_url, d.headers, d.timeouts, c.read_delays)
+        self.http = StreamClient(d.base_url, c.headers, d.timeouts, c.read_delays)
         self.http.connect()
 
     def on_stop(self) -> None:
