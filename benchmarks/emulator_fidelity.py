@@ -25,7 +25,7 @@ from loadgen.hardware.profiles import load_profile
 from loadgen.spec import load_endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURED = {  # ../shared/HARDWARE.md, LLM-Inference-Bench vLLM rows
+MEASURED = {  # docs/hardware.md: argonne-lcf/LLM-Inference-Bench (arXiv 2411.00136), vLLM rows
     "emulated-a100": {"tpot_bs1": 12.9, "bs16": 1017, "bs32": 1669, "bs64": 2460, "ttft16x1024": 1030},
     "emulated-h100": {"tpot_bs1": 7.3, "bs16": 1804, "bs32": 2981, "bs64": 4440, "ttft16x1024": 420},
 }

@@ -7,7 +7,6 @@ here it is one line that says what the server answered and the likely fix.
 from __future__ import annotations
 
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -15,20 +14,17 @@ import orjson
 
 from loadgen.client.openai import error_message
 from loadgen.spec.redact import redact_url
-from loadgen.target.bodies import PATHS, request_body
-from loadgen.target.probe import Endpoint
+from loadgen.target.bodies import PATHS
+from loadgen.target.probe import Endpoint, call
 
 
 class WrongEndpoint(Exception):
     """The endpoint cannot serve this run; the message is one line with what it answered and the likely fix."""
 
 
-def _call(ep: Endpoint, req: urllib.request.Request) -> tuple[int, bytes]:
+def _call(ep: Endpoint, path: str, api: str | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        return call(ep, path, api, "hello")
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
@@ -41,9 +37,9 @@ def _v1_hint(ep: Endpoint) -> str:
     return f" (did you mean {redact_url(base)}/v1?)"
 
 
-def _listed(ep: Endpoint, base: str) -> list[str]:
+def _listed(ep: Endpoint) -> list[str]:
     """The models GET /models lists (none where it lists none, or is not there)."""
-    code, body = _call(ep, urllib.request.Request(base + "/models", headers=ep.headers))
+    code, body = _call(ep, "/models")
     if code in (401, 403):
         raise WrongEndpoint(f"GET /models answered HTTP {code} ({error_message(body)}): the server refused the API key")
     if code != 200:
@@ -57,16 +53,9 @@ def _listed(ep: Endpoint, base: str) -> list[str]:
 def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
     """Raise WrongEndpoint unless one real, one-token request on every api the run uses is answered. When it is
     refused, the line says why as well as the server can tell: the models it lists, or the path's /v1."""
-    base = ep.base_url.rstrip("/")
-    listed = _listed(ep, base)
+    listed = _listed(ep)
     for api in apis:
-        req = urllib.request.Request(
-            base + PATHS[api],
-            data=request_body(api, ep.server, ep.model, "hello", 1, stream=False),
-            method="POST",
-            headers={**ep.headers, "Content-Type": "application/json"},
-        )
-        code, body = _call(ep, req)
+        code, body = _call(ep, PATHS[api], api)
         if not 400 <= code < 500 or code == 429:
             continue  # answered (servers such as llama.cpp's take any model name), or busy: the run will tell
         if listed and ep.model not in listed:

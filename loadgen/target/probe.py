@@ -31,18 +31,23 @@ class Endpoint(BaseModel):
     model: str
 
 
-def _post(ep: Endpoint, api: str, prompt: str | list[int]) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        ep.base_url.rstrip("/") + PATHS[api],
-        data=request_body(api, ep.server, ep.model, prompt, 1, stream=False),
-        method="POST",
-        headers={**ep.headers, "Content-Type": "application/json"},
-    )
+def call(ep: Endpoint, path: str, api: str | None = None, prompt: str | list[int] = "") -> tuple[int, bytes]:
+    """GET `path`, or with `api`, POST a one-token, non-streaming request as the run builds them; the status and
+    body of the answer, an HTTP error's included. An unreachable endpoint raises URLError or OSError."""
+    data = None if api is None else request_body(api, ep.server, ep.model, prompt, 1, stream=False)
+    headers = ep.headers if data is None else {**ep.headers, "Content-Type": "application/json"}
+    req = urllib.request.Request(ep.base_url.rstrip("/") + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, orjson.loads(resp.read())
+            return resp.status, resp.read()
     except urllib.error.HTTPError as e:
-        return e.code, {}
+        return e.code, e.read()
+
+
+def _post(ep: Endpoint, api: str, prompt: str | list[int]) -> tuple[int, dict]:
+    try:
+        code, body = call(ep, PATHS[api], api, prompt)
+        return code, orjson.loads(body) if code == 200 else {}
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
         return 0, {}  # the run itself will report what is wrong
 
