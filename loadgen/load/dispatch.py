@@ -7,8 +7,15 @@ from collections.abc import Iterator
 
 import gevent.event
 
+from loadgen.results import RequestResult, not_sent
 from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
+
+
+def unsent_row(item: Planned, stage: StageSpec, scheduled_s: float | None, first_id: int) -> RequestResult:
+    """The row of a planned request the run stopped before sending (`first_id`: the stage's first request)."""
+    warmup = item.request_id - first_id < stage.warmup.requests
+    return not_sent(item.request_id, item.stage, scheduled_s, item.prompt_tokens, item.output_tokens, warmup)
 
 
 class Dispatch:
@@ -45,6 +52,10 @@ class Dispatch:
         self.outstanding += 1
         self.next_id = item.request_id + 1
         return item
+
+    def warmup(self, item: Planned) -> bool:
+        """The stage's first `warmup.requests` requests stay out of `summary`."""
+        return item.request_id - self.first_id < self.stage.warmup.requests
 
     def stop(self) -> None:
         """No new sends; what is in flight finishes."""

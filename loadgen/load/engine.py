@@ -82,7 +82,7 @@ class Engine:
             ttft_p50_ms=ttft,
             tpot_p50_ms=tpot,
             stage=d.stage.name if d is not None else "",
-            elapsed_s=0.0 if self.ctx.clock.t0 is None else time.perf_counter() - self.ctx.clock.t0,
+            elapsed_s=self.ctx.clock.elapsed_s(),
         )
 
     def _outcome(self) -> Outcome:

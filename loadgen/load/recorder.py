@@ -57,10 +57,10 @@ class Recorder:
         self._first: list[RequestResult] = []
 
     def sending(self) -> None:
-        """A request goes out; `add` (or `not_sent`) ends it."""
+        """A request goes out; `add` ends it (or `gave_up`, when it never went out after all)."""
         self.in_flight += 1
 
-    def not_sent(self) -> None:
+    def gave_up(self) -> None:
         self.in_flight -= 1
 
     def add(self, r: RequestResult, slo: SloSpec) -> Derived:

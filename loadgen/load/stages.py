@@ -6,10 +6,10 @@ import itertools
 import time
 from collections.abc import Iterator
 
-from loadgen.load.dispatch import Dispatch
+from loadgen.load.dispatch import Dispatch, unsent_row
 from loadgen.load.state import RunState
-from loadgen.results import RequestResult, not_sent
-from loadgen.schedule.plan import Planned, plan_stage
+from loadgen.results import RequestResult
+from loadgen.schedule.plan import plan_stage
 from loadgen.spec.workload import StageSpec
 
 START_TIMEOUT_S = 30.0  # a stage starts even if Locust has not brought up all its users by then
@@ -72,7 +72,7 @@ class StageWalker:
                 for item in d.plan:
                     next_id = item.request_id + 1
                     scheduled = None if item.offset_s is None else d.start_s + item.offset_s
-                    yield _unsent(item, d.stage, scheduled, d.first_id), d.stage
+                    yield unsent_row(item, d.stage, scheduled, d.first_id), d.stage
         elif self._asked_at is not None:
             first = self.index  # asked for its users, never started
         for index in range(first, len(self.stages)):
@@ -82,13 +82,8 @@ class StageWalker:
             stage_first = next_id
             for item in plan_stage(stage, self.ctx.description.seed, index, first_id=stage_first):
                 next_id = item.request_id + 1
-                yield _unsent(item, stage, None, stage_first), stage
+                yield unsent_row(item, stage, None, stage_first), stage
 
 
 def _finite(stage: StageSpec) -> bool:
     return stage.stop.requests is not None or stage.load.arrival != "closed"
-
-
-def _unsent(item: Planned, stage: StageSpec, scheduled: float | None, first_id: int) -> RequestResult:
-    warmup = item.request_id - first_id < stage.warmup.requests
-    return not_sent(item.request_id, item.stage, scheduled, item.prompt_tokens, item.output_tokens, warmup)

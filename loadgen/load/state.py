@@ -25,6 +25,10 @@ class Clock:
         assert self.t0 is None, "the run clock starts once"
         self.t0 = time.perf_counter()
 
+    def elapsed_s(self) -> float:
+        """Seconds since the origin; 0 before the load starts."""
+        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+
     @property
     def origin(self) -> float:
         assert self.t0 is not None, "the run clock has not started"

@@ -9,9 +9,9 @@ import gevent
 from locust import User, constant, task
 
 from loadgen.client.http import Attempt, StreamClient
-from loadgen.load.dispatch import Dispatch
+from loadgen.load.dispatch import Dispatch, unsent_row
 from loadgen.load.state import RunState
-from loadgen.results import RequestResult, not_sent
+from loadgen.results import RequestResult
 from loadgen.schedule.plan import Planned
 
 
@@ -51,7 +51,6 @@ class StreamUser(User):
             d.ended.wait()
             return
         stage = d.stage
-        warmup = item.request_id - d.first_id < stage.warmup.requests
         scheduled: float | None = None
         try:
             if item.offset_s is None:  # closed loop: send as soon as this user is free
@@ -62,10 +61,10 @@ class StreamUser(User):
                 if delay > 0:
                     sleep_to_send(delay)
         except BaseException:  # the run stopped while this request waited for its time
-            self._not_sent(d, item, scheduled, warmup)
+            self._not_sent(d, item, scheduled)
             raise
         if d.stopping:
-            self._not_sent(d, item, scheduled, warmup)
+            self._not_sent(d, item, scheduled)
             return
         target = c.targeter.target(stage, item)
         tok = target.tokenizer
@@ -75,7 +74,7 @@ class StreamUser(User):
             scheduled_s=scheduled,
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.output_tokens,
-            warmup=warmup,
+            warmup=d.warmup(item),
             path=target.path,
             body=target.body,
             keep_text=tok is not None,
@@ -90,10 +89,11 @@ class StreamUser(User):
                 attempt = replace(attempt, retries=r.retries + 1)
                 r = self.http.stream(attempt, c.clock.origin)
         finally:
-            d.finish()
-            if r is None:  # killed before the first attempt came back (it always returns): nothing was sent
-                c.recorder.not_sent()
+            if r is None:  # stream() returns even when its greenlet is killed: anything else sent nothing
+                c.recorder.gave_up()
+                self._not_sent(d, item, scheduled)
             else:
+                d.finish()
                 if tok is not None and r.usage_completion_tokens is None and r.text_parts:
                     r.tokenizer_tokens = tok.count("".join(r.text_parts))
                 derived = c.recorder.add(r, stage.slo)
@@ -101,10 +101,9 @@ class StreamUser(User):
         if r.status == "interrupted":
             raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
 
-    def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None, warmup: bool) -> None:
+    def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None) -> None:
         d.finish()
-        r = not_sent(item.request_id, item.stage, scheduled, item.prompt_tokens, item.output_tokens, warmup)
-        self.ctx.recorder.add_unsent(r, d.stage.slo)
+        self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id), d.stage.slo)
 
     def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
         """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""
