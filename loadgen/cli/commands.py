@@ -95,17 +95,17 @@ def _endpoint_name(ref: str) -> str:
 def cmd_disagg(args: argparse.Namespace) -> int:
     from loadgen.analysis.disagg import Link, grid, predict, where_it_wins
     from loadgen.analysis.phases import fit
-    from loadgen.hardware.profiles import ModelConfig, load_profile
+    from loadgen.hardware.profiles import model_profile
 
     links = numbers("--link", args.link)
     loads = numbers("--load", args.load, int)
     a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
     try:
-        model = load_profile(args.model)
+        model = model_profile(args.model)
     except KeyError:
         raise SpecError("--model", f"unknown model profile {args.model!r}") from None
-    if not isinstance(model, ModelConfig):
-        raise SpecError("--model", f"{args.model!r} is not a model profile")
+    except TypeError as e:
+        raise SpecError("--model", str(e)) from None
     with _reading(args.db) as con:
         try:
             a, b = fit(con, a_name), fit(con, b_name)

@@ -14,7 +14,7 @@ from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
 from loadgen.cli.run import default_db, execute
 from loadgen.emulator.launch import LaunchError
-from loadgen.hardware.profiles import PREFILL_MODES, ModelConfig, load_profile
+from loadgen.hardware.profiles import PREFILL_MODES, model_profile
 from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError
@@ -37,22 +37,26 @@ def _modes(text: str | None) -> list[str]:
     return modes
 
 
-def _variants(ref: str, modes: list[str], tmp: Path) -> list[str]:
-    """The endpoint references to run: an emulated GroqRack once per mode, as `<name>@<mode>`."""
-    if not modes or ref.startswith(("http://", "https://")):
-        return [ref]
-    ep = load_endpoint(ref)
-    if ep.emulate is None or ep.emulate.engine != "groq":
-        return [ref]
+def _endpoints(refs: list[str], modes: list[str], tmp: Path) -> list[tuple[str, str]]:
+    """(reference, name) of every run, each file checked before anything runs: an emulated GroqRack once per
+    prefill mode, as `<name>@<mode>` (an endpoint file written to `tmp`)."""
     out = []
-    for mode in modes:
-        data = ep.model_dump(mode="json", exclude_none=True)
-        data["name"] = f"{ep.name}@{mode}"
-        data["emulate"]["hardware_overrides"] = {**ep.emulate.hardware_overrides, "prefill_mode": mode}
-        EndpointSpec.model_validate(data)
-        path = tmp / f"{ep.name}@{mode}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        out.append(str(path))
+    for ref in refs:
+        if ref.startswith(("http://", "https://")):
+            out.append((ref, redact_url(ref)))
+            continue
+        ep = load_endpoint(ref)
+        if not modes or ep.emulate is None or ep.emulate.engine != "groq":
+            out.append((ref, ep.name))
+            continue
+        for mode in modes:
+            data = ep.model_dump(mode="json", exclude_none=True)
+            data["name"] = f"{ep.name}@{mode}"
+            data["emulate"]["hardware_overrides"] = {**ep.emulate.hardware_overrides, "prefill_mode": mode}
+            EndpointSpec.model_validate(data)
+            path = tmp / f"{ep.name}@{mode}.yaml"
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            out.append((str(path), data["name"]))
     return out
 
 
@@ -62,14 +66,10 @@ def study(args: argparse.Namespace) -> int:
     modes = _modes(args.prefill_modes)
     if args.pair and args.pair[0] == args.pair[1]:
         raise SpecError("--pair", f"expected two different endpoints, got {args.pair[0]!r} twice")
-    for ref in args.endpoints:  # every endpoint file is checked before anything runs
-        if not ref.startswith(("http://", "https://")):
-            load_endpoint(ref)
     db = args.db or str(default_db(workload))
     with tempfile.TemporaryDirectory(prefix="loadgen-study-") as tmp:
-        runs = [v for ref in args.endpoints for v in _variants(ref, modes, Path(tmp))]
-        for i, ref in enumerate(runs, start=1):
-            name = redact_url(ref) if ref.startswith(("http://", "https://")) else load_endpoint(ref).name
+        runs = _endpoints(args.endpoints, modes, Path(tmp))
+        for i, (ref, name) in enumerate(runs, start=1):
             show.err.rule(f"study {workload.name}: endpoint {i}/{len(runs)}: {name}")
             try:
                 code = execute(args.workload, ref, db, args.overrides)
@@ -77,8 +77,7 @@ def study(args: argparse.Namespace) -> int:
                 raise Failure(str(e)) from None
             if code != 0:
                 return code
-    model = load_profile("llama-2-7b")
-    assert isinstance(model, ModelConfig)
+    model = model_profile()
     with reading(db) as con:
         for view, order in VIEWS:
             cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")

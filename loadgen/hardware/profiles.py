@@ -98,3 +98,11 @@ def load_profile(name: str, overrides: dict[str, Any] | None = None) -> Strict:
     """A profile by name, with some of its values overridden; raises KeyError or pydantic's ValidationError."""
     data = {**raw_profile(name), **(overrides or {})}
     return KINDS[data["kind"]].model_validate(data)
+
+
+def model_profile(name: str = "llama-2-7b") -> ModelConfig:
+    """A model profile by name; KeyError names the profiles there are, TypeError says it is no model's."""
+    cfg = load_profile(name)
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"{name!r} is not a model profile")
+    return cfg

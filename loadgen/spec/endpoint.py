@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig, load_profile, profile_names
+from loadgen.hardware.profiles import (
+    GpuHardware,
+    GroqHardware,
+    ModelConfig,
+    load_profile,
+    model_profile,
+    profile_names,
+)
 from loadgen.spec.workload import Strict
 
 # Server families differ in how they are told to produce exactly max_tokens tokens (see client/openai.py).
@@ -98,11 +105,11 @@ class EmulateSpec(Strict):
         else:
             self.single()  # validates the profile now, so that a bad one is an input error
         try:
-            cfg = load_profile(self.model)
+            model_profile(self.model)
         except KeyError as e:
             raise ValueError(str(e).strip("'\"")) from None
-        if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"{self.model!r} is not a model profile")
+        except TypeError as e:
+            raise ValueError(str(e)) from None
         return self
 
     def single(self) -> EngineSpec:
@@ -112,9 +119,7 @@ class EmulateSpec(Strict):
         )
 
     def model_profile(self) -> ModelConfig:
-        cfg = load_profile(self.model)
-        assert isinstance(cfg, ModelConfig)
-        return cfg
+        return model_profile(self.model)
 
 
 class EndpointSpec(Strict):
