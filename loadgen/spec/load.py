@@ -217,6 +217,8 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
         spec: WorkloadSpec | None = validate(WorkloadSpec, raw, source, lines)
     except SpecError as e:
         spec, problems = None, [e, *e.more]
+    # What every stage inherits, in the user's raw form so that overrides merge cleanly.
+    base = {} if spec is None else {k: raw.get(k, v) for k, v in spec.model_dump(include=set(STAGE_KEYS)).items()}
     stages: list[StageSpec] = []
     for i, stage in enumerate(stages_raw or [{"name": "main"}]):
         prefix: Path_ = ("stages", i)
@@ -237,8 +239,6 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
             )
         if spec is None:
             continue  # a stage inherits the top level: only its own keys are checked until that is valid
-        base = spec.model_dump(include=set(STAGE_KEYS))
-        base = {k: raw.get(k, v) for k, v in base.items()}  # keep the user's raw form so overrides merge cleanly
         merged = _merge(base, {k: v for k, v in stage.items() if k in {"name", *STAGE_KEYS}})
         merged.setdefault("name", f"stage{i}")
         if "stop" not in raw and "stop" not in stage and merged["load"].get("arrival") == "trace":
