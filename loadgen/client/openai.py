@@ -35,9 +35,7 @@ def read_chunk(payload: bytes) -> Chunk:
     if not isinstance(obj, dict):
         return Chunk(error="event is not a JSON object", error_kind="malformed")
     if "error" in obj:
-        err = obj["error"]
-        msg = err.get("message") if isinstance(err, dict) else err
-        return Chunk(error=f"server error in stream: {str(msg)[:200]}", error_kind="stream_error")
+        return Chunk(error=f"server error in stream: {_message(obj)[:200]}", error_kind="stream_error")
     out = Chunk()
     choices = obj.get("choices")
     if choices:
@@ -63,6 +61,11 @@ def error_message(body: bytes) -> str:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return " ".join(body.decode("utf-8", "replace").split())[:300] or "no body"
+    return " ".join(_message(obj).split())[:300]
+
+
+def _message(obj: object) -> str:
+    """An OpenAI-style error's message ({"error": {"message": ...}}, or one of its looser forms)."""
     err = obj.get("error", obj) if isinstance(obj, dict) else obj
     msg = err.get("message") if isinstance(err, dict) else err
-    return " ".join(str(msg if msg is not None else obj).split())[:300]
+    return str(msg if msg is not None else obj)
