@@ -22,7 +22,7 @@ from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
 from loadgen.target import probe
 from loadgen.target.check import WrongEndpoint, check_endpoint
-from loadgen.target.tokenize import PromptTokenizer
+from loadgen.target.tokenize import tokenizer
 from loadgen.trace.readers import check_traces
 
 
@@ -68,7 +68,7 @@ def execute(
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
     for path in {s.requests.tokenizer for s in workload.stages} - {None}:
-        PromptTokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
+        tokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
     skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
     notes = [f"stage {name}: skipped {bad} malformed trace rows (on_bad_rows: skip)" for name, bad in skipped.items()]
     for note in notes:

@@ -10,7 +10,7 @@ from loadgen.spec.workload import StageSpec
 from loadgen.target.bodies import PATHS, request_body
 from loadgen.target.probe import PromptSetup
 from loadgen.target.prompts import make_prompt
-from loadgen.target.tokenize import PromptTokenizer
+from loadgen.target.tokenize import PromptTokenizer, tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class Targeter:
     def __init__(self, server: str, model: str, seed: int, setup: PromptSetup, stages: Sequence[StageSpec]):
         self.server, self.model, self.seed, self.setup = server, model, seed, setup
         # Loaded once per process; a worker process builds its own from the same description.
-        self.tokenizers = {p: PromptTokenizer(p) for p in {s.requests.tokenizer for s in stages} if p}
+        self.tokenizers = {p: tokenizer(p) for p in {s.requests.tokenizer for s in stages} if p}
 
     def prompt(self, stage: StageSpec, item: Planned) -> str | list[int]:
         text = stage.text_prompts or self.setup.text_only

@@ -6,6 +6,7 @@ their output counted in tokens rather than events. It needs the `tokenizers` pac
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from loadgen.spec.errors import SpecError
@@ -39,3 +40,9 @@ class PromptTokenizer:
             words = max(1, words + (n_tokens - n))
             best = make_prompt(words, uid, seed, True, prefix)
         return best
+
+
+@functools.cache
+def tokenizer(path: str) -> PromptTokenizer:
+    """The tokenizer at `path`, read once per process (checked before a run, used by its Targeter)."""
+    return PromptTokenizer(path)
