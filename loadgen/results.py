@@ -18,6 +18,7 @@ ErrorKind = Literal[
     "malformed",
     "interrupted",
     "not_sent",
+    "worker_lost",
 ]
 
 
@@ -43,6 +44,7 @@ class RequestResult:
     server_prompt_tokens: int | None = None
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
+    worker: int = 0  # the load-generating process that sent it (0 in a single-process run)
 
     @property
     def first_token_s(self) -> float | None:
@@ -97,3 +99,17 @@ class Progress:
     tpot_p50_ms: float | None
     stage: str
     elapsed_s: float
+
+
+@dataclass
+class WorkerReport:
+    """One load-generating process of a run, as the `workers` table has it."""
+
+    worker: int
+    node: str
+    users: int | None = None
+    clock_offset_ms: float | None = None
+    clock_uncertainty_ms: float | None = None
+    client_delay_p99_ms: float | None = None
+    status: str = "finished"  # finished | lost
+    note: str | None = None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,18 @@ emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {overhead_ms: 0.2
 """
 
 
+SLOW_ENDPOINT = """
+name: slow-emu
+emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {overhead_ms: 10}}
+"""
+# On SLOW_ENDPOINT, some requests stream for about 10 s, longer than the 2 s grace period after an interrupt.
+INTERRUPTIBLE = (
+    "name: int\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 3}\n"
+    "requests: {prompt_tokens: 16, output_tokens: {dist: choice, values: [2, 1000]}}\n"
+    "stop: {requests: 100}\ntimeouts: {grace_s: 2}\n"
+)
+
+
 def with_faults(faults: str) -> str:
     """FAST_ENDPOINT with emulator fault knobs, e.g. with_faults("drop_rate: 0.1")."""
     return FAST_ENDPOINT.rstrip().removesuffix("}") + f", faults: {{{faults}}}}}\n"
@@ -99,3 +112,23 @@ def served(endpoint_file: Path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def check_interrupted(db) -> None:
+    """The database of an INTERRUPTIBLE run stopped after a few seconds."""
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status, finished_at IS NOT NULL FROM runs").fetchall() == [("interrupted", True)]
+    statuses = dict(con.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall())
+    # Every planned request is one row: measured, cut off in flight, or never sent (never a broken stream).
+    assert sum(statuses.values()) == 100 and set(statuses) <= {"ok", "interrupted", "not_sent"}, statuses
+    assert statuses.get("interrupted", 0) >= 1 and statuses.get("ok", 0) >= 1 and statuses.get("not_sent", 0) >= 1
+    ids = [r[0] for r in con.execute("SELECT request_id FROM requests ORDER BY 1").fetchall()]
+    assert ids == list(range(100))
+    row = con.execute("SELECT requests, not_sent, errors FROM summary").fetchone()
+    assert row == (100, statuses["not_sent"], statuses["interrupted"])
+    # A request cut off in flight keeps the tokens it had received.
+    partial = con.execute(
+        "SELECT r.output_tokens, count(e.idx) FROM requests r JOIN events e USING (run_id, request_id) "
+        "WHERE r.status = 'interrupted' GROUP BY r.request_id, r.output_tokens"
+    ).fetchall()
+    assert partial and all(n == events and 0 < n < 1000 for n, events in partial)

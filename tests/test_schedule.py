@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.schedule.plan import plan_stage, preview, share
+from loadgen.schedule.plan import Planned, owner, plan_stage, preview, share, slots
 from loadgen.spec.workload import StageSpec
 
 
@@ -91,11 +91,24 @@ def test_lognormal_has_the_requested_mean_and_std():
     assert x.mean() == pytest.approx(800, rel=0.03) and x.std() == pytest.approx(400, rel=0.06)
 
 
-def test_worker_shares_partition_the_plan():
+def test_worker_shares_partition_the_plan_in_proportion_to_users():
     s = stage(stop={"requests": 1000})
     whole = list(plan_stage(s, 1, 0))
-    parts = [list(share(plan_stage(s, 1, 0), i, 3)) for i in range(3)]
+    dealt = slots([2, 1, 0, 1])  # users per worker; worker 2 runs none
+    assert dealt == (0, 1, 3, 0)
+    parts = [list(share(plan_stage(s, 1, 0), i, dealt)) for i in range(4)]
     assert sorted((p for part in parts for p in part), key=lambda p: p.request_id) == whole
+    assert [len(p) for p in parts] == [500, 250, 0, 250]
+
+
+def test_a_shared_prefix_group_stays_on_one_worker():
+    plan = [Planned(i, "s", i * 0.1, 100, 10, (i % 7, 100 + i)) for i in range(200)]
+    dealt = slots([1, 1, 1])
+    by_group: dict[int, set[int]] = {}
+    for p in plan:
+        by_group.setdefault(p.prefix[0], set()).add(owner(p, dealt))
+    assert all(len(workers) == 1 for workers in by_group.values()) and len(by_group) == 7
+    assert {w for ws in by_group.values() for w in ws} == {0, 1, 2}
 
 
 def test_preview_reports_counts_rate_and_percentiles():

@@ -13,6 +13,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 import duckdb
+import pytest
 
 from conftest import FAST_ENDPOINT, ROOT
 
@@ -29,7 +30,8 @@ def get(url: str, data: bytes | None = None) -> bytes:
         return r.read()
 
 
-def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path, workers):
     write("ep.yaml", FAST_ENDPOINT)
     w = write(
         "w.yaml",
@@ -38,7 +40,8 @@ def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
     )
     db, port = tmp_path / "ui.duckdb", free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "ui", str(w), "--db", str(db), "--web-port", str(port)],
+        [sys.executable, "-m", "loadgen", "ui", str(w), "--db", str(db), "--web-port", str(port)]
+        + ["--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,7 +67,9 @@ def test_web_ui_runs_the_workload_and_writes_the_database(write, tmp_path):
         get(base + "/swarm", b"")  # the Start button
         while True:
             stats = json.loads(get(base + "/stats/requests"))
-            if stats["state"] == "stopped":
+            counts = {(s["method"], s["name"]): s["num_requests"] for s in stats["stats"]}
+            # With workers, the master's figures are the workers' reports, sent every few seconds.
+            if stats["state"] == "stopped" and counts.get(("TPOT", "/chat/completions")) == 12:
                 break
             assert time.monotonic() < deadline, "the run did not finish"
             time.sleep(0.2)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from loadgen import __version__
 
-LOAD_COMMANDS = ("run", "ui", "study")  # these send load: loadgen.load.runtime.prepare() runs first
+LOAD_COMMANDS = ("run", "ui", "study", "master", "worker")  # these send load: loadgen.load.runtime.prepare() runs first
 
 
 class UsageError(Exception):
@@ -47,11 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
             help="override one workload key by its dotted path, e.g. load.rate=20 (repeatable)",
         )
 
-    load_opts(sub.add_parser("run", help="run a workload headless and summarise it"))
+    def workers_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="load-generating processes on this machine: 1 (default) runs in this process; more start a "
+            "Locust master here and N worker processes",
+        )
+
+    rn = sub.add_parser("run", help="run a workload headless and summarise it")
+    load_opts(rn)
+    workers_opt(rn)
     ui = sub.add_parser("ui", help="run a workload from Locust's web UI")
     load_opts(ui)
+    workers_opt(ui)
     ui.add_argument("--web-host", default="127.0.0.1", help="address for the web UI (default 127.0.0.1)")
     ui.add_argument("--web-port", type=int, default=8089, help="port for the web UI (default 8089)")
+
+    ms = sub.add_parser("master", help="run a workload headless on workers that connect (loadgen worker)")
+    load_opts(ms)
+    ms.add_argument("--expect-workers", type=int, required=True, metavar="N", help="start once N workers connected")
+    ms.add_argument(
+        "--bind",
+        default="127.0.0.1:5557",
+        metavar="HOST:PORT",
+        help="where workers connect (default 127.0.0.1:5557); another address than loopback is your choice to "
+        "open the unauthenticated worker channel beyond this machine",
+    )
+    wk = sub.add_parser("worker", help="generate load for a master (loadgen master, or run/ui --workers)")
+    wk.add_argument("--master", required=True, metavar="HOST:PORT", help="the master's address")
 
     st = sub.add_parser("study", help="run a workload's stages on each endpoint into one database")
     st.add_argument("workload", help="workload YAML file (its stages mark phase: prefill or decode)")

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import yaml
@@ -24,6 +25,9 @@ from loadgen.store import StoreError
 from loadgen.store.read import reading
 from loadgen.trace.readers import check_traces
 
+if TYPE_CHECKING:
+    from loadgen.cli.run import Scale
+
 
 def cmd_study(args: argparse.Namespace) -> int:
     from loadgen.cli.study import study
@@ -32,12 +36,59 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
+    from loadgen.cli.run import Scale
+
+    if getattr(args, "workers", 1) < 1:
+        raise SpecError("--workers", f"expected 1 or more worker processes, got {args.workers}")
+    workers = getattr(args, "workers", 1)
+    return _execute(args, ui, Scale(expect=workers, spawn=workers) if workers > 1 else Scale())
+
+
+def _execute(args: argparse.Namespace, ui: tuple[str, int] | None, scale: Scale) -> int:
     from loadgen.cli.run import execute
 
     try:
-        return execute(args.workload, args.endpoint, args.db, args.overrides, ui)
+        return execute(args.workload, args.endpoint, args.db, args.overrides, ui, scale)
     except (StoreError, LaunchError) as e:
         raise Failure(str(e)) from None
+
+
+def address(option: str, value: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:PORT for IPv6) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SpecError(option, f"expected HOST:PORT (a port from 0 to 65535), got {value!r}")
+    return host, int(port)
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from loadgen.cli.run import Scale
+
+    if args.expect_workers < 1:
+        raise SpecError("--expect-workers", f"expected 1 or more workers, got {args.expect_workers}")
+    bind = address("--bind", args.bind)
+    if not _loopback(bind[0]):
+        show.err.print(
+            f"[yellow]note:[/] the master listens on {args.bind}, beyond this machine. Locust's worker channel is "
+            "neither authenticated nor encrypted: use it on a trusted network or through a tunnel."
+        )
+    return _execute(args, None, Scale(expect=args.expect_workers, bind=bind))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from loadgen.load.worker import Worker, WorkerRefused
+
+    host, port = address("--master", args.master)
+    try:
+        worker = Worker(host, port)
+    except ConnectionError:
+        raise Failure(f"cannot reach the master at {args.master}") from None
+    show.err.print(f"worker {worker.index}: connected to the master at {args.master}", highlight=False)
+    try:
+        return worker.serve()
+    except WorkerRefused as e:
+        raise SpecError("worker", str(e)) from None
 
 
 @contextmanager
@@ -285,6 +336,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "ui": cmd_ui,
+    "master": cmd_master,
+    "worker": cmd_worker,
     "study": cmd_study,
     "serve": cmd_serve,
     "validate": cmd_validate,

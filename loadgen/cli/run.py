@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import tempfile
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,14 @@ import duckdb
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
+from loadgen.load import drive
 from loadgen.load.description import RunDescription
-from loadgen.load.engine import Engine, Outcome
+from loadgen.load.drive import Outcome
+from loadgen.load.engine import Engine
+from loadgen.load.master import Master, MasterError
 from loadgen.load.recorder import Recorder
+from loadgen.load.spawn import LocalWorkers
+from loadgen.results import WorkerReport
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
@@ -24,6 +33,8 @@ from loadgen.target import probe
 from loadgen.target.check import WrongEndpoint, check_endpoint
 from loadgen.target.tokenize import tokenizer
 from loadgen.trace.readers import check_traces
+
+SPAWN_TIMEOUT_S = 60.0  # local worker processes connect within this
 
 
 def _api_headers(endpoint: EndpointSpec, source: str) -> dict[str, str]:
@@ -58,12 +69,23 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
         show.out.print(show.errors_table(errs))
 
 
+@dataclass(frozen=True)
+class Scale:
+    """Where the load comes from: this process alone (expect 0), or a master with `expect` workers, `spawn` of
+    them started here as local processes, listening at `bind`."""
+
+    expect: int = 0
+    spawn: int = 0
+    bind: tuple[str, int] = ("127.0.0.1", 0)
+
+
 def execute(
     workload_path: str,
     endpoint_ref: str | None,
     db_path: str | None,
     overrides: list[str],
     ui: tuple[str, int] | None = None,
+    scale: Scale = Scale(),
 ) -> int:
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
@@ -88,6 +110,13 @@ def execute(
             else:
                 assert endpoint.url is not None
                 base_url, basic = split_credentials(endpoint.url)
+                if basic is not None and scale.expect:
+                    raise SpecError(
+                        endpoint_ref or str(wpath),
+                        "credentials in the URL do not go to workers (their channel is not encrypted): "
+                        "give the key through api_key_env, which each worker reads from its own environment",
+                        where="url",
+                    )
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
             server = endpoint.server if not endpoint.emulated else "emulator"
@@ -111,7 +140,7 @@ def execute(
                 stages=tuple(workload.stages),
                 prompts=setup,
             )
-            return _run(workload, endpoint, description, headers, db_file, ui, notes)
+            return _run(workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp))
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -125,6 +154,8 @@ def _run(
     db_file: Path,
     ui: tuple[str, int] | None,
     notes: list[str],
+    scale: Scale,
+    tmp: Path,
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -138,12 +169,12 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
-        engine = Engine(description, recorder, headers)
 
-        def finish(outcome: Outcome) -> None:
+        def finish(outcome: Outcome, workers: list[WorkerReport]) -> None:
             said = [*notes, *description.prompts.notes, *([outcome.note] if outcome.note else [])]
             note = "; ".join(said) or None
             try:
+                store.add_workers(run_id, workers)
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
                 raise Failure(f"cannot finish the run in {db_file}: {str(e).splitlines()[0]}") from None
@@ -152,22 +183,37 @@ def _run(
                 show.err.print(f"[yellow]note:[/] {outcome.note}")
             show.err.print(f"results: {db_file} (run {run_id}, {outcome.status})")
 
+        def alone(outcome: Outcome) -> list[WorkerReport]:
+            users = workload.stages[-1].load.users
+            return [WorkerReport(0, socket.gethostname(), users, 0.0, 0.0, outcome.client_delay_p99_ms)]
+
         try:
-            if ui is None:
+            if scale.expect:
+                started = lambda: store.mark_started(run_id)  # noqa: E731
+                outcome = _run_master(description, recorder, scale, tmp, ui, finish, started)
+            elif ui is None:
+                engine = Engine(description, recorder, headers)
                 with show.ProgressView() as view:
                     engine.on_progress = view.update
-                    outcome = engine.run_headless()
-                finish(outcome)
+                    outcome = drive.run_headless(engine)
+                finish(outcome, alone(outcome))
             else:
+                engine = Engine(description, recorder, headers)
                 host, port = ui
-                outcome = engine.run_ui(
+                outcome = drive.run_ui(
+                    engine,
                     host,
                     port,
                     lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
-                    finish,
+                    lambda outcome: finish(outcome, alone(outcome)),
                     lambda: store.mark_started(run_id),
                 )
-        except Failure:
+        except Failure as e:
+            with contextlib.suppress(duckdb.Error):  # a database that cannot finish the run keeps what it had
+                store.finish_run(run_id, "failed", None, str(e))
+            raise
+        except KeyboardInterrupt:
+            store.finish_run(run_id, "interrupted", None, "interrupted before the load started")
             raise
         except BaseException:
             store.finish_run(run_id, "failed", None, "loadgen stopped on an unexpected error")
@@ -179,3 +225,53 @@ def _run(
     if outcome.signum is not None:
         return 128 + outcome.signum
     return 0
+
+
+def _run_master(
+    description: RunDescription,
+    recorder: Recorder,
+    scale: Scale,
+    tmp: Path,
+    ui: tuple[str, int] | None,
+    finish: Callable[[Outcome, list[WorkerReport]], None],
+    on_started: Callable[[], None],
+) -> Outcome:
+    """The load on workers: `spawn` local processes, or workers that connect from other machines."""
+    host, port = scale.bind
+    try:
+        master = Master(description, recorder, scale.bind)
+    except MasterError as e:
+        raise Failure(str(e)) from None
+    where = f"{host}:{master.runner.server.port}"
+    spawned = LocalWorkers(scale.spawn, where, tmp) if scale.spawn else None
+    try:
+        if spawned is None:
+            show.err.print(f"master: waiting for {scale.expect} workers at {where} (loadgen worker --master {where})")
+
+        def waiting(connected: int) -> None:
+            if spawned is not None and (why := spawned.failed()):
+                raise MasterError(f"a worker process failed: {why}")
+            if spawned is None and connected:
+                show.err.print(f"master: {connected} of {scale.expect} workers connected", highlight=False)
+
+        master.wait_for_workers(scale.expect, SPAWN_TIMEOUT_S if spawned else None, waiting)
+        master.join()
+        if ui is not None:
+            return drive.run_ui(
+                master,
+                *ui,
+                lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
+                lambda outcome: finish(outcome, master.workers()),
+                on_started,
+            )
+        with show.ProgressView() as view:
+            master.on_progress = view.update
+            outcome = drive.run_headless(master)
+    except MasterError as e:
+        master.runner.quit()
+        raise Failure(str(e)) from None
+    finally:
+        if spawned is not None:
+            spawned.stop()
+    finish(outcome, master.workers())
+    return outcome

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import yaml
 
+from loadgen.children import die_with_parent
 from loadgen.spec.endpoint import EndpointSpec
 
 
 class LaunchError(Exception):
     pass
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, ask for SIGTERM when loadgen dies, even by SIGKILL, so that no
-    emulator outlives the run that started it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class BackgroundEmulator:
@@ -43,7 +33,7 @@ class BackgroundEmulator:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Its own session: a terminal's Ctrl-C signals loadgen's process group, and the emulator must keep
             # serving through loadgen's grace period; it still dies with loadgen (above) or when stopped.
             start_new_session=True,

@@ -21,14 +21,23 @@ def unsent_row(item: Planned, stage: StageSpec, scheduled_s: float | None, first
 class Dispatch:
     """Shared by all users of a stage. Greenlets switch only at I/O, so take() needs no lock."""
 
-    def __init__(self, stage: StageSpec, plan: Iterator[Planned], t0: float, first_id: int, clock=time.perf_counter):
+    def __init__(
+        self,
+        stage: StageSpec,
+        plan: Iterator[Planned],
+        t0: float,
+        first_id: int,
+        start_s: float | None = None,
+        clock=time.perf_counter,
+    ):
         self.stage = stage
         self.first_id = first_id
         self.next_id = first_id  # one past the highest request ID taken, for the next stage's plan
         self.plan = plan
         self.t0 = t0  # the run clock's origin
         self.clock = clock
-        self.start_s = clock() - t0  # the stage's start on the run clock
+        # The stage's start on the run clock: now, or the instant a master chose for all its workers.
+        self.start_s = clock() - t0 if start_s is None else start_s
         self.outstanding = 0  # taken from the plan and not yet finished
         self.exhausted = False
         self.stopping = False  # set on interrupt: no new sends

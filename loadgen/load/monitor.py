@@ -12,7 +12,11 @@ import time
 import gevent
 import numpy as np
 
+from loadgen.client.stamps import ReadDelays
+
 PERIOD_S = 0.005
+# Above this p99 of its own scheduling delay, loadgen says its stamps (and so the latencies) may be inflated.
+DELAY_WARN_MS = 1.0
 
 
 class DelayMonitor:
@@ -36,3 +40,19 @@ class DelayMonitor:
 
     def p99_ms(self) -> float | None:
         return float(np.percentile(self.samples, 99)) if self.samples else None
+
+
+def timing_bound(read_delays: ReadDelays, monitor: DelayMonitor) -> tuple[float | None, str]:
+    """Bound a process's own stamping error: with kernel stamps, how late reads came after their data arrived;
+    otherwise how late the event loop ran. Returns the p99 in ms and what it measured."""
+    kernel = read_delays.p99_ms()
+    return (kernel, "read streamed data") if kernel is not None else (monitor.p99_ms(), "ran")
+
+
+def saturation_note(bound: float | None, how: str, who: str = "loadgen") -> str | None:
+    if bound is None or bound <= DELAY_WARN_MS:
+        return None
+    return (
+        f"{who} {how} {bound:.1f} ms late (p99), above its {DELAY_WARN_MS:.0f} ms bound: the client "
+        "was saturated, and event times may be late by up to that much"
+    )

@@ -1,7 +1,9 @@
 """Collecting finished requests: live counters for the progress view, and batched hand-off to a writer.
 
-The writer (DuckDB) runs on a real OS thread from gevent's hub threadpool: a database call made on a greenlet
-would freeze every user until it returned. A crash loses at most one flush interval of results.
+A database writer (DuckDB) runs on a real OS thread from gevent's hub threadpool: a database call made on a
+greenlet would freeze every user until it returned. A worker's writer sends to its master over Locust's channel,
+which belongs to the event loop, so it runs there (`threaded=False`), in small batches. A crash loses at most one
+flush interval of results.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ def _refused(first: Sequence[RequestResult]) -> str | None:
 
 
 class Recorder:
-    def __init__(self, writer: Writer, window: int = 200):
+    def __init__(
+        self, writer: Writer, window: int = 200, threaded: bool = True, flush_interval_s: float = FLUSH_INTERVAL_S
+    ):
         self.writer = writer
+        self.threaded = threaded
+        self.flush_interval_s = flush_interval_s
         self.buffer: list[tuple[RequestResult, Derived]] = []
         self.done = 0
         self.errors = 0
@@ -64,8 +70,13 @@ class Recorder:
         self.in_flight -= 1
 
     def add(self, r: RequestResult, slo: SloSpec) -> Derived:
-        """A sent request has ended: derive its metrics and queue it for the writer."""
+        """A request this process sent has ended: derive its metrics and queue it for the writer."""
         self.in_flight -= 1
+        return self.collect(r, slo)
+
+    def collect(self, r: RequestResult, slo: SloSpec) -> Derived:
+        """A request has ended (here, or on a worker that sent its row): derive its metrics, count it and queue it
+        for the writer."""
         d = derive(r, slo)
         self.buffer.append((r, d))
         self.done += 1
@@ -101,13 +112,13 @@ class Recorder:
     def flush(self) -> None:
         batch, self.buffer = self.buffer, []
         if batch:
-            error = gevent.get_hub().threadpool.apply(self._write, (batch,))
+            error = gevent.get_hub().threadpool.apply(self._write, (batch,)) if self.threaded else self._write(batch)
             if error is not None:
                 self.write_error = error
 
     def _loop(self) -> None:
         # After a failed write the flusher stops; the engine stops sending and reports it.
-        while self.write_error is None and not self._stop.wait(FLUSH_INTERVAL_S):
+        while self.write_error is None and not self._stop.wait(self.flush_interval_s):
             self.flush()
 
     def start(self) -> None:

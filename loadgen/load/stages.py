@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from loadgen.load.dispatch import Dispatch, unsent_row
 from loadgen.load.state import RunState
@@ -68,7 +68,7 @@ class StageWalker:
         first = self.index + 1
         if d is not None:
             next_id = max(next_id, d.next_id)
-            if _finite(d.stage):
+            if finite(d.stage):
                 for item in d.plan:
                     next_id = item.request_id + 1
                     scheduled = None if item.offset_s is None else d.start_s + item.offset_s
@@ -77,7 +77,7 @@ class StageWalker:
             first = self.index  # asked for its users, never started
         for index in range(first, len(self.stages)):
             stage = self.stages[index]
-            if not _finite(stage):
+            if not finite(stage):
                 continue
             stage_first = next_id
             for item in plan_stage(stage, self.ctx.description.seed, index, first_id=stage_first):
@@ -85,5 +85,13 @@ class StageWalker:
                 yield unsent_row(item, stage, None, stage_first), stage
 
 
-def _finite(stage: StageSpec) -> bool:
+def planned_requests(stages: Sequence[StageSpec]) -> int | None:
+    """How many requests the stages plan in all; None when any is bounded only by time."""
+    if any(s.stop.requests is None for s in stages):
+        return None
+    return sum(s.stop.requests for s in stages if s.stop.requests is not None)
+
+
+def finite(stage: StageSpec) -> bool:
+    """Whether a stage plans a fixed list of requests (a closed loop bounded only by time plans none)."""
     return stage.stop.requests is not None or stage.load.arrival != "closed"

@@ -21,9 +21,11 @@ class Clock:
     def __init__(self) -> None:
         self.t0: float | None = None
 
-    def start(self) -> None:
+    def start(self, t0: float | None = None) -> None:
+        """Now, or at `t0` (this process's perf_counter): a worker's origin is the master's, mapped onto its
+        own clock, so that its stamps are on the master's timeline."""
         assert self.t0 is None, "the run clock starts once"
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() if t0 is None else t0
 
     def elapsed_s(self) -> float:
         """Seconds since the origin; 0 before the load starts."""

@@ -1,14 +1,14 @@
 """The plan of one stage: a deterministic, lazy sequence of requests with their lengths and send offsets.
 
 The plan is a pure function of the stage and the seed, so any process can rebuild it; a Locust worker takes
-its share with `share()` and the union of all shares is the whole plan.
+its share with `share()`, and the union of all shares is the whole plan.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -116,9 +116,23 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
             return
 
 
-def share(plan: Iterator[Planned], index: int, count: int) -> Iterator[Planned]:
-    """The part of a plan that worker `index` of `count` sends."""
-    return (p for p in plan if p.request_id % count == index)
+def slots(users: Sequence[int]) -> tuple[int, ...]:
+    """How a stage's plan is dealt to workers that run `users[i]` users each: worker i holds one slot per user,
+    slots interleaved (0, 1, 0, 1, ...), so that requests go out in proportion to users and evenly in time. A
+    worker with no users holds none."""
+    return tuple(w for k in range(max(users, default=0)) for w, n in enumerate(users) if n > k)
+
+
+def owner(item: Planned, dealt: Sequence[int]) -> int:
+    """The worker that sends `item`. Requests that share a prompt prefix (a trace's `hash_ids` group, keyed by
+    its first block) go to one worker, so that its server-side cache sees them in their order."""
+    key = item.prefix[0] if item.prefix else item.request_id
+    return dealt[key % len(dealt)]
+
+
+def share(plan: Iterator[Planned], worker: int, dealt: Sequence[int]) -> Iterator[Planned]:
+    """The part of a plan that `worker` sends; the shares of all workers in `dealt` are the whole plan."""
+    return (p for p in plan if owner(p, dealt) == worker)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from loadgen.metrics import Derived
-from loadgen.results import RequestResult
+from loadgen.results import RequestResult, WorkerReport
 from loadgen.spec.workload import StageSpec
 from loadgen.store import schema
 
@@ -73,6 +73,23 @@ class Store:
             [status, _now(), client_delay_p99_ms, note, run_id],
         )
 
+    def add_workers(self, run_id: str, workers: Sequence[WorkerReport]) -> None:
+        for w in workers:
+            self.con.execute(
+                "INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    w.worker,
+                    w.node,
+                    w.users,
+                    w.clock_offset_ms,
+                    w.clock_uncertainty_ms,
+                    w.client_delay_p99_ms,
+                    w.status,
+                    w.note,
+                ],
+            )
+
     def write(self, run_id: str, batch: Sequence[tuple[RequestResult, Derived]]) -> None:
         """Append finished requests and their events in one transaction."""
         if not batch:
@@ -108,6 +125,7 @@ class Store:
                 "error_detail": r.error_detail,
                 "http_status": r.http_status,
                 "retries": r.retries,
+                "worker": r.worker,
             }
             for name, values in cols.items():
                 values.append(row[name])

@@ -41,11 +41,30 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("error_detail", "VARCHAR"),
     ("http_status", "INTEGER"),
     ("retries", "INTEGER"),
+    ("worker", "INTEGER DEFAULT 0"),  # the process that sent it: 0 alone, else the worker's index
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in REQUEST_COLUMNS)
 )
+
+# Databases written before the `worker` column gain it (their rows: worker 0).
+REQUESTS_WORKER = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS worker INTEGER DEFAULT 0"
+
+# One row per run and load-generating process: where its clock sat on the run's timeline and how well its own
+# timing held. A single-process run has one row, worker 0, at offset 0.
+WORKERS = """
+CREATE TABLE IF NOT EXISTS workers (
+    run_id VARCHAR NOT NULL,
+    worker INTEGER NOT NULL,
+    node VARCHAR NOT NULL,            -- Locust's id for it: host name and a random suffix
+    users INTEGER,                    -- users it ran in its last stage
+    clock_offset_ms DOUBLE,           -- its clock minus the master's (perf_counter), estimated at start
+    clock_uncertainty_ms DOUBLE,      -- half the round trip of the estimate kept: the offset's error bound
+    client_delay_p99_ms DOUBLE,       -- its own stamping-error bound (as runs.client_delay_p99_ms)
+    status VARCHAR NOT NULL,          -- finished | lost
+    note VARCHAR
+)"""
 
 EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "VARCHAR NOT NULL"),
@@ -223,7 +242,7 @@ FROM pairs p
 """
 
 VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER)
-ALL = (RUNS, REQUESTS, EVENTS, STAGES, *VIEWS)
+ALL = (RUNS, REQUESTS, REQUESTS_WORKER, EVENTS, STAGES, WORKERS, *VIEWS)
 
 
 def names(kind: str) -> list[str]:
