@@ -68,11 +68,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     if args.expect_workers < 1:
         raise SpecError("--expect-workers", f"expected 1 or more workers, got {args.expect_workers}")
     bind = address("--bind", args.bind)
-    if not _loopback(bind[0]):
-        show.err.print(
-            f"[yellow]note:[/] the master listens on {args.bind}, beyond this machine. Locust's worker channel is "
-            "neither authenticated nor encrypted: use it on a trusted network or through a tunnel."
-        )
+    beyond_loopback("--bind", bind[0], "the master's worker channel (Locust's, which carries the run)")
     return _execute(args, None, Scale(expect=args.expect_workers, bind=bind))
 
 
@@ -254,23 +250,30 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def beyond_loopback(option: str, host: str, what: str) -> None:
+    """A bind address other than loopback is the user's explicit choice: allowed, and said on the terminal."""
+    if not _loopback(host):
+        show.err.print(
+            f"[yellow]note:[/] {option} {host}: {what} listens beyond this machine's loopback, to anyone who can "
+            "reach that address; it has no authentication or encryption: use a trusted network or a tunnel",
+            highlight=False,
+        )
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    if not _loopback(args.web_host):
-        # Locust's UI can start and stop load against your endpoint: it stays on this machine.
-        raise SpecError("--web-host", f"the web UI binds loopback only (127.0.0.1 or ::1), not {args.web_host}")
+    beyond_loopback("--web-host", args.web_host, "Locust's web UI (which starts and stops load on your endpoint)")
     return cmd_run(args, ui=(args.web_host, args.web_port))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from loadgen.emulator.server import serve
 
-    if not _loopback(args.host):
-        raise SpecError("--host", f"the emulator binds loopback only (127.0.0.1 or ::1), not {args.host}")
     endpoint = load_endpoint(args.endpoint)
     if endpoint.emulate is None:
         raise SpecError(args.endpoint, "this endpoint has no 'emulate' section to serve", where="emulate")
     if not 0 <= args.port <= 65535:
         raise SpecError("--port", f"expected a port number from 0 to 65535, got {args.port}")
+    beyond_loopback("--host", args.host, "the emulator")
     try:
         serve(endpoint, args.host, args.port)
     except OSError as e:

@@ -18,7 +18,9 @@ from typing import Any
 
 import gevent
 import gevent.event
+import zmq
 from locust.env import Environment
+from locust.exception import RPCError
 
 from loadgen.load import drive, wire
 from loadgen.load.description import RunDescription
@@ -92,6 +94,8 @@ class Master(drive.Load):
             self.runner = self.env.create_master_runner(*bind)
         except SystemExit:  # Locust's way of saying the port is taken
             raise MasterError(f"cannot listen for workers on {bind[0]}:{bind[1]}: the port is in use") from None
+        except (RPCError, zmq.ZMQError) as e:  # an address not on this machine, say
+            raise MasterError(f"cannot listen for workers on {bind[0]}:{bind[1]}: {e}") from None
         self.clock = Clock()
         self.nodes: dict[str, Node] = {}
         self.index = -1  # the stage being run or prepared

@@ -1,0 +1,174 @@
+"""Scale-out: the highest Poisson rate loadgen holds with 1 process and with 2 workers, on this machine.
+
+Against the truth server without delays (each 16-token answer written at once, so that the client, not the
+server, is the bottleneck), each setting's rate is searched (doubling, then bisecting): a rate holds when the
+run's lag p99 <= 5 ms, loadgen's own read-delay p99 <= 1 ms (every worker's), and no request fails. Bound: 2
+workers hold >= 1.6x the rate of 1. Printed beside it: the CPU share of the master, each worker and the server
+over the load (from /proc, sampled every 0.25 s), loadgen's client CPU per streamed token, and the master's CPU
+per row it received, the inputs of the README's capacity model.
+
+    python benchmarks/scale_out.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import psutil
+from common import Bounds, query, truth_server
+
+OUTPUT, DURATION_S, SAMPLE_S = 16, 8.0, 0.25
+LAG_P99_MS, READ_DELAY_P99_MS = 5.0, 1.0
+START_RATE, MAX_RATE, BISECTIONS = 100.0, 6400.0, 4
+BOUND_RATIO = 1.6
+
+WORKLOAD = f"""
+name: scale-out
+endpoint: http://127.0.0.1:9/v1
+seed: 5
+load: {{arrival: poisson, rate: 100, concurrency: 256}}
+requests: {{prompt_tokens: 32, output_tokens: {OUTPUT}}}
+stop: {{duration_s: {DURATION_S}}}
+"""
+
+
+@dataclass
+class Trial:
+    rate: float
+    holds: bool
+    lag_p99_ms: float
+    read_delay_p99_ms: float
+    errors: int
+    tokens_per_s: float
+    rows: int
+    cpu: dict[str, float]  # process -> CPU share of one core over the load window
+    window_s: float
+
+
+def _cpu_s(p: psutil.Process) -> float | None:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return None
+
+
+def trial(workload: Path, url: str, server: psutil.Process, workers: int, rate: float, tmp: Path) -> Trial:
+    db = tmp / f"w{workers}-{rate:.0f}.duckdb"
+    log = tmp / "truth.jsonl"
+    log_at = log.stat().st_size if log.exists() else 0
+    args = [sys.executable, "-m", "loadgen", "run", str(workload), "--db", str(db), "--endpoint", url]
+    args += ["--set", f"load.rate={rate}", "--workers", str(workers)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    master = psutil.Process(proc.pid)
+    samples: list[tuple[float, dict[str, float]]] = []
+    while proc.poll() is None:
+        names = {"server": server, "master" if workers > 1 else "loadgen": master}
+        try:
+            kids = [c for c in master.children() if "worker" in c.cmdline()]
+        except psutil.Error:
+            kids = []
+        for c in sorted(kids, key=lambda c: c.pid):
+            names[f"worker {len(names) - 2}"] = c
+        cpu = {name: s for name, p in names.items() if (s := _cpu_s(p)) is not None}
+        samples.append((time.monotonic(), cpu))
+        time.sleep(SAMPLE_S)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"loadgen run failed ({proc.returncode}):\n{err[-2000:]}")
+    # The load window: from the server's first answer to its last (its log, on CLOCK_MONOTONIC like these
+    # samples), narrowed to the samples inside it.
+    # (The server's log is buffered: a trial's last lines may still be unwritten, an earlier one's appear late.)
+    with open(log, "rb") as f:
+        f.seek(log_at)
+        sent = [t for line in f.read().splitlines()[:-1] if (t := orjson.loads(line)["sent"][0]) >= samples[0][0]]
+    inside = [i for i, (t, _) in enumerate(samples) if sent and min(sent) <= t <= max(sent)]
+    if len(inside) < 2:
+        raise SystemExit(f"the load window at {rate:.0f} req/s held fewer than two CPU samples")
+    (t0, c0), (t1, c1) = samples[inside[0]], samples[inside[-1]]
+    window = t1 - t0
+    cpu = {name: (c1[name] - c0[name]) / window for name in c1 if name in c0}
+    ((lag, tokens, errors, not_sent, requests),) = query(
+        db, "SELECT lag_p99_ms, output_tokens_per_s, errors, not_sent, requests FROM summary"
+    )
+    ((delay,),) = query(db, "SELECT max(client_delay_p99_ms) FROM workers")
+    holds = lag <= LAG_P99_MS and delay <= READ_DELAY_P99_MS and errors == 0 and not_sent == 0
+    return Trial(rate, holds, lag, delay, errors + not_sent, tokens or 0.0, requests, cpu, window)
+
+
+def search(workload: Path, url: str, server: psutil.Process, workers: int, tmp: Path) -> tuple[Trial | None, list]:
+    """Double the rate until a trial fails, then bisect between the last that held and the first that failed."""
+    trials: list[Trial] = []
+
+    def run(rate: float) -> Trial:
+        t = trial(workload, url, server, workers, rate, tmp)
+        trials.append(t)
+        verdict = "holds" if t.holds else "fails"
+        print(
+            f"  {workers} worker(s) {rate:7.0f} req/s: {verdict}  lag p99 {t.lag_p99_ms:6.2f} ms, read delay p99 "
+            f"{t.read_delay_p99_ms:5.2f} ms, errors {t.errors}, CPU "
+            + ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items()),
+            flush=True,
+        )
+        return t
+
+    good: Trial | None = None
+    rate = START_RATE
+    while rate <= MAX_RATE:
+        t = run(rate)
+        if not t.holds:
+            break
+        good, rate = t, rate * 2
+    else:
+        return good, trials
+    low, high = (good.rate if good else 0.0), rate
+    for _ in range(BISECTIONS):
+        mid = (low + high) / 2
+        t = run(mid)
+        if t.holds:
+            good, low = t, mid
+        else:
+            high = mid
+    return good, trials
+
+
+def main() -> None:
+    print(
+        f"this machine: {os.cpu_count()} CPUs; each trial {DURATION_S:.0f} s of Poisson arrivals, {OUTPUT} tokens out"
+    )
+    with tempfile.TemporaryDirectory() as tmp_name, truth_server(0, 0, Path(tmp_name) / "truth.jsonl") as url:
+        tmp = Path(tmp_name)
+        workload = tmp / "w.yaml"
+        workload.write_text(WORKLOAD)
+        server = next(p for p in psutil.Process().children() if "truth_server.py" in " ".join(p.cmdline()))
+        one, _ = search(workload, url, server, 1, tmp)
+        two, _ = search(workload, url, server, 2, tmp)
+    b = Bounds("scale-out: Poisson rate held (lag p99 <= 5 ms, read delay p99 <= 1 ms, no errors)")
+    if one is None or two is None:
+        print("  a setting held no rate at all")
+        raise SystemExit(1)
+    for label, t in (("1 process", one), ("2 workers", two)):
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items())
+        loadgen_cpu = sum(v for k, v in t.cpu.items() if k != "server")
+        per_token_us = loadgen_cpu / t.tokens_per_s * 1e6 if t.tokens_per_s else float("nan")
+        print(f"  {label}: {t.rate:,.0f} req/s, {t.tokens_per_s:,.0f} tok/s; CPU (share of one core): {shares}")
+        print(f"    loadgen client CPU per streamed token: {per_token_us:.1f} us (all its processes)")
+        if "master" in t.cpu:
+            rows_per_s = t.rows / DURATION_S
+            per_row_us = t.cpu["master"] / rows_per_s * 1e6
+            print(f"    master CPU per row received: {per_row_us:.0f} us ({rows_per_s:,.0f} rows/s)")
+    b.check("rate held, 1 process", one.rate, ">=", 1.0, "req/s")
+    b.check("rate held, 2 workers", two.rate, ">=", 1.0, "req/s")
+    b.check("2 workers / 1 process", two.rate / one.rate, ">=", BOUND_RATIO, "x")
+    b.finish()
+
+
+if __name__ == "__main__":
+    main()
