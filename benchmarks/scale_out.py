@@ -2,10 +2,12 @@
 
 Against the truth server without delays (each 16-token answer written at once, so that the client, not the
 server, is the bottleneck), each setting's rate is searched (doubling, then bisecting): a rate holds when the
-run's lag p99 <= 5 ms, loadgen's own read-delay p99 <= 1 ms (every worker's), and no request fails. Bound: 2
+run's lag p99 <= 5 ms, loadgen's own read-delay p99 <= 1 ms (every worker's), and no request fails, in most of
+three trials (a p99 over 8 s is noisy; the same rule for both settings). Bound: 2
 workers hold >= 1.6x the rate of 1. Printed beside it: the CPU share of the master, each worker and the server
-over the load (from /proc, sampled every 0.25 s), loadgen's client CPU per streamed token, and the master's CPU
-per row it received, the inputs of the README's capacity model.
+over the load and the share of it each spent runnable but waiting for a CPU (both from /proc/PID/schedstat,
+sampled every 0.25 s), loadgen's client CPU per streamed token, and the master's CPU per row it received, the
+inputs of the README's capacity model.
 
     python benchmarks/scale_out.py
 """
@@ -27,6 +29,9 @@ from common import Bounds, query, truth_server
 OUTPUT, DURATION_S, SAMPLE_S = 16, 8.0, 0.25
 LAG_P99_MS, READ_DELAY_P99_MS = 5.0, 1.0
 START_RATE, MAX_RATE, BISECTIONS = 100.0, 6400.0, 4
+# A rate holds when most of its trials hold: the bounds are p99s of an 8 s run on a shared VM, where one trial
+# in several meets a burst of interference (a p99 several times the others at the same rate).
+REPEATS = 3
 BOUND_RATIO = 1.6
 
 WORKLOAD = f"""
@@ -49,35 +54,46 @@ class Trial:
     tokens_per_s: float
     rows: int
     cpu: dict[str, float]  # process -> CPU share of one core over the load window
+    waits: dict[str, float]  # process -> share of the window it was runnable but waited for a CPU
     window_s: float
 
 
-def _cpu_s(p: psutil.Process) -> float | None:
+def _sched(p: psutil.Process) -> tuple[float, float] | None:
+    """Seconds on a CPU and seconds runnable but waiting for one (the kernel's run-queue delay), summed over the
+    process's threads (a database writer thread, ZeroMQ's I/O thread)."""
+    on_cpu = waiting = 0
     try:
-        t = p.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return None
+        tasks = list(Path(f"/proc/{p.pid}/task").iterdir())
+    except OSError:
+        return None  # the process has ended
+    for task in tasks:
+        try:
+            ran, waited, _ = (task / "schedstat").read_text().split()
+        except OSError:
+            continue  # a thread that has just ended
+        on_cpu, waiting = on_cpu + int(ran), waiting + int(waited)
+    return on_cpu / 1e9, waiting / 1e9
 
 
 def trial(workload: Path, url: str, server: psutil.Process, workers: int, rate: float, tmp: Path) -> Trial:
-    db = tmp / f"w{workers}-{rate:.0f}.duckdb"
+    db = tmp / f"w{workers}-{rate:.0f}-{len(list(tmp.glob('*.duckdb')))}.duckdb"
     log = tmp / "truth.jsonl"
     log_at = log.stat().st_size if log.exists() else 0
     args = [sys.executable, "-m", "loadgen", "run", str(workload), "--db", str(db), "--endpoint", url]
     args += ["--set", f"load.rate={rate}", "--workers", str(workers)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     master = psutil.Process(proc.pid)
-    samples: list[tuple[float, dict[str, float]]] = []
+    samples: list[tuple[float, dict[str, tuple[float, float]]]] = []
+    names = {"server": server, "master" if workers > 1 else "loadgen": master}
     while proc.poll() is None:
-        names = {"server": server, "master" if workers > 1 else "loadgen": master}
-        try:
-            kids = [c for c in master.children() if "worker" in c.cmdline()]
-        except psutil.Error:
-            kids = []
-        for c in sorted(kids, key=lambda c: c.pid):
-            names[f"worker {len(names) - 2}"] = c
-        cpu = {name: s for name, p in names.items() if (s := _cpu_s(p)) is not None}
+        if len(names) < 2 + (workers if workers > 1 else 0):
+            try:
+                kids = sorted((c for c in master.children() if "worker" in c.cmdline()), key=lambda c: c.pid)
+            except psutil.Error:
+                kids = []
+            if len(kids) == workers:
+                names.update({f"worker {i}": c for i, c in enumerate(kids)})
+        cpu = {name: s for name, p in names.items() if (s := _sched(p)) is not None}
         samples.append((time.monotonic(), cpu))
         time.sleep(SAMPLE_S)
     err = proc.stderr.read() if proc.stderr else ""
@@ -88,19 +104,22 @@ def trial(workload: Path, url: str, server: psutil.Process, workers: int, rate: 
     # (The server's log is buffered: a trial's last lines may still be unwritten, an earlier one's appear late.)
     with open(log, "rb") as f:
         f.seek(log_at)
-        sent = [t for line in f.read().splitlines()[:-1] if (t := orjson.loads(line)["sent"][0]) >= samples[0][0]]
+        records = [orjson.loads(line) for line in f.read().splitlines()[:-1]]
+    # The run's own requests (not the endpoint check's one-token ones), from this trial.
+    sent = [r["sent"][0] for r in records if r["max_tokens"] == OUTPUT and r["sent"][0] >= samples[0][0]]
     inside = [i for i, (t, _) in enumerate(samples) if sent and min(sent) <= t <= max(sent)]
     if len(inside) < 2:
         raise SystemExit(f"the load window at {rate:.0f} req/s held fewer than two CPU samples")
     (t0, c0), (t1, c1) = samples[inside[0]], samples[inside[-1]]
     window = t1 - t0
-    cpu = {name: (c1[name] - c0[name]) / window for name in c1 if name in c0}
+    cpu = {name: (c1[name][0] - c0[name][0]) / window for name in c1 if name in c0}
+    waits = {name: (c1[name][1] - c0[name][1]) / window for name in c1 if name in c0}
     ((lag, tokens, errors, not_sent, requests),) = query(
         db, "SELECT lag_p99_ms, output_tokens_per_s, errors, not_sent, requests FROM summary"
     )
     ((delay,),) = query(db, "SELECT max(client_delay_p99_ms) FROM workers")
     holds = lag <= LAG_P99_MS and delay <= READ_DELAY_P99_MS and errors == 0 and not_sent == 0
-    return Trial(rate, holds, lag, delay, errors + not_sent, tokens or 0.0, requests, cpu, window)
+    return Trial(rate, holds, lag, delay, errors + not_sent, tokens or 0.0, requests, cpu, waits, window)
 
 
 def search(workload: Path, url: str, server: psutil.Process, workers: int, tmp: Path) -> tuple[Trial | None, list]:
@@ -108,16 +127,23 @@ def search(workload: Path, url: str, server: psutil.Process, workers: int, tmp: 
     trials: list[Trial] = []
 
     def run(rate: float) -> Trial:
-        t = trial(workload, url, server, workers, rate, tmp)
-        trials.append(t)
-        verdict = "holds" if t.holds else "fails"
-        print(
-            f"  {workers} worker(s) {rate:7.0f} req/s: {verdict}  lag p99 {t.lag_p99_ms:6.2f} ms, read delay p99 "
-            f"{t.read_delay_p99_ms:5.2f} ms, errors {t.errors}, CPU "
-            + ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items()),
-            flush=True,
-        )
-        return t
+        """The rate's trials, until most of them have held or failed; the last of the majority."""
+        held: list[Trial] = []
+        failed: list[Trial] = []
+        while max(len(held), len(failed)) <= REPEATS // 2:
+            t = trial(workload, url, server, workers, rate, tmp)
+            trials.append(t)
+            (held if t.holds else failed).append(t)
+            verdict = "holds" if t.holds else "fails"
+            print(
+                f"  {workers} worker(s) {rate:7.0f} req/s: {verdict}  lag p99 {t.lag_p99_ms:6.2f} ms, read delay p99 "
+                f"{t.read_delay_p99_ms:5.2f} ms, errors {t.errors}; CPU "
+                + ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items())
+                + "; waiting for a CPU "
+                + ", ".join(f"{k} {v:.1%}" for k, v in t.waits.items()),
+                flush=True,
+            )
+        return held[-1] if len(held) > len(failed) else failed[-1]
 
     good: Trial | None = None
     rate = START_RATE
@@ -156,9 +182,11 @@ def main() -> None:
         raise SystemExit(1)
     for label, t in (("1 process", one), ("2 workers", two)):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items())
+        waits = ", ".join(f"{k} {v:.1%}" for k, v in t.waits.items())
         loadgen_cpu = sum(v for k, v in t.cpu.items() if k != "server")
         per_token_us = loadgen_cpu / t.tokens_per_s * 1e6 if t.tokens_per_s else float("nan")
         print(f"  {label}: {t.rate:,.0f} req/s, {t.tokens_per_s:,.0f} tok/s; CPU (share of one core): {shares}")
+        print(f"    runnable but waiting for a CPU (share of the load's time): {waits}")
         print(f"    loadgen client CPU per streamed token: {per_token_us:.1f} us (all its processes)")
         if "master" in t.cpu:
             rows_per_s = t.rows / DURATION_S

@@ -82,7 +82,7 @@ class Server:
         )
         usage = orjson.dumps({"prompt_tokens": len(prompt.split()), "completion_tokens": n})
         tail = chunk(b'data: {"choices":[],"usage":' + usage + b"}\n\ndata: [DONE]\n\n") + b"0\r\n\r\n"
-        record = {"key": prompt_key(prompt), "recv": arrived, "sent": []}
+        record = {"key": prompt_key(prompt), "recv": arrived, "sent": [], "max_tokens": n}
         if self.ttft_s == 0 and self.itl_s == 0:
             record["sent"].append(time.perf_counter())
             sock.sendall(HEAD + chunk(event * n) + tail)

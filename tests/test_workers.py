@@ -202,3 +202,37 @@ def test_a_worker_without_the_api_key_fails_with_one_line_before_sending(write, 
 def test_worker_and_master_addresses_are_checked(write, bad):
     res = loadgen("worker", "--master", bad)
     assert res.returncode == 2 and "HOST:PORT" in res.stderr
+
+
+def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
+    import socket
+
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        "name: late\nendpoint: ep.yaml\nload: {arrival: constant, rate: 10, concurrency: 2}\n"
+        "requests: {prompt_tokens: 32, output_tokens: 4}\nstop: {requests: 80}\n",
+    )
+    db = tmp_path / "late.duckdb"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{s.getsockname()[1]}"
+    master = subprocess.Popen(
+        [*COMMAND, "master", str(w), "--db", str(db), "--expect-workers", "1", "--bind", where],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    first = subprocess.Popen([*COMMAND, "worker", "--master", where], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(4)  # the first worker has connected and the run started (its load lasts 8 s)
+    late = loadgen("worker", "--master", where, timeout=60)
+    _, err = master.communicate(timeout=90)
+    first.wait(timeout=30)
+    assert late.returncode == 1 and "had started before this worker connected" in late.stderr, late.stderr
+    assert master.returncode == 0, err
+    assert query(db, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(80, 80)]
+    # Locust moved a user onto the newcomer and back: a request it had in hand may be cut short or never sent.
+    statuses = dict(query(db, "SELECT status, count(*) FROM requests GROUP BY 1"))
+    assert set(statuses) <= {"ok", "interrupted", "not_sent"} and statuses["ok"] >= 75, statuses
+    assert query(db, "SELECT worker, status FROM workers") == [(0, "finished")]

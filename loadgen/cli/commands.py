@@ -73,7 +73,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from loadgen.load.worker import Worker, WorkerRefused
+    from loadgen.load.worker import Worker, WorkerLate, WorkerRefused
 
     host, port = address("--master", args.master)
     try:
@@ -85,6 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return worker.serve()
     except WorkerRefused as e:
         raise SpecError("worker", str(e)) from None
+    except WorkerLate as e:
+        raise Failure(str(e)) from None
 
 
 @contextmanager

@@ -118,6 +118,7 @@ class Master(drive.Load):
             wire.FINISHED: self._on_finished,
         }.items():
             self.runner.register_message(name, handler)
+        self._told_late: dict[str, float] = {}
 
     # -- messages from workers (run on the master's event loop, in arrival order per worker) --
 
@@ -220,6 +221,17 @@ class Master(drive.Load):
         for node in self._live():
             self.runner.send_message(kind, data, node.client_id)
 
+    def _turn_away_late(self) -> None:
+        """A worker that connects once the run has its workers takes no part; it is told so (again each second,
+        as a message that reaches it before it has set up is dropped). Locust has already moved some users onto
+        it, cutting short a request they had in hand (recorded as interrupted or not sent); they come back when it
+        has left."""
+        now = time.perf_counter()
+        for client_id in self.runner.clients:
+            if client_id not in self.nodes and now - self._told_late.get(client_id, 0.0) > 1.0:
+                self._told_late[client_id] = now
+                self.runner.send_message(wire.LATE, {}, client_id)
+
     def _check_lost(self) -> None:
         """Locust marks a worker missing when its heartbeats stop (a few seconds), or forgets one that quit."""
         for node in self._live():
@@ -230,6 +242,7 @@ class Master(drive.Load):
     def step(self, users_running: int) -> int | None:
         """Advance the stages as far as possible; the users wanted now, or None when the run is over."""
         self._check_lost()
+        self._turn_away_late()
         live = self._live()
         if not live:
             self.failure = self.failure or "every worker was lost"

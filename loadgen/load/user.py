@@ -32,12 +32,15 @@ class StreamUser(User):
     ctx: ClassVar[RunState]  # set by the engine on a subclass made for the run
 
     def on_start(self) -> None:
+        while self.ctx is None:  # a worker's users before the run reaches it (a late worker's, for good)
+            gevent.sleep(0.1)
         c, d = self.ctx, self.ctx.description
         self.http = StreamClient(d.base_url, c.headers, d.timeouts, c.read_delays)
         self.http.connect()
 
     def on_stop(self) -> None:
-        self.http.close()
+        if hasattr(self, "http"):  # not when stopped before the run reached it
+            self.http.close()
 
     @task
     def send_next(self) -> None:

@@ -22,6 +22,7 @@ PREPARE = "lg_prepare"  # {stage}: say when all your users wait for the stage
 OPEN = "lg_open"  # {stage, start_s, slots, first_id}: send your share from start_s (run clock)
 STOP = "lg_stop"  # {}: no new sends (Ctrl-C on the master, or the run cannot go on)
 FINISH = "lg_finish"  # {}: end in-flight requests, send every row, report your timing
+LATE = "lg_late"  # {}: the run started without you; leave
 # worker -> master
 CLOCK_REPLY = "lg_clock_reply"  # {seq, t}
 JOINED = "lg_joined"  # {} or {refused: reason}: ready to run, or cannot (a missing API key, say)

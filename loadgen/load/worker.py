@@ -41,6 +41,10 @@ class WorkerRefused(Exception):
     """This worker cannot take part in the run (its API key is missing, say); the master has been told."""
 
 
+class WorkerLate(Exception):
+    """This worker connected after the run had started."""
+
+
 def api_headers(description: RunDescription) -> dict[str, str]:
     """This process's request headers: the API key from its own environment, never from the wire."""
     if description.api_key_env is None:
@@ -53,12 +57,13 @@ def api_headers(description: RunDescription) -> dict[str, str]:
 
 class Worker:
     def __init__(self, master_host: str, master_port: int):
-        self.user_class: type[StreamUser] = type("LLMUser", (StreamUser,), {"abstract": False})
+        self.user_class: type[StreamUser] = type("LLMUser", (StreamUser,), {"abstract": False, "ctx": None})
         self.env = Environment(user_classes=[self.user_class])
         self.runner = self.env.create_worker_runner(master_host, master_port)
         self.ctx: RunState | None = None
         self.monitor = DelayMonitor()
-        self.refused: str | None = None
+        self.refused: str | None = None  # cannot take part: its input is wrong (exit 2)
+        self.left_out: str | None = None  # came too late to take part (exit 1)
         self.signum: int | None = None
         self.finished = gevent.event.Event()
         for name, handler in {
@@ -68,6 +73,7 @@ class Worker:
             wire.OPEN: self._on_open,
             wire.STOP: self._on_stop,
             wire.FINISH: self._on_finish,
+            wire.LATE: self._on_late,
         }.items():
             self.runner.register_message(name, handler)
 
@@ -150,6 +156,12 @@ class Worker:
         if self.ctx is not None and self.ctx.dispatch is not None:
             self.ctx.dispatch.stop()
 
+    def _on_late(self, msg: Any, **_: Any) -> None:
+        if self.left_out is None:
+            self.left_out = "the master's run had started before this worker connected: it took no part"
+            self.env.events.quitting.fire(environment=self.env)  # Locust tells the master this worker is gone
+            self.finished.set()
+
     def _on_finish(self, msg: Any, **_: Any) -> None:
         gevent.spawn(self._finish)
 
@@ -182,7 +194,7 @@ class Worker:
             while len(self.runner.greenlet):  # Locust's quit empties the runner's group
                 if self.finished.is_set():
                     finished_at = finished_at or time.perf_counter()
-                    wait_s = LEAVE_S if self.signum is not None else QUIT_WAIT_S
+                    wait_s = LEAVE_S if self.signum is not None or self.left_out else QUIT_WAIT_S
                     if time.perf_counter() - finished_at > wait_s:
                         break
                 gevent.sleep(0.05)
@@ -192,4 +204,6 @@ class Worker:
             self.runner.quit()
         if self.refused is not None:
             raise WorkerRefused(self.refused)
+        if self.left_out is not None:
+            raise WorkerLate(self.left_out)
         return 0 if self.signum is None else 128 + self.signum
