@@ -1,13 +1,14 @@
 """Scale-out: the highest Poisson rate loadgen holds with 1 process and with 2 workers, on this machine.
 
 Against the truth server without delays (each 16-token answer written at once, so that the client, not the
-server, is the bottleneck), each setting's rate is searched (doubling, then bisecting): a rate holds when the
-run's lag p99 <= 5 ms, loadgen's own read-delay p99 <= 1 ms (every worker's), and no request fails, in most of
-three trials (a p99 over 8 s is noisy; the same rule for both settings). Bound: 2
-workers hold >= 1.6x the rate of 1. Printed beside it: the CPU share of the master, each worker and the server
-over the load and the share of it each spent runnable but waiting for a CPU (both from /proc/PID/schedstat,
-sampled every 0.25 s), loadgen's client CPU per streamed token, and the master's CPU per row it received, the
-inputs of the README's capacity model.
+server, is the bottleneck), each setting's rate is searched (doubling, then bisecting), the two searches taking
+turns so that a slow spell of this shared machine falls on both alike. A rate holds when the run's lag p99 <= 5
+ms, loadgen's own read-delay p99 <= 1 ms (every worker's) and no request fails, in most of three trials (a p99
+over 8 s is noisy; the same rule for both settings). Bound: 2 workers hold >= 1.6x the rate of 1.
+
+Printed beside it: each process's CPU share (master, workers, server) over the load and the share of that time
+it was runnable but waiting for a CPU (both from /proc/PID/task/*/schedstat, sampled every 0.25 s); loadgen's
+client CPU per streamed token; the master's CPU per row received: the inputs of the README's capacity model.
 
     python benchmarks/scale_out.py
 """
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,47 +124,46 @@ def trial(workload: Path, url: str, server: psutil.Process, workers: int, rate: 
     return Trial(rate, holds, lag, delay, errors + not_sent, tokens or 0.0, requests, cpu, waits, window)
 
 
-def search(workload: Path, url: str, server: psutil.Process, workers: int, tmp: Path) -> tuple[Trial | None, list]:
-    """Double the rate until a trial fails, then bisect between the last that held and the first that failed."""
-    trials: list[Trial] = []
+def measure(workload: Path, url: str, server: psutil.Process, workers: int, rate: float, tmp: Path) -> Trial:
+    """The rate's trials, until most of them have held or failed; the last of the majority."""
+    held: list[Trial] = []
+    failed: list[Trial] = []
+    while max(len(held), len(failed)) <= REPEATS // 2:
+        t = trial(workload, url, server, workers, rate, tmp)
+        (held if t.holds else failed).append(t)
+        verdict = "holds" if t.holds else "fails"
+        print(
+            f"  {workers} worker(s) {rate:7.0f} req/s: {verdict}  lag p99 {t.lag_p99_ms:6.2f} ms, "
+            f"read delay p99 {t.read_delay_p99_ms:5.2f} ms, errors {t.errors}; CPU "
+            + ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items())
+            + "; waiting for a CPU "
+            + ", ".join(f"{k} {v:.1%}" for k, v in t.waits.items()),
+            flush=True,
+        )
+    return held[-1] if len(held) > len(failed) else failed[-1]
 
-    def run(rate: float) -> Trial:
-        """The rate's trials, until most of them have held or failed; the last of the majority."""
-        held: list[Trial] = []
-        failed: list[Trial] = []
-        while max(len(held), len(failed)) <= REPEATS // 2:
-            t = trial(workload, url, server, workers, rate, tmp)
-            trials.append(t)
-            (held if t.holds else failed).append(t)
-            verdict = "holds" if t.holds else "fails"
-            print(
-                f"  {workers} worker(s) {rate:7.0f} req/s: {verdict}  lag p99 {t.lag_p99_ms:6.2f} ms, read delay p99 "
-                f"{t.read_delay_p99_ms:5.2f} ms, errors {t.errors}; CPU "
-                + ", ".join(f"{k} {v:.0%}" for k, v in t.cpu.items())
-                + "; waiting for a CPU "
-                + ", ".join(f"{k} {v:.1%}" for k, v in t.waits.items()),
-                flush=True,
-            )
-        return held[-1] if len(held) > len(failed) else failed[-1]
 
+def search() -> Generator[float, Trial, Trial | None]:
+    """Rates to try: double until one fails, then bisect between the last that held and the first that failed.
+    Sent each rate's verdict; returns the highest rate that held."""
     good: Trial | None = None
     rate = START_RATE
     while rate <= MAX_RATE:
-        t = run(rate)
+        t = yield rate
         if not t.holds:
             break
         good, rate = t, rate * 2
     else:
-        return good, trials
+        return good
     low, high = (good.rate if good else 0.0), rate
     for _ in range(BISECTIONS):
         mid = (low + high) / 2
-        t = run(mid)
+        t = yield mid
         if t.holds:
             good, low = t, mid
         else:
             high = mid
-    return good, trials
+    return good
 
 
 def main() -> None:
@@ -174,8 +175,19 @@ def main() -> None:
         workload = tmp / "w.yaml"
         workload.write_text(WORKLOAD)
         server = next(p for p in psutil.Process().children() if "truth_server.py" in " ".join(p.cmdline()))
-        one, _ = search(workload, url, server, 1, tmp)
-        two, _ = search(workload, url, server, 2, tmp)
+        # The two searches take turns, so that a slow spell of this shared machine falls on both alike.
+        searches = {1: search(), 2: search()}
+        rates = {w: next(s) for w, s in searches.items()}
+        found: dict[int, Trial | None] = {}
+        while rates:
+            for workers in list(rates):
+                t = measure(workload, url, server, workers, rates[workers], tmp)
+                try:
+                    rates[workers] = searches[workers].send(t)
+                except StopIteration as done:
+                    found[workers] = done.value
+                    del rates[workers]
+        one, two = found[1], found[2]
     b = Bounds("scale-out: Poisson rate held (lag p99 <= 5 ms, read delay p99 <= 1 ms, no errors)")
     if one is None or two is None:
         print("  a setting held no rate at all")

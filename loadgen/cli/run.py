@@ -268,8 +268,11 @@ def _run_master(
             master.on_progress = view.update
             outcome = drive.run_headless(master)
     except MasterError as e:
-        master.runner.quit()
+        master.runner.quit()  # workers that connected leave at once
         raise Failure(str(e)) from None
+    except KeyboardInterrupt:  # before the load started
+        master.runner.quit()
+        raise
     finally:
         if spawned is not None:
             spawned.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from loadgen.children import die_with_parent
@@ -38,7 +39,14 @@ class LocalWorkers:
         return None
 
     def stop(self) -> None:
-        """After the master's quit they exit by themselves; any still there after a while is ended."""
+        """After the master's quit they exit by themselves; any still there after a while is asked to stop
+        (SIGTERM: it sends what it has and leaves), then killed."""
+        deadline = time.monotonic() + EXIT_WAIT_S
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
         for proc in self.procs:
             try:
                 proc.wait(timeout=EXIT_WAIT_S)

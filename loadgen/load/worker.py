@@ -148,6 +148,8 @@ class Worker:
             d.stop()
         ctx.open_stage(d)
         while not d.done:
+            if ctx.recorder.write_error is not None:  # rows can no longer reach the master: send no more
+                d.stop()
             gevent.sleep(POLL_S)
         ctx.close_stage()
         self._send(wire.STAGE_DONE, {"stage": index, "next_id": d.next_id})
