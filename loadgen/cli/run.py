@@ -252,7 +252,8 @@ def _run_master(
             if spawned is not None and (why := spawned.failed()):
                 raise MasterError(f"a worker process failed: {why}")
             if spawned is None and connected:
-                show.err.print(f"master: {connected} of {scale.expect} workers connected", highlight=False)
+                done = ": starting" if connected >= scale.expect else ""
+                show.err.print(f"master: {connected} of {scale.expect} workers connected{done}", highlight=False)
 
         master.wait_for_workers(scale.expect, SPAWN_TIMEOUT_S if spawned else None, waiting)
         master.join()

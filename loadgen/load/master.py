@@ -177,6 +177,7 @@ class Master(drive.Load):
             if deadline is not None and time.perf_counter() > deadline:
                 raise MasterError(f"only {said} of {expect} workers connected within {timeout_s:.0f} s")
             gevent.sleep(0.05)
+        on_wait(len(self.runner.clients))
         for client_id in list(self.runner.clients):
             self.nodes[client_id] = Node(client_id, self.runner.get_worker_index(client_id))
 
