@@ -121,7 +121,7 @@ def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     db = tmp_path / "k.duckdb"
     proc = _run(w, db)
     victim = _workers_of(proc, 2)[1]
-    time.sleep(4)  # both workers have sent for a while (the stage starts about 1 s after the workers)
+    time.sleep(6)  # both workers have sent for a while (the load starts a few seconds after they do)
     victim.kill()
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
@@ -137,7 +137,7 @@ def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     # recorded as not sent because the worker was lost; the other worker's requests all completed.
     assert sum(rows.values()) == 100
     assert [r[0] for r in query(db, "SELECT request_id FROM requests ORDER BY 1")] == list(range(100))
-    assert rows.get((lost[0], "ok"), 0) >= 10 and rows.get((lost[0], "worker_lost"), 0) >= 10
+    assert rows.get((lost[0], "ok"), 0) >= 5 and rows.get((lost[0], "worker_lost"), 0) >= 5
     assert rows[(1 - lost[0], "ok")] == 50
     assert query(db, "SELECT DISTINCT status FROM requests WHERE error = 'worker_lost'") == [("not_sent",)]
 
