@@ -44,7 +44,7 @@ class RequestResult:
     server_prompt_tokens: int | None = None
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
-    worker: int = 0  # the load-generating process that sent it (0 in a single-process run)
+    worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)
 
     @property
     def first_token_s(self) -> float | None:
