@@ -42,6 +42,7 @@ class RequestResult:
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None
     server_prompt_tokens: int | None = None
+    server_cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
     worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)

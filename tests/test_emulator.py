@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from conftest import ROOT
 from loadgen.emulator.engine import Seq, build
 from loadgen.emulator.launch import BackgroundEmulator
+from loadgen.emulator.prefix import PrefixCache, block_keys
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import load_profile
 from loadgen.spec import load_endpoint
@@ -76,15 +78,16 @@ def emulate(**kw) -> EmulateSpec:
     return EmulateSpec.model_validate(kw)
 
 
-async def drive(backend, requests: list[tuple[int, int, float]]) -> list[list[float]]:
-    """Submit (prompt, target, at_s) requests and return each one's token release times."""
+async def drive(backend, requests: list[tuple]) -> list[list[float]]:
+    """Submit (prompt, target, at_s[, block keys]) requests and return each one's token release times, on the
+    clock of the first submission."""
     loop = asyncio.get_running_loop()
     backend.start()
     t0 = loop.time()
 
-    async def one(prompt: int, target: int, at: float) -> list[float]:
+    async def one(prompt: int, target: int, at: float, keys: tuple = ()) -> list[float]:
         await asyncio.sleep(at)
-        seq = Seq(prompt, target)
+        seq = Seq(prompt, target, keys)
         backend.submit(seq)
         times = []
         while n := await seq.take():
@@ -132,6 +135,33 @@ def test_disaggregated_link_delays_the_hand_over():
     assert s[0] - f[0] == pytest.approx(expected, rel=0.15)
 
 
+def test_prefix_cache_keys_blocks_by_their_whole_prefix_and_evicts_the_least_recent():
+    a = block_keys(list(range(40)), 16)  # two full blocks; the last 8 tokens are no block
+    assert len(a) == 2 and block_keys(list(range(32)) + [99] * 8, 16) == a
+    assert block_keys([7] + list(range(1, 40)), 16)[1] != a[1]  # same second block, other first: another key
+    cache = PrefixCache(capacity_blocks=3, block=16)
+    assert cache.lookup(a, 40) == 0
+    cache.insert(a)
+    assert cache.lookup(a, 40) == 32 and cache.lookup(a, 32) == 31  # the last prompt token is always computed
+    cache.insert(block_keys(list(range(100, 132)), 16))  # two more blocks: the oldest (a's first) goes
+    assert cache.lookup(a, 40) == 0 and (cache.queried_tokens, cache.hit_tokens) == (40 * 3 + 32, 32 + 31)
+
+
+def test_cached_prefixes_skip_prefill_and_a_kv_transfer_the_decode_side_holds():
+    keys = tuple(block_keys(list(range(2048)), 16))
+    gpu = build(emulate(engine="gpu", hardware="h100-sxm"))
+    cold, warm = asyncio.run(drive(gpu, [(2048, 2, 0, keys), (2048, 2, 0.3, keys)]))
+    assert warm[0] - 0.3 < 0.25 * cold[0]  # 2047 of 2048 tokens cached: one token's prefill, attending to all
+    off = build(emulate(engine="gpu", hardware="h100-sxm", serving={"enable_prefix_caching": False}))
+    cold, again = asyncio.run(drive(off, [(2048, 2, 0, keys), (2048, 2, 0.3, keys)]))
+    assert again[0] - 0.3 == pytest.approx(cold[0], rel=0.1)
+    gpu_side = {"engine": "gpu", "hardware": "h100-sxm"}
+    pair = build(emulate(engine="disaggregated", prefill=gpu_side, decode=gpu_side, link={"gbps": 10}))
+    first, second = asyncio.run(drive(pair, [(2048, 2, 0, keys), (2048, 2, 1.5, keys)]))
+    transfer = 2048 * M.kv_bytes_per_token * 8 / 10e9  # 0.86 s: the first pays it, the second holds it all
+    assert first[0] > transfer and second[0] - 1.5 < 0.1 * transfer
+
+
 @pytest.fixture(scope="module")
 def server():
     endpoint = load_endpoint(ROOT / "endpoints" / "emulated-h100.yaml")
@@ -177,6 +207,35 @@ def test_openai_client_completions_with_token_ids_and_without_stream(server):
         model="llama-2-7b", prompt="a b", max_tokens=3, stream=True, extra_body={"ignore_eos": True}
     )
     assert "".join(x.choices[0].text for x in stream if x.choices).split() == ["the", "model", "says"]
+
+
+def test_a_shared_prompt_prefix_is_reported_cached_and_answers_sooner(server):
+    words = [f"w{i}" for i in range(2048)]
+    c = client(server)
+
+    def ask(prompt: list[str]) -> tuple[float, int]:
+        t = time.perf_counter()
+        stream = c.chat.completions.create(
+            model="llama-2-7b",
+            messages=[{"role": "user", "content": " ".join(prompt)}],
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        first = None
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t
+            usage = chunk.usage
+        assert first is not None and usage is not None
+        return first, usage.prompt_tokens_details.cached_tokens
+
+    ask(["warm", "up", "the", "connection"])
+    cold_s, cold_cached = ask(words)
+    warm_s, warm_cached = ask(words[:1843] + [f"new{i}" for i in range(205)])  # 90% shared
+    assert cold_cached == 0 and warm_cached == 1840  # 115 whole blocks of 16
+    assert warm_s < 0.5 * cold_s
 
 
 def test_min_tokens_and_ignore_eos_are_honoured(server):

@@ -270,3 +270,26 @@ def test_trace_fetch_from_a_loopback_mirror(tmp_path):
     finally:
         httpd.shutdown()
     assert loadgen("trace", "fetch", "nope").returncode == 2
+
+
+def test_shared_trace_prefixes_hit_the_emulators_prefix_cache(write, tmp_path):
+    # Three conversations of two requests each: the second of each resends the first's blocks and one more.
+    rows = []
+    for conv in range(3):
+        first = [100 * conv + 1, 100 * conv + 2]
+        rows.append({"timestamp": 400 * conv, "input_length": 1024, "output_length": 4, "hash_ids": first})
+        rows.append({"timestamp": 400 * conv + 200, "input_length": 1536, "output_length": 4, "hash_ids": first + [9]})
+    trace = write("t.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in rows))
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        f"name: pc\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {trace}, format: mooncake}}}}\n",
+    )
+    db = tmp_path / "pc.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    got = con.execute("SELECT prompt_tokens, cached_tokens, ttft_ms FROM requests ORDER BY request_id").fetchall()
+    # A first request finds nothing cached; its follow-up finds the 1024 tokens of its two blocks.
+    assert [(p, c) for p, c, _ in got] == [(1024, 0), (1536, 1024)] * 3
+    assert all(again[2] < first[2] for first, again in zip(got[::2], got[1::2], strict=True))

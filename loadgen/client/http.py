@@ -51,6 +51,7 @@ class _Received:
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None
     server_prompt_tokens: int | None = None
+    server_cached_tokens: int | None = None
     end_s: float | None = None
 
 
@@ -91,6 +92,7 @@ class Attempt:
             event_tokens=got.event_tokens,
             usage_completion_tokens=got.usage_completion_tokens,
             server_prompt_tokens=got.server_prompt_tokens,
+            server_cached_tokens=got.server_cached_tokens,
             text_parts=got.text_parts,
         )
 
@@ -313,6 +315,8 @@ class StreamClient:
                     got.usage_completion_tokens = c.completion_tokens
                 if c.prompt_tokens is not None:
                     got.server_prompt_tokens = c.prompt_tokens
+                if c.cached_tokens is not None:
+                    got.server_cached_tokens = c.cached_tokens
             if kernel:  # several output events in one late read may have arrived apart: bound that error
                 self.delays.add(read_at - arrived if len(times) - had > 1 else 0.0)
             if not chunk:

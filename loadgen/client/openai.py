@@ -16,6 +16,7 @@ class Chunk:
     text: str = ""  # generated text it added
     completion_tokens: int | None = None  # usage.completion_tokens, when present
     prompt_tokens: int | None = None  # usage.prompt_tokens, when present
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
     done: bool = False  # the [DONE] sentinel
     error: str | None = None  # a short reason when the payload is malformed or reports an error
     error_kind: ErrorKind | None = None  # malformed (not what the API sends) | stream_error (the server's error)
@@ -51,6 +52,9 @@ def read_chunk(payload: bytes) -> Chunk:
         ct, pt = usage.get("completion_tokens"), usage.get("prompt_tokens")
         out.completion_tokens = ct if isinstance(ct, int) else None
         out.prompt_tokens = pt if isinstance(pt, int) else None
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        out.cached_tokens = cached if isinstance(cached, int) and not isinstance(cached, bool) else None
     return out
 
 

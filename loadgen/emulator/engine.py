@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from loadgen.emulator.prefix import PrefixCache
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
 from loadgen.spec.endpoint import EmulateSpec, EngineSpec, LinkSpec, Serving
@@ -33,12 +34,16 @@ class Seq:
         "done",
         "cancelled",
         "prefill_s",
+        "keys",
+        "cached",
         "on_tokens",
         "_waiter",
     )
 
-    def __init__(self, prompt: int, target: int):
+    def __init__(self, prompt: int, target: int, keys: Sequence[int] = ()):
         self.prompt, self.target = prompt, target
+        self.keys = keys  # its prompt's block keys, for the prefix cache (prefix.py)
+        self.cached = 0  # prompt tokens found in the prefix cache
         self.prefilled = 0  # prompt tokens in the KV cache
         self.generated = 0  # output tokens produced
         self.pending = 0  # produced but not yet taken by the HTTP handler
@@ -180,6 +185,7 @@ class Engine:
             q.prefill_s += step.duration_s
             self.prompt_tokens_total += n
             if q.prefilled >= q.prompt and not q.cancelled:
+                self.cache_prefix(q)
                 self.on_prefilled(q)
         for q in step.decode:
             if not q.cancelled and not q.done:
@@ -187,6 +193,9 @@ class Engine:
 
     def hand_off(self, seq: Seq) -> None:
         raise NotImplementedError
+
+    def cache_prefix(self, seq: Seq) -> None:
+        """Its prefill is done (an engine with a prefix cache keeps its blocks)."""
 
     def retire(self, seq: Seq) -> None:
         """The sequence is done (or its client left): free its place and wake its handler, which returns."""
@@ -215,6 +224,8 @@ class GpuEngine(Engine):
         self.queue: deque[Seq] = deque()  # not yet admitted
         self.admitted: list[Seq] = []  # holding KV: prefilling or decoding
         self.reserved: dict[int, int] = {}
+        blocks = self.kv_capacity // serving.block_size
+        self.cache = PrefixCache(blocks, serving.block_size) if serving.enable_prefix_caching else None
 
     def _need(self, seq: Seq) -> int:
         return seq.prompt + (0 if self.prefill_only else seq.target)
@@ -236,7 +247,13 @@ class GpuEngine(Engine):
         self.kv_used += need
         self.reserved[id(seq)] = need
         self.admitted.append(seq)
+        if self.cache is not None and seq.prefilled < seq.prompt:
+            seq.cached = seq.prefilled = self.cache.lookup(seq.keys, seq.prompt)
         return seq
+
+    def cache_prefix(self, seq: Seq) -> None:
+        if self.cache is not None:
+            self.cache.insert(seq.keys)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.admitted if s.cancelled]:
@@ -388,9 +405,18 @@ class Disaggregated:
         self.prefill.submit(seq)
 
     def transfer_s(self, seq: Seq) -> float:
+        """The KV cache goes over the link, less the prefix blocks the decode side's cache already holds."""
         lk = self.link
+        cache = getattr(self.decode, "cache", None)
+        held = 0 if cache is None else min(cache.holds(seq.keys) * cache.block, seq.prompt)
         return perf.kv_transfer_s(
-            self.model, seq.prompt, lk.gbps, lk.latency_ms, lk.handoff_ms, lk.overlap == "layerwise", seq.prefill_s
+            self.model,
+            seq.prompt - held,
+            lk.gbps,
+            lk.latency_ms,
+            lk.handoff_ms,
+            lk.overlap == "layerwise",
+            seq.prefill_s,
         )
 
     def _handoff(self, seq: Seq) -> None:
@@ -409,6 +435,7 @@ class Disaggregated:
         if seq.cancelled:
             seq.finish()
             return
+        self.decode.cache_prefix(seq)
         self.decode.first_token(seq)
         if not seq.done:
             self.decode.submit(seq)

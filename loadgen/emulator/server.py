@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from loadgen.emulator.engine import Backend, Seq, build, engines
+from loadgen.emulator.prefix import block_keys
 from loadgen.spec.endpoint import EndpointSpec
 
 OUTPUT_WORDS = (" the", " model", " says", " hello", " and", " then", " more", " words")
@@ -36,29 +37,31 @@ def _error(message: str, status: int, kind: str, headers: dict[str, str] | None 
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-def _count_prompt(body: dict[str, Any], chat: bool) -> int:
-    """Tokens in the prompt: one per whitespace-separated word, or the length of a token-ID list."""
+def _prompt(body: dict[str, Any], chat: bool) -> list:
+    """The prompt's tokens: its whitespace-separated words (all messages' in turn), or its token IDs."""
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list")
-        total = 0
+        words: list = []
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):
-                total += len(content.split())
+                words += content.split()
             elif isinstance(content, list):  # content parts
-                total += sum(len(str(p.get("text", "")).split()) for p in content if isinstance(p, dict))
+                for p in content:
+                    if isinstance(p, dict):
+                        words += str(p.get("text", "")).split()
             else:
                 raise BadRequest("each message needs a 'content' string")
-        return total
+        return words
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return len(prompt.split())
+        return prompt.split()
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return len(prompt)
+        return prompt
     raise BadRequest("'prompt' must be a string or a list of token IDs")
 
 
@@ -82,6 +85,9 @@ class Emulator:
         self.backend: Backend = build(self.spec)
         self.rng = np.random.default_rng(self.spec.seed)
         self.requests_total = 0
+        # The block size of the engines' prefix caches (None: no engine keeps one).
+        self.caches = [e.cache for e in engines(self.backend) if getattr(e, "cache", None) is not None]
+        self.block = self.caches[0].block if self.caches else None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -119,6 +125,8 @@ class Emulator:
             f"vllm:gpu_cache_usage_perc {max(e.kv_usage() for e in es):.6f}",
             f"vllm:prompt_tokens_total {sum(e.prompt_tokens_total for e in es)}",
             f"vllm:generation_tokens_total {es[-1].generation_tokens_total}",
+            f"vllm:prefix_cache_queries_total {sum(c.queried_tokens for c in self.caches)}",
+            f"vllm:prefix_cache_hits_total {sum(c.hit_tokens for c in self.caches)}",
             f"loadgen_emulator_requests_total {self.requests_total}",
             f"loadgen_emulator_steps_total {sum(e.steps_total for e in es)}",
             f'loadgen_emulator_step_release_error_ms{{quantile="0.5"}} {max(x.pct(50) for x in errors):.4f}',
@@ -132,7 +140,7 @@ class Emulator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=False)
 
-    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], int, int, int]:
+    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], list, int, int]:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -142,7 +150,8 @@ class Emulator:
         model = body.get("model", self.endpoint.model)
         if model != self.endpoint.model:
             raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
-        prompt_tokens = _count_prompt(body, chat)
+        prompt = _prompt(body, chat)
+        prompt_tokens = len(prompt)
         if self.spec.faults.reject_token_prompts and not chat and not isinstance(body.get("prompt"), str):
             raise BadRequest("prompt must be a string", 422, "UnprocessableEntity")
         max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
@@ -167,7 +176,7 @@ class Emulator:
         else:
             natural = 1 + int(self.rng.exponential(self.spec.eos_mean_tokens))
             target = min(max_tokens, max(natural, min_tokens, 1))
-        return body, prompt_tokens, max_tokens, target
+        return body, prompt, max_tokens, target
 
     def _fault(self) -> str | None:
         f = self.spec.faults
@@ -186,7 +195,7 @@ class Emulator:
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body, prompt_tokens, max_tokens, target = self._parse(await request.read(), chat)
+            body, prompt, max_tokens, target = self._parse(await request.read(), chat)
         except BadRequest as e:
             return _error(str(e), e.status, e.kind)
         fault = self._fault()
@@ -196,7 +205,9 @@ class Emulator:
         if fault == "rate_limit":
             return _error("emulated rate limit", 429, "RateLimitError", {"Retry-After": f"{f.retry_after_s:g}"})
         self.requests_total += 1
-        seq = Seq(prompt_tokens, target)
+        prompt_tokens = len(prompt)
+        keys = block_keys(prompt, self.block) if self.block else ()
+        seq = Seq(prompt_tokens, target, keys)
         self.backend.submit(seq)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
@@ -205,16 +216,27 @@ class Emulator:
             "model": self.endpoint.model,
         }
         finish = "length" if target == max_tokens else "stop"
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": target, "total_tokens": prompt_tokens + target}
         try:
             if not body.get("stream"):
                 while await seq.take():
                     pass
-                return self._whole(head, chat, target, finish, usage)
-            return await self._stream(request, body, head, chat, seq, finish, usage, fault)
+                return self._whole(head, chat, target, finish, self._usage(seq))
+            return await self._stream(request, body, head, chat, seq, finish, fault)
         finally:
             if not seq.done:
                 seq.cancelled = True  # the client went away: the engine frees its place
+
+    def _usage(self, seq: Seq) -> dict[str, Any]:
+        """The usage object, once the request is done: with the prompt tokens the prefix cache held, as OpenAI and
+        vLLM report them, where the engine keeps a prefix cache."""
+        usage: dict[str, Any] = {
+            "prompt_tokens": seq.prompt,
+            "completion_tokens": seq.target,
+            "total_tokens": seq.prompt + seq.target,
+        }
+        if self.block:
+            usage["prompt_tokens_details"] = {"cached_tokens": seq.cached}
+        return usage
 
     def _whole(self, head: dict, chat: bool, n: int, finish: str, usage: dict) -> web.Response:
         text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
@@ -234,7 +256,6 @@ class Emulator:
         chat: bool,
         seq: Seq,
         finish: str,
-        usage: dict,
         fault: str | None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -253,7 +274,7 @@ class Emulator:
             if fault == "drop":
                 return resp
         opts = body.get("stream_options")
-        tail = b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+        tail = b"data: " + orjson.dumps({**head, "choices": [], "usage": self._usage(seq)}) + b"\n\n"
         if not (isinstance(opts, dict) and opts.get("include_usage")) or self.spec.faults.omit_stream_usage:
             tail = b""
         await resp.write(tail + b"data: [DONE]\n\n")

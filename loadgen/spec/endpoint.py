@@ -27,6 +27,9 @@ class Serving(Strict):
     max_num_batched_tokens: PositiveInt = 16384
     chunked_prefill: bool = False  # False: prefill-first steps (vLLM V0); True: prefill chunks ride with decodes
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # Automatic prefix caching (vLLM V1's default): prompt blocks computed before are reused (emulator/prefix.py).
+    enable_prefix_caching: bool = True
+    block_size: PositiveInt = 16  # tokens per KV block, the unit of prefix reuse
 
 
 class EngineSpec(Strict):

@@ -126,6 +126,7 @@ class Store:
                 "http_status": r.http_status,
                 "retries": r.retries,
                 "worker": r.worker,
+                "cached_tokens": r.server_cached_tokens,
             }
             for name, values in cols.items():
                 values.append(row[name])

@@ -42,14 +42,16 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("http_status", "INTEGER"),
     ("retries", "INTEGER"),
     ("worker", "INTEGER DEFAULT 0"),  # the process that sent it: 0 alone, else the worker's index
+    ("cached_tokens", "INTEGER"),  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in REQUEST_COLUMNS)
 )
 
-# Databases written before the `worker` column gain it (their rows: worker 0).
+# Databases written before these columns gain them (their rows: worker 0, cached_tokens unknown).
 REQUESTS_WORKER = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS worker INTEGER DEFAULT 0"
+REQUESTS_CACHED = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_tokens INTEGER"
 
 # One row per run and load-generating process: where its clock sat on the run's timeline and how well its own
 # timing held. A single-process run has one row, worker 0, at offset 0.
@@ -242,7 +244,7 @@ FROM pairs p
 """
 
 VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER)
-ALL = (RUNS, REQUESTS, REQUESTS_WORKER, EVENTS, STAGES, WORKERS, *VIEWS)
+ALL = (RUNS, REQUESTS, REQUESTS_WORKER, REQUESTS_CACHED, EVENTS, STAGES, WORKERS, *VIEWS)
 
 
 def names(kind: str) -> list[str]:
