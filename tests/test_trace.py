@@ -293,3 +293,77 @@ def test_shared_trace_prefixes_hit_the_emulators_prefix_cache(write, tmp_path):
     # A first request finds nothing cached; its follow-up finds the 1024 tokens of its two blocks.
     assert [(p, c) for p, c, _ in got] == [(1024, 0), (1536, 1024)] * 3
     assert all(again[2] < first[2] for first, again in zip(got[::2], got[1::2], strict=True))
+
+
+def bailian_rows() -> list[dict]:
+    """Two conversations of two turns in the Bailian format: a turn resends its parent's blocks (16 tokens each),
+    then adds its own; both conversations open with the same two-block system prompt (ids 1, 2)."""
+    rows = []
+    for conv in range(2):
+        root, child = 10 * conv + 1, 10 * conv + 2
+        first = [1, 2, 100 * conv + 3, 100 * conv + 4]
+        rows.append(
+            {
+                "chat_id": root,
+                "parent_chat_id": -1,
+                "timestamp": 3.0 * conv,
+                "input_length": 64,
+                "output_length": 4,
+                "type": "text",
+                "turn": 1,
+                "hash_ids": first,
+            }
+        )
+        rows.append(
+            {
+                "chat_id": child,
+                "parent_chat_id": root,
+                "timestamp": 3.0 * conv + 1.25,
+                "input_length": 96,
+                "output_length": 4,
+                "type": "text",
+                "turn": 2,
+                "hash_ids": [*first, 100 * conv + 5, 100 * conv + 6],
+            }
+        )
+    return rows
+
+
+def test_bailian_trace_replays_seconds_and_16_token_blocks(write):
+    p = write("b.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in bailian_rows()))
+    from loadgen.trace.info import detect_format
+
+    assert detect_format(p) == "bailian"
+    plan = list(plan_stage(stage({"path": str(p), "format": "bailian"}), 1, 0))
+    assert [(x.offset_s, x.prompt_tokens, x.output_tokens) for x in plan] == [
+        (0.0, 64, 4),
+        (1.25, 96, 4),
+        (3.0, 64, 4),
+        (4.25, 96, 4),
+    ]
+    assert stage({"path": str(p), "format": "bailian"}).load.trace.block == 16
+    assert stage({"path": str(p), "format": "bailian", "block_tokens": 32}).load.trace.block == 32
+    first, second = (make_prompt(x.prompt_tokens, x.request_id, 1, False, x.prefix, 16) for x in plan[:2])
+    assert second[:64] == first and second[64:] != first[:32]  # the turn resends its parent's prompt
+    other = make_prompt(plan[2].prompt_tokens, plan[2].request_id, 1, False, plan[2].prefix, 16)
+    assert other[:32] == first[:32] and other[32:] != first[32:]  # the shared system prompt, then its own
+
+
+@pytest.mark.parametrize(
+    ("row", "key"),
+    [
+        ({"parent_chat_id": -1, "turn": 1}, "chat_id"),
+        ({"chat_id": 5, "parent_chat_id": -2, "turn": 1}, "parent_chat_id"),
+        ({"chat_id": 5, "parent_chat_id": -1, "turn": 0}, "turn"),
+        ({"chat_id": 5, "parent_chat_id": -1, "turn": 1, "hash_ids": ["a"]}, "hash_ids"),
+    ],
+)
+def test_bad_bailian_rows_name_the_line_and_key_or_are_skipped(write, row, key):
+    good = "".join(orjson.dumps(r).decode() + "\n" for r in bailian_rows())
+    bad = {"timestamp": 9.0, "input_length": 10, "output_length": 1, **row}
+    p = write("b.jsonl", good + orjson.dumps(bad).decode() + "\n")
+    with pytest.raises(SpecError) as e:
+        list(plan_stage(stage({"path": str(p), "format": "bailian"}), 1, 0))
+    assert e.value.line == 5 and key in e.value.message
+    skipped = check(stage({"path": str(p), "format": "bailian", "on_bad_rows": "skip"}).load.trace)
+    assert (skipped.rows, skipped.bad_rows) == (4, 1)

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tr.add_subparsers(dest="trace_command", required=True, parser_class=Parser)
     ti = tsub.add_parser("info", help="rows, span, rate over time and length percentiles of a trace")
     ti.add_argument("file")
-    ti.add_argument("--format", choices=["azure", "mooncake", "burstgpt"], help="default: from the file")
+    ti.add_argument("--format", choices=["azure", "mooncake", "bailian", "burstgpt"], help="default: from the file")
     ts = tsub.add_parser("synth", help="write a synthetic trace (Azure CSV, or Mooncake JSONL with shared prefixes)")
     ts.add_argument("out")
     ts.add_argument("--format", choices=["azure", "mooncake"], default="azure")

@@ -26,7 +26,7 @@ class Planned(NamedTuple):
     offset_s: float | None  # seconds after the stage's start; None in a closed loop (sent when a user is free)
     prompt_tokens: int
     output_tokens: int
-    prefix: tuple[int, ...] | None = None  # ids of shared 512-token prompt blocks (Mooncake hash_ids)
+    prefix: tuple[int, ...] | None = None  # ids of shared prompt blocks (a trace's hash_ids)
 
 
 # Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.

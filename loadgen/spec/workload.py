@@ -87,12 +87,18 @@ OptionalLength = Annotated[
 Arrival = Literal["closed", "constant", "poisson", "gamma", "trace"]
 
 
+# Tokens per `hash_ids` block, as each format's publisher defines them: Mooncake's 512-token blocks
+# (kvcache-ai/Mooncake FAST'25 traces), Alibaba Bailian's 16-token blocks (alibaba/qwen-bailian-usagetraces-anon).
+BLOCK_TOKENS = {"mooncake": 512, "bailian": 16}
+
+
 class TraceSpec(Strict):
     """A real trace replayed on its own timestamps: request i is sent at the stage's start + (ts_i - ts_0) /
     time_scale, where ts_0 is the first row replayed. Lengths come from the trace unless `requests` sets them."""
 
     path: str  # relative to the workload file
-    format: Literal["azure", "mooncake", "burstgpt"] = "azure"
+    format: Literal["azure", "mooncake", "bailian", "burstgpt"] = "azure"
+    block_tokens: PositiveInt | None = None  # tokens per `hash_ids` block; default: the format's (BLOCK_TOKENS)
     time_scale: PositiveFloat = 1.0  # 2.0 replays twice as fast
     start_s: Annotated[float, Field(ge=0)] = 0.0  # window, in trace seconds after the first row
     end_s: PositiveFloat | None = None
@@ -104,6 +110,11 @@ class TraceSpec(Strict):
     models: list[str] | None = None  # burstgpt: keep these models (ChatGPT, GPT-4)
     log_types: list[str] | None = None  # burstgpt: keep these log types
     keep_failed: bool = False  # burstgpt: keep failed requests (Response tokens = 0), sent with one output token
+
+    @property
+    def block(self) -> int:
+        """Tokens per prompt block of the trace's `hash_ids`."""
+        return self.block_tokens or BLOCK_TOKENS.get(self.format, 512)
 
     @model_validator(mode="after")
     def _ranges(self) -> TraceSpec:

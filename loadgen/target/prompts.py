@@ -5,8 +5,9 @@ one token per word, so a prompt of n words is close to n tokens on real servers 
 Token IDs (completions only) are exact everywhere; they are drawn from a range every Llama-family vocabulary has.
 
 Prompts are unique unless the trace says they share a prefix: a plain request's tokens come from its own random
-stream, so no accidental prefix-cache hit flatters TTFT; a Mooncake request is built from 512-token blocks, one
-per hash id, and the same id gives the same block, so prefix caching on the server behaves as in the trace.
+stream, so no accidental prefix-cache hit flatters TTFT; a trace request with `hash_ids` is built from blocks of
+the trace format's size (Mooncake 512 tokens, Bailian 16), one per hash id, and the same id gives the same
+block, so prefix caching on the server behaves as in the trace.
 """
 
 from __future__ import annotations
@@ -24,25 +25,29 @@ WORDS = (
     "since against go came right used take three"
 ).split()
 TOKEN_IDS = range(1000, 30000)
-BLOCK_TOKENS = 512
 
 
 def _draw(rng: random.Random, n: int, text: bool) -> list:
     return rng.choices(WORDS, k=n) if text else rng.choices(TOKEN_IDS, k=n)
 
 
-@functools.lru_cache(maxsize=1024)
-def _block(seed: int, block_id: int, text: bool) -> tuple:
-    return tuple(_draw(random.Random(f"block:{seed}:{block_id}"), BLOCK_TOKENS, text))
+@functools.lru_cache(maxsize=4096)
+def _block(seed: int, block_id: int, text: bool, size: int) -> tuple:
+    return tuple(_draw(random.Random(f"block:{seed}:{block_id}"), size, text))
 
 
 def make_prompt(
-    n_tokens: int, uid: int, seed: int, text: bool = True, prefix: tuple[int, ...] | None = None
+    n_tokens: int,
+    uid: int,
+    seed: int,
+    text: bool = True,
+    prefix: tuple[int, ...] | None = None,
+    block: int = 512,
 ) -> str | list[int]:
     if prefix:
         tokens: list = []
         for block_id in prefix:
-            tokens.extend(_block(seed, block_id, text))
+            tokens.extend(_block(seed, block_id, text, block))
             if len(tokens) >= n_tokens:
                 break
         if len(tokens) < n_tokens:  # the trace's blocks cover less than its length: finish uniquely

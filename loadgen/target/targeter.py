@@ -32,13 +32,14 @@ class Targeter:
     def prompt(self, stage: StageSpec, item: Planned) -> str | list[int]:
         text = stage.text_prompts or self.setup.text_only
         tok = self.tokenizers.get(stage.requests.tokenizer or "")
+        block = stage.load.trace.block if stage.load.trace is not None else 512
         if text and tok is not None:
-            return tok.prompt(item.prompt_tokens, item.request_id, self.seed, item.prefix)
+            return tok.prompt(item.prompt_tokens, item.request_id, self.seed, item.prefix, block)
         length = item.prompt_tokens
         cal = self.setup.calibration.get(stage.api)
-        if text and cal is not None and not item.prefix:  # prefix blocks keep their 512-word shape
+        if text and cal is not None and not item.prefix:  # prefix blocks keep their shape, a word a token
             length = cal.words(length)
-        return make_prompt(length, item.request_id, self.seed, text, item.prefix)
+        return make_prompt(length, item.request_id, self.seed, text, item.prefix, block)
 
     def target(self, stage: StageSpec, item: Planned) -> Target:
         body = request_body(

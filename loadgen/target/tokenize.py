@@ -29,16 +29,16 @@ class PromptTokenizer:
     def count(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=False).ids)
 
-    def prompt(self, n_tokens: int, uid: int, seed: int, prefix: tuple[int, ...] | None) -> str:
+    def prompt(self, n_tokens: int, uid: int, seed: int, prefix: tuple[int, ...] | None, block: int = 512) -> str:
         """A text prompt of exactly n_tokens tokens (as close as single words allow when a word splits)."""
         words = n_tokens
-        best = make_prompt(words, uid, seed, True, prefix)
+        best = make_prompt(words, uid, seed, True, prefix, block)
         for _ in range(8):  # each round corrects by the difference; most words are one token, so it converges fast
             n = self.count(best)
             if n == n_tokens:
                 return best
             words = max(1, words + (n_tokens - n))
-            best = make_prompt(words, uid, seed, True, prefix)
+            best = make_prompt(words, uid, seed, True, prefix, block)
         return best
 
 

@@ -28,7 +28,12 @@ class TraceInfo:
 
 def detect_format(path: Path) -> str:
     if path.suffix == ".jsonl":
-        return "mooncake"
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+        except OSError as e:
+            raise SpecError(str(path), f"cannot read trace: {e}") from None
+        return "bailian" if b'"chat_id"' in first else "mooncake"
     try:
         with path.open("r", encoding="utf-8") as f:
             header = f.readline()

@@ -1,5 +1,5 @@
 """Reading traces as a stream of batches, never whole: CSV formats through DuckDB's reader (millions of rows a
-second, errors with line and column), Mooncake's JSONL line by line.
+second, errors with line and column), the JSONL formats (Mooncake, Bailian) line by line.
 
 Every reader yields `Batch`es of the rows kept by the spec's filters and row range, in file order, with
 timestamps as integer nanoseconds so that offsets between rows are exact.
@@ -26,7 +26,7 @@ class Batch:
     ts_ns: np.ndarray  # int64
     prompt: np.ndarray  # int64
     output: np.ndarray  # int64
-    prefixes: list[tuple[int, ...]] | None = None  # Mooncake: the hash id of each 512-token prompt block
+    prefixes: list[tuple[int, ...]] | None = None  # JSONL formats: the hash id of each prompt block
 
 
 @dataclass
@@ -117,9 +117,9 @@ def _first_reject(con: duckdb.DuckDBPyConnection, path: Path) -> SpecError | Non
 def check(spec: TraceSpec) -> Check:
     """Read the whole trace once (before anything is sent): count its rows and find malformed ones."""
     path = Path(spec.path)
-    if spec.format == "mooncake":
+    if spec.format in JSONL_FORMATS:
         rows = bad = 0
-        for _, bad_here, n in _mooncake_lines(path, spec.on_bad_rows):
+        for _, bad_here, n in _jsonl_lines(path, spec):
             rows += n
             bad += bad_here
         end = rows if spec.end_row is None else min(spec.end_row, rows)  # the row range, as the CSV readers apply it
@@ -148,8 +148,8 @@ def check_traces(workload: WorkloadSpec) -> dict[str, Check]:
 def batches(spec: TraceSpec) -> Iterator[Batch]:
     """The kept rows, in file order, a batch at a time (the trace is never held whole)."""
     path = Path(spec.path)
-    if spec.format == "mooncake":
-        yield from _mooncake_batches(path, spec)
+    if spec.format in JSONL_FORMATS:
+        yield from _jsonl_batches(path, spec)
         return
     con = duckdb.connect()
     try:
@@ -164,11 +164,19 @@ def batches(spec: TraceSpec) -> Iterator[Batch]:
         con.close()
 
 
-MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+# Each JSONL format's lengths, and its timestamp's unit in nanoseconds: Mooncake's milliseconds since the first
+# request; Bailian's seconds (alibaba/qwen-bailian-usagetraces-anon, Apache-2.0, the ATC'25 KV-cache study).
+JSONL_FORMATS = {"mooncake": 1_000_000, "bailian": 1_000_000_000}
+LENGTH_KEYS = ("input_length", "output_length")
+# Bailian's conversation keys: a request's id, its parent's (-1 for the first turn), its turn and its type.
+BAILIAN_KEYS = {"chat_id": 0, "parent_chat_id": -1, "turn": 1}
+
+Row = tuple[int, int, int, tuple[int, ...]]
 
 
-def _mooncake_lines(path: Path, on_bad: str) -> Iterator[tuple[list[tuple[int, int, int, tuple[int, ...]]], int, int]]:
-    """(rows, bad rows skipped, row count) per block of lines; a bad line raises unless on_bad is skip."""
+def _jsonl_lines(path: Path, spec: TraceSpec) -> Iterator[tuple[list[Row], int, int]]:
+    """(rows, bad rows skipped, row count) per block of lines; a bad line raises unless on_bad_rows is skip."""
+    on_bad = spec.on_bad_rows
     try:
         f = path.open("rb")
     except FileNotFoundError:
@@ -180,7 +188,7 @@ def _mooncake_lines(path: Path, on_bad: str) -> Iterator[tuple[list[tuple[int, i
             if not line.strip():
                 continue
             try:
-                row = _mooncake_row(line)
+                row = _jsonl_row(line, spec.format)
             except ValueError as e:
                 if on_bad == "fail":
                     raise SpecError(str(path), str(e), line=lineno) from None
@@ -194,29 +202,36 @@ def _mooncake_lines(path: Path, on_bad: str) -> Iterator[tuple[list[tuple[int, i
             yield block, bad, len(block)
 
 
-def _mooncake_row(line: bytes) -> tuple[int, int, int, tuple[int, ...]]:
+def _number(obj: dict, key: str) -> int | float:
+    v = obj.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"column {key}: expected a non-negative number, got {v!r}")
+    return v
+
+
+def _jsonl_row(line: bytes, fmt: str) -> Row:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
-    values = []
-    for key in MOONCAKE_KEYS:
-        v = obj.get(key)
-        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"column {key}: expected a non-negative number, got {v!r}")
-        values.append(v)
+    ts = _number(obj, "timestamp")
+    prompt, output = (int(_number(obj, key)) for key in LENGTH_KEYS)
+    if fmt == "bailian":
+        for key, least in BAILIAN_KEYS.items():
+            v = obj.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise ValueError(f"column {key}: expected an integer of at least {least}, got {v!r}")
     ids = obj.get("hash_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"column hash_ids: expected a list of integers, got {ids!r}")
-    # Mooncake timestamps are milliseconds since the first request.
-    return int(round(values[0] * 1_000_000)), int(values[1]), int(values[2]), tuple(ids)
+    return int(round(ts * JSONL_FORMATS[fmt])), prompt, output, tuple(ids)
 
 
-def _mooncake_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
+def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
     seen = 0
-    for rows, _, _ in _mooncake_lines(path, spec.on_bad_rows):
+    for rows, _, _ in _jsonl_lines(path, spec):
         lo = max(spec.start_row - seen, 0)
         hi = len(rows) if spec.end_row is None else min(spec.end_row - seen, len(rows))
         seen += len(rows)
