@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -101,14 +103,17 @@ def test_worker_shares_partition_the_plan_in_proportion_to_users():
     assert [len(p) for p in parts] == [500, 250, 0, 250]
 
 
-def test_a_shared_prefix_group_stays_on_one_worker():
-    plan = [Planned(i, "s", i * 0.1, 100, 10, (i % 7, 100 + i)) for i in range(200)]
+def test_a_conversation_stays_on_one_worker_and_a_common_prefix_spreads():
+    # 200 requests in 7 conversations, all opening with the same prompt block (a system prompt).
+    plan = [Planned(i, "s", i * 0.1, 100, 10, (0, 100 + i), i % 7) for i in range(200)]
     dealt = slots([1, 1, 1])
     by_group: dict[int, set[int]] = {}
     for p in plan:
-        by_group.setdefault(p.prefix[0], set()).add(owner(p, dealt))
+        by_group.setdefault(p.group, set()).add(owner(p, dealt))
     assert all(len(workers) == 1 for workers in by_group.values()) and len(by_group) == 7
     assert {w for ws in by_group.values() for w in ws} == {0, 1, 2}
+    alone = [p._replace(group=None) for p in plan]
+    assert sorted(Counter(owner(p, dealt) for p in alone).values()) == [66, 67, 67]
 
 
 def test_preview_reports_counts_rate_and_percentiles():

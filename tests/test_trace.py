@@ -341,6 +341,7 @@ def test_bailian_trace_replays_seconds_and_16_token_blocks(write):
         (3.0, 64, 4),
         (4.25, 96, 4),
     ]
+    assert [x.group for x in plan] == [1, 1, 11, 11]  # each turn's conversation: its first turn's chat_id
     assert stage({"path": str(p), "format": "bailian"}).load.trace.block == 16
     assert stage({"path": str(p), "format": "bailian", "block_tokens": 32}).load.trace.block == 32
     first, second = (make_prompt(x.prompt_tokens, x.request_id, 1, False, x.prefix, 16) for x in plan[:2])

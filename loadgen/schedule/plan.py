@@ -27,6 +27,7 @@ class Planned(NamedTuple):
     prompt_tokens: int
     output_tokens: int
     prefix: tuple[int, ...] | None = None  # ids of shared prompt blocks (a trace's hash_ids)
+    group: int | None = None  # requests that must go out from one worker (a trace's conversation)
 
 
 # Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.
@@ -100,6 +101,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 output = np.minimum(output, spec.max_context - 1)
                 prompt = np.minimum(prompt, spec.max_context - output)
             prefixes = [b.prefixes[i] for i in idx] if b.prefixes is not None else itertools.repeat(None)
+            groups = [b.groups[i] for i in idx] if b.groups is not None else itertools.repeat(None)
             rows = zip(
                 range(next_id, next_id + n),
                 itertools.repeat(stage.name),
@@ -107,6 +109,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 prompt.tolist(),
                 output.tolist(),
                 prefixes,
+                groups,
             )
             next_id += n
             yield from map(_planned, rows)
@@ -124,9 +127,11 @@ def slots(users: Sequence[int]) -> tuple[int, ...]:
 
 
 def owner(item: Planned, dealt: Sequence[int]) -> int:
-    """The worker that sends `item`. Requests that share a prompt prefix (a trace's `hash_ids` group, keyed by
-    its first block) go to one worker, so that its server-side cache sees them in their order."""
-    key = item.prefix[0] if item.prefix else item.request_id
+    """The worker that sends `item`. A conversation's requests (a Bailian trace's turns) go out from one worker,
+    which can keep their order. Requests that merely share prompt blocks need not: the server's prefix cache is
+    shared by every client, and a prefix common to a whole trace (Mooncake's first block) would put all its
+    load on one worker."""
+    key = item.group if item.group is not None else item.request_id
     return dealt[key % len(dealt)]
 
 

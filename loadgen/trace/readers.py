@@ -27,6 +27,7 @@ class Batch:
     prompt: np.ndarray  # int64
     output: np.ndarray  # int64
     prefixes: list[tuple[int, ...]] | None = None  # JSONL formats: the hash id of each prompt block
+    groups: list[int | None] | None = None  # Bailian: each request's conversation (its first turn's chat_id)
 
 
 @dataclass
@@ -171,7 +172,8 @@ LENGTH_KEYS = ("input_length", "output_length")
 # Bailian's conversation keys: a request's id, its parent's (-1 for the first turn), its turn and its type.
 BAILIAN_KEYS = {"chat_id": 0, "parent_chat_id": -1, "turn": 1}
 
-Row = tuple[int, int, int, tuple[int, ...]]
+# (timestamp ns, prompt, output, hash_ids, chat_id, parent_chat_id); the last two None outside Bailian.
+Row = tuple[int, int, int, tuple[int, ...], int | None, int | None]
 
 
 def _jsonl_lines(path: Path, spec: TraceSpec) -> Iterator[tuple[list[Row], int, int]]:
@@ -226,12 +228,29 @@ def _jsonl_row(line: bytes, fmt: str) -> Row:
     ids = obj.get("hash_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"column hash_ids: expected a list of integers, got {ids!r}")
-    return int(round(ts * JSONL_FORMATS[fmt])), prompt, output, tuple(ids)
+    chat, parent = (obj["chat_id"], obj["parent_chat_id"]) if fmt == "bailian" else (None, None)
+    return int(round(ts * JSONL_FORMATS[fmt])), prompt, output, tuple(ids), chat, parent
+
+
+def _conversations(rows: list[Row], roots: dict[int, int]) -> list[int | None]:
+    """Each row's conversation: its first turn's chat_id, followed up the parents (`roots` carries what earlier
+    rows said; a parent outside the file leaves the row its own conversation)."""
+    groups: list[int | None] = []
+    for *_, chat, parent in rows:
+        if chat is None:
+            groups.append(None)
+            continue
+        root = roots.get(parent, chat) if parent is not None and parent >= 0 else chat
+        roots[chat] = root
+        groups.append(root)
+    return groups
 
 
 def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
     seen = 0
+    roots: dict[int, int] = {}
     for rows, _, _ in _jsonl_lines(path, spec):
+        groups = _conversations(rows, roots)
         lo = max(spec.start_row - seen, 0)
         hi = len(rows) if spec.end_row is None else min(spec.end_row - seen, len(rows))
         seen += len(rows)
@@ -240,7 +259,13 @@ def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
                 return
             continue
         part = rows[lo:hi]
-        ts, prompt, output, prefixes = zip(*part, strict=True)
-        yield Batch(np.array(ts, np.int64), np.array(prompt, np.int64), np.array(output, np.int64), list(prefixes))
+        ts, prompt, output, prefixes, _, _ = zip(*part, strict=True)
+        yield Batch(
+            np.array(ts, np.int64),
+            np.array(prompt, np.int64),
+            np.array(output, np.int64),
+            list(prefixes),
+            groups[lo:hi] if spec.format == "bailian" else None,
+        )
         if spec.end_row is not None and seen >= spec.end_row:
             return
