@@ -368,3 +368,42 @@ def test_bad_bailian_rows_name_the_line_and_key_or_are_skipped(write, row, key):
     assert e.value.line == 5 and key in e.value.message
     skipped = check(stage({"path": str(p), "format": "bailian", "on_bad_rows": "skip"}).load.trace)
     assert (skipped.rows, skipped.bad_rows) == (4, 1)
+
+
+def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
+    # Each conversation's second turn arrives in the trace 50 ms after its first, long before the first's
+    # 64-token answer has ended; a third turn arrives 5 s later, after its parent's end.
+    rows = []
+    for conv in range(3):
+        base, root = 10.0 * conv, 10 * conv + 1
+        for turn, (dt, parent) in enumerate(((0.0, -1), (0.05, root), (5.0, root + 1)), start=1):
+            rows.append(
+                {
+                    "chat_id": root + turn - 1,
+                    "parent_chat_id": parent,
+                    "timestamp": base + dt,
+                    "input_length": 32 * turn,
+                    "output_length": 64,
+                    "type": "text",
+                    "turn": turn,
+                    "hash_ids": list(range(2 * turn)),
+                }
+            )
+    trace = write("b.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in rows))
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        f"name: turns\nendpoint: ep.yaml\nload: {{arrival: trace, concurrency: 8, trace: {{path: {trace}, "
+        "format: bailian, time_scale: 2}}\nrequests: {output_tokens: 64}\n",
+    )
+    db = tmp_path / "turns.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    got = con.execute("SELECT scheduled_s, sent_s, end_s, lag_ms FROM requests ORDER BY request_id").fetchall()
+    start = got[0][0]
+    for conv in range(3):
+        first, second, third = got[3 * conv : 3 * conv + 3]
+        assert second[0] == first[2] and second[1] >= first[2]  # waited for its parent: scheduled at its end
+        assert third[0] - start == pytest.approx((10.0 * conv + 5.0) / 2, abs=1e-9) and third[0] > second[2]
+        assert max(second[3], third[3]) < 50  # the wait is in the schedule, not in the lag

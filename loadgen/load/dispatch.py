@@ -42,6 +42,10 @@ class Dispatch:
         self.exhausted = False
         self.stopping = False  # set on interrupt: no new sends
         self.ended = gevent.event.Event()
+        # When each request of a stage with conversations ended, for the turns that follow it.
+        self.follows = stage.load.trace is not None and stage.load.trace.format == "bailian"
+        self.ends: dict[int, float] = {}
+        self._awaited: dict[int, gevent.event.Event] = {}
 
     def now_s(self) -> float:
         return self.clock() - self.t0
@@ -61,6 +65,20 @@ class Dispatch:
         self.outstanding += 1
         self.next_id = item.request_id + 1
         return item
+
+    def request_ended(self, request_id: int, end_s: float) -> None:
+        """A request of this stage has ended (answered, failed or never sent): a turn that follows it may go."""
+        if self.follows:
+            self.ends[request_id] = end_s
+            if (waiting := self._awaited.pop(request_id, None)) is not None:
+                waiting.set()
+
+    def end_of(self, request_id: int) -> float:
+        """When a request ended (run clock), waiting for it if it has not; a parent is always taken from the plan
+        before its children, so it is on its way."""
+        if request_id not in self.ends:
+            self._awaited.setdefault(request_id, gevent.event.Event()).wait()
+        return self.ends[request_id]
 
     def warmup(self, item: Planned) -> bool:
         """The stage's first `warmup.requests` requests stay out of `summary`."""

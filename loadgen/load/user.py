@@ -60,6 +60,8 @@ class StreamUser(User):
                 scheduled = d.now_s()
             else:  # open loop: keep the schedule; a late pick-up shows as lag, never as a shifted schedule
                 scheduled = d.start_s + item.offset_s
+                if item.parent is not None:  # a turn follows its parent's answer: not before that has ended
+                    scheduled = max(scheduled, d.end_of(item.parent))
                 delay = scheduled - d.now_s()
                 if delay > 0:
                     sleep_to_send(delay)
@@ -97,6 +99,7 @@ class StreamUser(User):
                 self._not_sent(d, item, scheduled)
             else:
                 d.finish()
+                d.request_ended(item.request_id, r.end_s if r.end_s is not None else d.now_s())
                 if tok is not None and r.usage_completion_tokens is None and r.text_parts:
                     r.tokenizer_tokens = tok.count("".join(r.text_parts))
                 derived = c.recorder.add(r, stage.slo)
@@ -106,6 +109,7 @@ class StreamUser(User):
 
     def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None) -> None:
         d.finish()
+        d.request_ended(item.request_id, d.now_s())
         self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id), d.stage.slo)
 
     def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +28,7 @@ class Planned(NamedTuple):
     output_tokens: int
     prefix: tuple[int, ...] | None = None  # ids of shared prompt blocks (a trace's hash_ids)
     group: int | None = None  # requests that must go out from one worker (a trace's conversation)
+    parent: int | None = None  # the request whose answer this one follows: it is sent only once that has ended
 
 
 # Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.
@@ -75,6 +76,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
     horizon = stage.stop.duration_s
     ts0: int | None = None
     next_id = first_id
+    planned_chats: dict[int, int] = {}  # a Bailian chat_id -> its request ID here, for its children
     for b in trace_batches(spec):
         if ts0 is None:
             ts0 = int(b.ts_ns[0])
@@ -102,6 +104,13 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 prompt = np.minimum(prompt, spec.max_context - output)
             prefixes = [b.prefixes[i] for i in idx] if b.prefixes is not None else itertools.repeat(None)
             groups = [b.groups[i] for i in idx] if b.groups is not None else itertools.repeat(None)
+            parents: Iterable[int | None] = itertools.repeat(None)
+            if b.chats is not None:
+                parents = []
+                for rid, i in enumerate(idx.tolist(), start=next_id):
+                    chat, parent = b.chats[i]
+                    planned_chats[chat] = rid
+                    parents.append(planned_chats.get(parent))  # a parent outside what is replayed: none
             rows = zip(
                 range(next_id, next_id + n),
                 itertools.repeat(stage.name),
@@ -110,6 +119,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 output.tolist(),
                 prefixes,
                 groups,
+                parents,
             )
             next_id += n
             yield from map(_planned, rows)

@@ -28,6 +28,7 @@ class Batch:
     output: np.ndarray  # int64
     prefixes: list[tuple[int, ...]] | None = None  # JSONL formats: the hash id of each prompt block
     groups: list[int | None] | None = None  # Bailian: each request's conversation (its first turn's chat_id)
+    chats: list[tuple[int, int]] | None = None  # Bailian: each request's (chat_id, parent_chat_id)
 
 
 @dataclass
@@ -259,13 +260,15 @@ def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
                 return
             continue
         part = rows[lo:hi]
-        ts, prompt, output, prefixes, _, _ = zip(*part, strict=True)
+        ts, prompt, output, prefixes, chats, parents = zip(*part, strict=True)
+        bailian = spec.format == "bailian"
         yield Batch(
             np.array(ts, np.int64),
             np.array(prompt, np.int64),
             np.array(output, np.int64),
             list(prefixes),
-            groups[lo:hi] if spec.format == "bailian" else None,
+            groups[lo:hi] if bailian else None,
+            list(zip(chats, parents, strict=True)) if bailian else None,
         )
         if spec.end_row is not None and seen >= spec.end_row:
             return
