@@ -185,18 +185,23 @@ def test_bad_mooncake_line_names_the_line_and_key(write):
     assert e.value.line == 4 and "input_length" in e.value.message
 
 
-def test_replay_lands_in_the_database_exactly_as_the_trace_gives_it(write, tmp_path):
+def replay(write, tmp_path, workload: str) -> duckdb.DuckDBPyConnection:
+    """Run a workload (whose endpoint is ep.yaml, the fast emulator) and open its database."""
     write("ep.yaml", FAST_ENDPOINT)
-    w = write(
-        "w.yaml",
+    db = tmp_path / "replay.duckdb"
+    res = loadgen("run", str(write("w.yaml", workload)), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    return duckdb.connect(str(db), read_only=True)
+
+
+def test_replay_lands_in_the_database_exactly_as_the_trace_gives_it(write, tmp_path):
+    con = replay(
+        write,
+        tmp_path,
         f"name: rep\nendpoint: ep.yaml\napi: completions\n"
         f"load: {{arrival: trace, concurrency: 64, trace: {{path: {AZURE}, time_scale: 40}}}}\n"
         "requests: {output_tokens: 4}\nstop: {requests: 80}\n",
     )
-    db = tmp_path / "rep.duckdb"
-    res = loadgen("run", str(w), "--db", str(db))
-    assert res.returncode == 0, res.stderr
-    con = duckdb.connect(str(db), read_only=True)
     rows = con.execute(
         "SELECT scheduled_s, prompt_tokens, server_prompt_tokens, max_tokens, lag_ms FROM requests ORDER BY request_id"
     ).fetchall()
@@ -280,15 +285,11 @@ def test_shared_trace_prefixes_hit_the_emulators_prefix_cache(write, tmp_path):
         rows.append({"timestamp": 400 * conv, "input_length": 1024, "output_length": 4, "hash_ids": first})
         rows.append({"timestamp": 400 * conv + 200, "input_length": 1536, "output_length": 4, "hash_ids": first + [9]})
     trace = write("t.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in rows))
-    write("ep.yaml", FAST_ENDPOINT)
-    w = write(
-        "w.yaml",
+    con = replay(
+        write,
+        tmp_path,
         f"name: pc\nendpoint: ep.yaml\nload: {{arrival: trace, trace: {{path: {trace}, format: mooncake}}}}\n",
     )
-    db = tmp_path / "pc.duckdb"
-    res = loadgen("run", str(w), "--db", str(db))
-    assert res.returncode == 0, res.stderr
-    con = duckdb.connect(str(db), read_only=True)
     got = con.execute("SELECT prompt_tokens, cached_tokens, ttft_ms FROM requests ORDER BY request_id").fetchall()
     # A first request finds nothing cached; its follow-up finds the 1024 tokens of its two blocks.
     assert [(p, c) for p, c, _ in got] == [(1024, 0), (1536, 1024)] * 3
@@ -390,16 +391,12 @@ def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
                 }
             )
     trace = write("b.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in rows))
-    write("ep.yaml", FAST_ENDPOINT)
-    w = write(
-        "w.yaml",
+    con = replay(
+        write,
+        tmp_path,
         f"name: turns\nendpoint: ep.yaml\nload: {{arrival: trace, concurrency: 8, trace: {{path: {trace}, "
         "format: bailian, time_scale: 2}}\nrequests: {output_tokens: 64}\n",
     )
-    db = tmp_path / "turns.duckdb"
-    res = loadgen("run", str(w), "--db", str(db))
-    assert res.returncode == 0, res.stderr
-    con = duckdb.connect(str(db), read_only=True)
     got = con.execute("SELECT scheduled_s, sent_s, end_s, lag_ms FROM requests ORDER BY request_id").fetchall()
     start = got[0][0]
     for conv in range(3):
