@@ -294,6 +294,8 @@ def test_shared_trace_prefixes_hit_the_emulators_prefix_cache(write, tmp_path):
     # A first request finds nothing cached; its follow-up finds the 1024 tokens of its two blocks.
     assert [(p, c) for p, c, _ in got] == [(1024, 0), (1536, 1024)] * 3
     assert all(again[2] < first[2] for first, again in zip(got[::2], got[1::2], strict=True))
+    # The summary's share of prompt tokens the server held: 3 x 1024 of 3 x (1024 + 1536).
+    assert con.execute("SELECT cached_share FROM summary").fetchone()[0] == pytest.approx(0.4)
 
 
 def bailian_rows() -> list[dict]:

@@ -118,25 +118,36 @@ SUMMARY_COLUMNS = (
     ("output_tokens_per_s", "out tok/s"),
     ("requests_per_s", "req/s"),
     ("goodput_rps", "goodput req/s"),
+    ("cached_share", "cached prompt %"),  # shown where the server reports cached tokens
 )
+
+
+def _cell(key: str, v: Any) -> str:
+    if key.endswith("_ms"):
+        return _ms(v)
+    if key == "cached_share":
+        return "-" if v is None else f"{v:.1%}"
+    return _num(v)
 
 
 def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     """Few stages: one column per stage (fits a narrow terminal); many stages (sweeps): one row per stage."""
+    columns = [
+        (k, label) for k, label in SUMMARY_COLUMNS if k != "cached_share" or any(r.get(k) is not None for r in rows)
+    ]
     if len(rows) <= 5:
         t = table(title)
         t.add_column("metric")
         for row in rows:
             t.add_column(str(row["stage"]), justify="right")
-        for key, label in SUMMARY_COLUMNS[1:]:
-            unit = " ms" if key.endswith("_ms") else ""
-            t.add_row(label + unit, *(_ms(r[key]) if unit else _num(r[key]) for r in rows))
+        for key, label in columns[1:]:
+            t.add_row(label + (" ms" if key.endswith("_ms") else ""), *(_cell(key, r[key]) for r in rows))
         return t
     t = table(title)
-    for key, label in SUMMARY_COLUMNS:
+    for key, label in columns:
         t.add_column(label + (" ms" if key.endswith("_ms") else ""), justify="left" if key == "stage" else "right")
     for row in rows:
-        t.add_row(*(_num(row[k]) if not k.endswith("_ms") else _ms(row[k]) for k, _ in SUMMARY_COLUMNS))
+        t.add_row(*(_cell(k, row[k]) for k, _ in columns))
     return t
 
 

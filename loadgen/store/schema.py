@@ -116,6 +116,9 @@ SELECT
     sum(output_tokens) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS output_tokens_per_s,
     count(*) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS requests_per_s,
     count(*) FILTER (WHERE slo_ok) / nullif({SPAN}, 0) AS goodput_rps,
+    -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
+    sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
+        / nullif(sum(prompt_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
     {SPAN} AS span_s
 FROM requests
 WHERE {measured()}
