@@ -45,6 +45,9 @@ class RequestResult:
     server_cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
+    session: int | None = None  # its conversation (a trace's first-turn chat_id), when it belongs to one
+    turn: int | None = None  # its turn in that conversation (1: the first)
+    parent_request_id: int | None = None  # the request whose answer it follows
     worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)
 
     @property

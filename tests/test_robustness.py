@@ -262,7 +262,7 @@ def test_query_help_names_every_table_and_view(tmp_path):
         store.close()
     res = loadgen("query", "--help")
     help_text = " ".join(res.stdout.split())
-    assert len(names) == 10 and all(f" {n}" in help_text for n in names), help_text
+    assert len(names) == 11 and all(f" {n}" in help_text for n in names), help_text
 
 
 @pytest.mark.parametrize("option", [["--set", "nonsense"], ["--db"], ["--endpoint", "ftp://x"]])

@@ -406,3 +406,10 @@ def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
         assert second[0] == first[2] and second[1] >= first[2]  # waited for its parent: scheduled at its end
         assert third[0] - start == pytest.approx((10.0 * conv + 5.0) / 2, abs=1e-9) and third[0] > second[2]
         assert max(second[3], third[3]) < 50  # the wait is in the schedule, not in the lag
+    # Each row says its conversation, turn and parent; the sessions view gathers them.
+    linked = con.execute("SELECT session, turn, parent_request_id FROM requests ORDER BY request_id").fetchall()
+    assert linked == [(10 * c + 1, t, None if t == 1 else 3 * c + t - 2) for c in range(3) for t in (1, 2, 3)]
+    views = con.execute("SELECT session, turns, total_s, ttft_by_turn_ms FROM sessions ORDER BY session").fetchall()
+    assert [(v[0], v[1], len(v[3])) for v in views] == [(1, 3, 3), (11, 3, 3), (21, 3, 3)]
+    for (_, _, total, _), conv in zip(views, range(3), strict=True):
+        assert total == pytest.approx(got[3 * conv + 2][2] - got[3 * conv][1])

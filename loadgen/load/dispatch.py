@@ -15,7 +15,15 @@ from loadgen.spec.workload import StageSpec
 def unsent_row(item: Planned, stage: StageSpec, scheduled_s: float | None, first_id: int) -> RequestResult:
     """The row of a planned request the run stopped before sending (`first_id`: the stage's first request)."""
     warmup = item.request_id - first_id < stage.warmup.requests
-    return not_sent(item.request_id, item.stage, scheduled_s, item.prompt_tokens, item.output_tokens, warmup)
+    return in_conversation(
+        not_sent(item.request_id, item.stage, scheduled_s, item.prompt_tokens, item.output_tokens, warmup), item
+    )
+
+
+def in_conversation(r: RequestResult, item: Planned) -> RequestResult:
+    """A row carries the conversation its planned request belongs to, if any."""
+    r.session, r.turn, r.parent_request_id = item.group, item.turn, item.parent
+    return r
 
 
 class Dispatch:

@@ -9,7 +9,7 @@ import gevent
 from locust import User, constant, task
 
 from loadgen.client.http import Attempt, StreamClient
-from loadgen.load.dispatch import Dispatch, unsent_row
+from loadgen.load.dispatch import Dispatch, in_conversation, unsent_row
 from loadgen.load.state import RunState
 from loadgen.results import RequestResult
 from loadgen.schedule.plan import Planned
@@ -100,6 +100,7 @@ class StreamUser(User):
             else:
                 d.finish()
                 d.request_ended(item.request_id, r.end_s if r.end_s is not None else d.now_s())
+                in_conversation(r, item)
                 if tok is not None and r.usage_completion_tokens is None and r.text_parts:
                     r.tokenizer_tokens = tok.count("".join(r.text_parts))
                 derived = c.recorder.add(r, stage.slo)

@@ -29,6 +29,7 @@ class Planned(NamedTuple):
     prefix: tuple[int, ...] | None = None  # ids of shared prompt blocks (a trace's hash_ids)
     group: int | None = None  # requests that must go out from one worker (a trace's conversation)
     parent: int | None = None  # the request whose answer this one follows: it is sent only once that has ended
+    turn: int | None = None  # its place in its conversation (1: the first)
 
 
 # Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.
@@ -105,12 +106,14 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
             prefixes = [b.prefixes[i] for i in idx] if b.prefixes is not None else itertools.repeat(None)
             groups = [b.groups[i] for i in idx] if b.groups is not None else itertools.repeat(None)
             parents: Iterable[int | None] = itertools.repeat(None)
+            turns: Iterable[int | None] = itertools.repeat(None)
             if b.chats is not None:
-                parents = []
+                parents, turns = [], []
                 for rid, i in enumerate(idx.tolist(), start=next_id):
-                    chat, parent = b.chats[i]
+                    chat, parent, turn = b.chats[i]
                     planned_chats[chat] = rid
                     parents.append(planned_chats.get(parent))  # a parent outside what is replayed: none
+                    turns.append(turn)
             rows = zip(
                 range(next_id, next_id + n),
                 itertools.repeat(stage.name),
@@ -120,6 +123,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 prefixes,
                 groups,
                 parents,
+                turns,
             )
             next_id += n
             yield from map(_planned, rows)

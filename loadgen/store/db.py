@@ -127,6 +127,9 @@ class Store:
                 "retries": r.retries,
                 "worker": r.worker,
                 "cached_tokens": r.server_cached_tokens,
+                "session": r.session,
+                "turn": r.turn,
+                "parent_request_id": r.parent_request_id,
             }
             for name, values in cols.items():
                 values.append(row[name])

@@ -43,6 +43,9 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("retries", "INTEGER"),
     ("worker", "INTEGER DEFAULT 0"),  # the process that sent it: 0 alone, else the worker's index
     ("cached_tokens", "INTEGER"),  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
+    ("session", "BIGINT"),  # its conversation (a trace's first-turn chat_id), when it belongs to one
+    ("turn", "INTEGER"),  # its turn in the conversation (1: the first)
+    ("parent_request_id", "BIGINT"),  # the request whose answer it follows
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
@@ -52,6 +55,11 @@ REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
 # Databases written before these columns gain them (their rows: worker 0, cached_tokens unknown).
 REQUESTS_WORKER = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS worker INTEGER DEFAULT 0"
 REQUESTS_CACHED = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_tokens INTEGER"
+REQUESTS_SESSIONS = (
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS session BIGINT; "
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS turn INTEGER; "
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS parent_request_id BIGINT"
+)
 
 # One row per run and load-generating process: where its clock sat on the run's timeline and how well its own
 # timing held. A single-process run has one row, worker 0, at offset 0.
@@ -246,8 +254,20 @@ SELECT
 FROM pairs p
 """
 
-VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER)
-ALL = (RUNS, REQUESTS, REQUESTS_WORKER, REQUESTS_CACHED, EVENTS, STAGES, WORKERS, *VIEWS)
+# One row per run and conversation: its turns, its time from the first send to the last answer's end, and TTFT
+# turn by turn (ok requests outside warm-up; a failed turn leaves a NULL in its place).
+SESSIONS = f"""
+CREATE OR REPLACE VIEW sessions AS
+SELECT run_id, session, count(*) AS turns, max(end_s) - min(sent_s) AS total_s,
+       list(CASE WHEN {counts()} THEN ttft_ms END ORDER BY turn, request_id) AS ttft_by_turn_ms,
+       sum(cached_tokens) / nullif(sum(prompt_tokens) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+FROM requests
+WHERE session IS NOT NULL AND status <> 'not_sent'
+GROUP BY run_id, session
+"""
+
+VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER, SESSIONS)
+ALL = (RUNS, REQUESTS, REQUESTS_WORKER, REQUESTS_CACHED, REQUESTS_SESSIONS, EVENTS, STAGES, WORKERS, *VIEWS)
 
 
 def names(kind: str) -> list[str]:

@@ -28,7 +28,7 @@ class Batch:
     output: np.ndarray  # int64
     prefixes: list[tuple[int, ...]] | None = None  # JSONL formats: the hash id of each prompt block
     groups: list[int | None] | None = None  # Bailian: each request's conversation (its first turn's chat_id)
-    chats: list[tuple[int, int]] | None = None  # Bailian: each request's (chat_id, parent_chat_id)
+    chats: list[tuple[int, int, int]] | None = None  # Bailian: each request's (chat_id, parent_chat_id, turn)
 
 
 @dataclass
@@ -173,8 +173,8 @@ LENGTH_KEYS = ("input_length", "output_length")
 # Bailian's conversation keys: a request's id, its parent's (-1 for the first turn), its turn and its type.
 BAILIAN_KEYS = {"chat_id": 0, "parent_chat_id": -1, "turn": 1}
 
-# (timestamp ns, prompt, output, hash_ids, chat_id, parent_chat_id); the last two None outside Bailian.
-Row = tuple[int, int, int, tuple[int, ...], int | None, int | None]
+# (timestamp ns, prompt, output, hash_ids, chat_id, parent_chat_id, turn); the last three None outside Bailian.
+Row = tuple[int, int, int, tuple[int, ...], int | None, int | None, int | None]
 
 
 def _jsonl_lines(path: Path, spec: TraceSpec) -> Iterator[tuple[list[Row], int, int]]:
@@ -229,15 +229,15 @@ def _jsonl_row(line: bytes, fmt: str) -> Row:
     ids = obj.get("hash_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"column hash_ids: expected a list of integers, got {ids!r}")
-    chat, parent = (obj["chat_id"], obj["parent_chat_id"]) if fmt == "bailian" else (None, None)
-    return int(round(ts * JSONL_FORMATS[fmt])), prompt, output, tuple(ids), chat, parent
+    chat, parent, turn = (obj["chat_id"], obj["parent_chat_id"], obj["turn"]) if fmt == "bailian" else (None,) * 3
+    return int(round(ts * JSONL_FORMATS[fmt])), prompt, output, tuple(ids), chat, parent, turn
 
 
 def _conversations(rows: list[Row], roots: dict[int, int]) -> list[int | None]:
     """Each row's conversation: its first turn's chat_id, followed up the parents (`roots` carries what earlier
     rows said; a parent outside the file leaves the row its own conversation)."""
     groups: list[int | None] = []
-    for *_, chat, parent in rows:
+    for *_, chat, parent, _turn in rows:
         if chat is None:
             groups.append(None)
             continue
@@ -260,7 +260,7 @@ def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
                 return
             continue
         part = rows[lo:hi]
-        ts, prompt, output, prefixes, chats, parents = zip(*part, strict=True)
+        ts, prompt, output, prefixes, chats, parents, turns = zip(*part, strict=True)
         bailian = spec.format == "bailian"
         yield Batch(
             np.array(ts, np.int64),
@@ -268,7 +268,7 @@ def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
             np.array(output, np.int64),
             list(prefixes),
             groups[lo:hi] if bailian else None,
-            list(zip(chats, parents, strict=True)) if bailian else None,
+            list(zip(chats, parents, turns, strict=True)) if bailian else None,
         )
         if spec.end_row is not None and seen >= spec.end_row:
             return
