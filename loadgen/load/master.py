@@ -109,6 +109,7 @@ class Master(drive.Load):
         self.grace_s = description.timeouts.grace_s
         self.failure: str | None = None
         self._clock_replies: dict[tuple[str, int], gevent.event.AsyncResult] = {}
+        self._told_late: dict[str, float] = {}  # workers that came after the start: when each was last told
         for name, handler in {
             wire.CLOCK_REPLY: self._on_clock_reply,
             wire.JOINED: self._on_joined,
@@ -118,7 +119,6 @@ class Master(drive.Load):
             wire.FINISHED: self._on_finished,
         }.items():
             self.runner.register_message(name, handler)
-        self._told_late: dict[str, float] = {}
 
     # -- messages from workers (run on the master's event loop, in arrival order per worker) --
 
