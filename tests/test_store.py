@@ -55,6 +55,30 @@ def test_write_stores_each_request_and_its_events_with_the_derived_metrics(tmp_p
     assert events == [(0, 0, 2.0, 1), (0, 1, 2.1, 1), (0, 2, 2.3, 1)]
 
 
+def test_a_database_from_an_older_loadgen_reads_with_the_current_views(tmp_path):
+    from loadgen.store.read import reading
+
+    db = tmp_path / "old.duckdb"
+    store = Store(db)
+    store.begin_run("r", "w", "ep", {"workload": {}}, [_stage()])
+    ok = RequestResult(
+        request_id=0, stage="s", scheduled_s=1.0, sent_s=1.5, prompt_tokens=16, max_tokens=3, end_s=2.5,
+        event_times=[2.0, 2.1, 2.3], event_tokens=[1, 1, 1], usage_completion_tokens=3,
+    )  # fmt: skip
+    store.write("r", [(ok, derive(ok, SloSpec()))])
+    store.finish_run("r", "completed", 0.1, None)
+    # As an older loadgen wrote it: without the columns and the table added since.
+    for column in ("worker", "cached_tokens", "session", "turn", "parent_request_id"):
+        store.con.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    store.con.execute("DROP TABLE workers")
+    store.close()
+    with reading(db) as con:
+        assert con.execute("SELECT requests, cached_share FROM summary").fetchall() == [(1, None)]
+        assert con.execute("SELECT worker, cached_tokens, session FROM requests").fetchall() == [(0, None, None)]
+        assert con.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM workers").fetchone() == (0,)
+
+
 def test_geventhttpclient_keeps_its_parsed_body_buffer_and_socket_where_the_client_reads_them():
     a, b = socket.socketpair()
     try:

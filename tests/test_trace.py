@@ -413,3 +413,9 @@ def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
     assert [(v[0], v[1], len(v[3])) for v in views] == [(1, 3, 3), (11, 3, 3), (21, 3, 3)]
     for (_, _, total, _), conv in zip(views, range(3), strict=True):
         assert total == pytest.approx(got[3 * conv + 2][2] - got[3 * conv][1])
+    con.close()
+    # The report draws TTFT against turn and against the cached share of the prompt.
+    res = loadgen("report", str(tmp_path / "replay.duckdb"), "--out", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr
+    assert {"ttft_vs_turn.png", "ttft_vs_cached_share.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
+    assert "Prefix reuse" in (tmp_path / "report" / "index.html").read_text()

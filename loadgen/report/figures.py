@@ -158,6 +158,46 @@ def cdfs(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     return paths
 
 
+def prefix_reuse(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
+    """Where the server reported cached prompt tokens: TTFT against the share of the prompt it held; where
+    requests belong to conversations: TTFT against turn (p50 line, band to p90)."""
+    paths = []
+    rows = con.execute(
+        "SELECT ru.endpoint, list(r.cached_tokens / r.prompt_tokens ORDER BY r.request_id), "
+        "list(r.ttft_ms ORDER BY r.request_id) FROM requests r JOIN runs ru USING (run_id) "
+        f"WHERE {counts('r')} AND r.cached_tokens IS NOT NULL AND r.ttft_ms IS NOT NULL GROUP BY 1 "
+        "HAVING max(r.cached_tokens) > 0 ORDER BY 1"
+    ).fetchall()
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for ep, share, ttft in rows:
+            ax.scatter(share, ttft, s=12, alpha=0.6, label=f"{ep} (n={len(share)})")
+        ax.set(
+            yscale="log",
+            xlabel="share of the prompt the server's prefix cache held",
+            ylabel="TTFT (ms)",
+            title="Prefix reuse: time to first token against the cached share of the prompt",
+            xlim=(-0.02, 1.02),
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, out / "ttft_vs_cached_share.png"))
+    rows = con.execute(
+        "SELECT ru.endpoint, r.turn, quantile_cont(r.ttft_ms, 0.5), quantile_cont(r.ttft_ms, 0.9) "
+        f"FROM requests r JOIN runs ru USING (run_id) WHERE {counts('r')} AND r.turn IS NOT NULL "
+        "AND r.ttft_ms IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        _lines(ax, _by_endpoint(rows))
+        ax.set(yscale="log", xlabel="turn", ylabel="TTFT (ms), p50 line, band to p90", title="TTFT by turn")
+        ax.set_xticks(sorted({r[1] for r in rows}))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, out / "ttft_vs_turn.png"))
+    return paths
+
+
 def run_timeline(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, limit: int = 300) -> list[Path]:
     """Each request's send, first token and end; and throughput and requests in flight over time."""
     rows = con.execute(

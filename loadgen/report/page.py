@@ -88,6 +88,7 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
     prefill_batch = figures.prefill_vs_batch(con, out)
     phase = [p for p in (prefill_batch,) if p]
     dists = figures.cdfs(con, out)
+    reuse = figures.prefix_reuse(con, out)
     timeline = figures.run_timeline(con, latest, out)
     parts = [
         f"<h1>loadgen report: {html.escape(name)}</h1>",
@@ -128,6 +129,17 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
     ]
     if dists:
         parts += ["<h2>Distributions</h2>", *map(_img, dists)]
+    if reuse:
+        parts += ["<h2>Prefix reuse</h2>", *map(_img, reuse)]
+        parts += [
+            "<h3>Conversations (sessions view), per run</h3>",
+            _table(
+                con,
+                "SELECT run_id, count(*) AS sessions, avg(turns) AS mean_turns, "
+                "quantile_cont(total_s, 0.5) AS total_p50_s, avg(cached_share) AS mean_cached_share "
+                "FROM sessions GROUP BY run_id ORDER BY run_id",
+            ),
+        ]
     if timeline:
         parts += [f"<h2>The latest run: {html.escape(latest)}</h2>", *map(_img, timeline)]
     parts += ["<h2>Errors</h2>", _table(con, "SELECT * FROM errors ORDER BY run_id, stage")]

@@ -39,6 +39,33 @@ def _snapshot(path: Path, folder: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(copy), read_only=True)
 
 
+def _upgrade(con: duckdb.DuckDBPyConnection) -> None:
+    """A database an older loadgen wrote lacks newer columns and tables: temporary ones of the same names stand in
+    (an absent column reads as its default, or NULL; an absent table as empty), so that the views bind."""
+    (db,) = con.execute("SELECT current_database()").fetchone()
+    have: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_catalog = ? AND table_schema = 'main'",
+        [db],
+    ).fetchall():
+        have.setdefault(table, set()).add(column)
+    if "requests" in have:
+        missing = [(name, kind) for name, kind in schema.REQUEST_COLUMNS if name not in have["requests"]]
+        if missing:
+            extra = ", ".join(f"{_default(kind)} AS {name}" for name, kind in missing)
+            con.execute(f'CREATE TEMP VIEW requests AS SELECT *, {extra} FROM "{db}".main.requests')
+    if "workers" not in have:
+        con.execute(schema.WORKERS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+
+
+def _default(kind: str) -> str:
+    """A column's default as SQL, from its declaration ("INTEGER DEFAULT 0" -> "0::INTEGER")."""
+    words = kind.split()
+    value = words[words.index("DEFAULT") + 1] if "DEFAULT" in words else "NULL"
+    return f"{value}::{words[0]}"
+
+
 @contextmanager
 def reading(path: str | Path, said: Callable[[str], None] = lambda _: None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection with the current views; SpecError when there is no such database."""
@@ -57,6 +84,7 @@ def reading(path: str | Path, said: Callable[[str], None] = lambda _: None) -> I
             )
             con = _snapshot(path, Path(tmp))
         try:
+            _upgrade(con)
             for ddl in schema.VIEWS:
                 con.execute(ddl.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW", 1))
             yield con
