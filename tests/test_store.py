@@ -31,8 +31,8 @@ def _stage() -> StageSpec:
     )
 
 
-def test_write_stores_each_request_and_its_events_with_the_derived_metrics(tmp_path):
-    db = tmp_path / "w.duckdb"
+def _written(db, more: list[RequestResult] = ()) -> Store:
+    """A store holding one finished run: an ok request (sent at 1.5 s, tokens at 2.0, 2.1 and 2.3 s), then `more`."""
     store = Store(db)
     store.begin_run("r", "w", "ep", {"workload": {}}, [_stage()])
     ok = RequestResult(
@@ -40,10 +40,14 @@ def test_write_stores_each_request_and_its_events_with_the_derived_metrics(tmp_p
         event_times=[2.0, 2.1, 2.3], event_tokens=[1, 1, 1], usage_completion_tokens=3,
     )  # fmt: skip
     slo = SloSpec(ttft_ms=1000)
-    unsent = not_sent(1, "s", None, 16, 3, False)
-    store.write("r", [(ok, derive(ok, slo)), (unsent, derive(unsent, slo))])
+    store.write("r", [(r, derive(r, slo)) for r in [ok, *more]])
     store.finish_run("r", "completed", 0.1, None)
-    store.close()
+    return store
+
+
+def test_write_stores_each_request_and_its_events_with_the_derived_metrics(tmp_path):
+    db = tmp_path / "w.duckdb"
+    _written(db, [not_sent(1, "s", None, 16, 3, False)]).close()
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute(
         "SELECT request_id, status, lag_ms, ttft_ms, tpot_ms, e2e_ms, output_tokens, slo_ok FROM requests ORDER BY 1"
@@ -59,14 +63,7 @@ def test_a_database_from_an_older_loadgen_reads_with_the_current_views(tmp_path)
     from loadgen.store.read import reading
 
     db = tmp_path / "old.duckdb"
-    store = Store(db)
-    store.begin_run("r", "w", "ep", {"workload": {}}, [_stage()])
-    ok = RequestResult(
-        request_id=0, stage="s", scheduled_s=1.0, sent_s=1.5, prompt_tokens=16, max_tokens=3, end_s=2.5,
-        event_times=[2.0, 2.1, 2.3], event_tokens=[1, 1, 1], usage_completion_tokens=3,
-    )  # fmt: skip
-    store.write("r", [(ok, derive(ok, SloSpec()))])
-    store.finish_run("r", "completed", 0.1, None)
+    store = _written(db)
     # As an older loadgen wrote it: without the columns and the table added since.
     for column in ("worker", "cached_tokens", "session", "turn", "parent_request_id"):
         store.con.execute(f"ALTER TABLE requests DROP COLUMN {column}")

@@ -43,6 +43,13 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _gridded(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
+    """Grid and legend, then save."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
 def _ticks(ax: plt.Axes, values: list[int]) -> None:
     """Label the log x axis at the measured values themselves."""
     ax.set_xticks(values, [str(v) for v in values])
@@ -179,9 +186,7 @@ def prefix_reuse(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
             title="Prefix reuse: time to first token against the cached share of the prompt",
             xlim=(-0.02, 1.02),
         )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        paths.append(_save(fig, out / "ttft_vs_cached_share.png"))
+        paths.append(_gridded(fig, ax, out / "ttft_vs_cached_share.png"))
     rows = con.execute(
         "SELECT ru.endpoint, r.turn, quantile_cont(r.ttft_ms, 0.5), quantile_cont(r.ttft_ms, 0.9) "
         f"FROM requests r JOIN runs ru USING (run_id) WHERE {counts('r')} AND r.turn IS NOT NULL "
@@ -192,9 +197,7 @@ def prefix_reuse(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
         _lines(ax, _by_endpoint(rows))
         ax.set(yscale="log", xlabel="turn", ylabel="TTFT (ms), p50 line, band to p90", title="TTFT by turn")
         ax.set_xticks(sorted({r[1] for r in rows}))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        paths.append(_save(fig, out / "ttft_vs_turn.png"))
+        paths.append(_gridded(fig, ax, out / "ttft_vs_turn.png"))
     return paths
 
 
