@@ -196,12 +196,20 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
     assert res.returncode == 2 and "nobody" in res.stderr
     res = loadgen("disagg", str(study_db), *pair, "--link", "fast")
     assert res.returncode == 2 and "--link" in res.stderr
+    # Prefix reuse: the H100 (its server reports cached tokens) prefills half; the GroqRack keeps no cache.
+    res = loadgen("disagg", str(study_db), *pair, "--link", "100", "--cached-share", "0.5", "--format", "json")
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 0 and f"emulated-h100 keeps a prefix cache; {GROQ_NAME} keeps none" in said
+    reused = {(r["prompt"], r["output"]): r for r in orjson.loads(res.stdout)}
+    assert all(reused[(r["prompt"], r["output"])]["TTFT A→B ms"] < r["TTFT A→B ms"] for r in records)
+    res = loadgen("disagg", str(study_db), *pair, "--link", "100", "--cached-share", "1")
+    assert res.returncode == 2 and "--cached-share" in res.stderr
 
 
 def test_disagg_model_transfer_and_break_evens():
     import numpy as np
 
-    from loadgen.analysis.disagg import Link, predict
+    from loadgen.analysis.disagg import Link, Reuse, predict
     from loadgen.analysis.phases import PhaseModel
     from loadgen.hardware.profiles import load_profile
 
@@ -236,6 +244,12 @@ def test_disagg_model_transfer_and_break_evens():
     at = predict(gpu, lpu, m, 500, 101, Link(p.break_even_gbps, latency_ms=0.0))
     assert at.e2e_ab_ms == pytest.approx(min(at.e2e_a_ms, at.e2e_b_ms))  # the break-even link ties
     assert lpu.tpot(8) == pytest.approx(2.0 * 8)  # no batching: eight requests share one decoder
+    # Half of each prompt already cached where a cache is kept: the GPU prefills 250 tokens; the KV cache crosses
+    # the link whole when the decode side keeps no cache, half when it does.
+    cold = predict(gpu, lpu, m, 500, 101, Link(100.0, latency_ms=0.0), reuse=Reuse(0.5, True, False))
+    assert cold.ttft_ab_ms == pytest.approx(25 + transfer) and cold.e2e_b_ms == pytest.approx(2000 + 100 * 2)
+    warm = predict(gpu, lpu, m, 500, 101, Link(100.0, latency_ms=0.0), reuse=Reuse(0.5, True, True))
+    assert warm.transfer_ms == pytest.approx(transfer / 2) and warm.e2e_b_ms == pytest.approx(1000 + 100 * 2)
 
 
 def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -5,6 +5,9 @@ One request's E2E on a single platform is TTFT(prompt) + (output - 1) x TPOT(loa
 the decode side can continue, so TTFT = TTFT_A(prompt) + transfer and TPOT = TPOT_B(load). Break-evens follow:
 - against A alone, disaggregation wins once (output - 1) x (TPOT_A - TPOT_B) > transfer;
 - against B alone, once TTFT_B - TTFT_A > transfer.
+With prefix reuse (a conversation's later turns), a share of each prompt is already in the prefix caches: a side
+that keeps one prefills only the rest (TTFT of the shorter prompt: attention over the cached part is left out, so
+a lower bound), and when the decode side keeps one, only the rest of the KV cache crosses the link.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ class Link:
     latency_ms: float = 0.01
     handoff_ms: float = 0.0
     layerwise: bool = False
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """The share of each prompt that earlier requests put in the prefix caches, and which sides keep one."""
+
+    share: float = 0.0
+    a_caches: bool = True
+    b_caches: bool = True
 
 
 @dataclass
@@ -55,20 +67,30 @@ def _e2e(ttft: float, tpot: float, output: int) -> float:
 
 
 def predict(
-    a: PhaseModel, b: PhaseModel, model: ModelConfig, prompt: int, output: int, link: Link, load: int = 1
+    a: PhaseModel,
+    b: PhaseModel,
+    model: ModelConfig,
+    prompt: int,
+    output: int,
+    link: Link,
+    load: int = 1,
+    reuse: Reuse = Reuse(),
 ) -> Prediction:
-    ttft_a, ttft_b = a.ttft(prompt), b.ttft(prompt)
+    held_a = reuse.share if reuse.a_caches else 0.0
+    held_b = reuse.share if reuse.b_caches else 0.0
+    ttft_a, ttft_b = a.ttft(prompt * (1 - held_a)), b.ttft(prompt * (1 - held_b))
     tpot_a, tpot_b = a.tpot(load), b.tpot(load)
     prefill_s = ttft_a / 1000.0
+    sent = prompt * (1 - held_b)  # the decode side already holds the rest of the KV cache
     transfer = 1000.0 * kv_transfer_s(
-        model, prompt, link.gbps, link.latency_ms, link.handoff_ms, link.layerwise, prefill_s
+        model, sent, link.gbps, link.latency_ms, link.handoff_ms, link.layerwise, prefill_s
     )
     e2e_a, e2e_b = _e2e(ttft_a, tpot_a, output), _e2e(ttft_b, tpot_b, output)
     e2e_ab = _e2e(ttft_a + transfer, tpot_b, output)
     # Break-even link: the transfer time that makes A then B tie the better single platform.
     fixed = link.latency_ms + link.handoff_ms
     room = min(e2e_a, e2e_b) - _e2e(ttft_a, tpot_b, output) - fixed
-    wire_bits = prompt * model.kv_bytes_per_token * 8
+    wire_bits = sent * model.kv_bytes_per_token * 8
     if link.layerwise:
         wire_bits = wire_bits / model.layers  # at best only the last layer is left after the prefill
     break_gbps = wire_bits / (room / 1000.0) / 1e9 if room > 0 else None

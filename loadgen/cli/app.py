@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--load", default="1", help="concurrent requests, comma-separated (default 1)")
     dg.add_argument("--workload", help="use this workload's length mix instead of a grid of lengths")
     dg.add_argument("--model", default="llama-2-7b", help="model profile for KV bytes per token")
+    dg.add_argument(
+        "--cached-share",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="share of each prompt already in the prefix caches (a conversation's earlier turns; e.g. a run's "
+        "summary cached_share): a side that keeps a cache prefills only the rest, and only the rest of the KV "
+        "cache crosses the link when the decode side keeps one (default 0)",
+    )
     dg.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
     dg.add_argument(
         "--figure",

@@ -142,12 +142,14 @@ def _endpoint_name(ref: str) -> str:
 
 
 def cmd_disagg(args: argparse.Namespace) -> int:
-    from loadgen.analysis.disagg import Link, grid, predict, where_it_wins
+    from loadgen.analysis.disagg import Link, Reuse, grid, predict, where_it_wins
     from loadgen.analysis.phases import fit
     from loadgen.hardware.profiles import model_profile
 
     links = numbers("--link", args.link)
     loads = numbers("--load", args.load, int)
+    if not 0 <= args.cached_share < 1:
+        raise SpecError("--cached-share", f"expected a share from 0 up to (not including) 1, got {args.cached_share}")
     a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
     try:
         model = model_profile(args.model)
@@ -156,6 +158,16 @@ def cmd_disagg(args: argparse.Namespace) -> int:
     except TypeError as e:
         raise SpecError("--model", str(e)) from None
     with _reading(args.db) as con:
+        # A side keeps a prefix cache when its server reported cached tokens (vLLM, SGLang and the emulated GPUs
+        # do; the emulated GroqRack does not).
+        caches = {
+            name: con.execute(
+                "SELECT count(*) > 0 FROM requests r JOIN runs ru USING (run_id) "
+                "WHERE ru.endpoint = ? AND r.cached_tokens IS NOT NULL",
+                [name],
+            ).fetchone()[0]
+            for name in (a_name, b_name)
+        }
         try:
             a, b = fit(con, a_name), fit(con, b_name)
         except KeyError as e:
@@ -186,9 +198,22 @@ def cmd_disagg(args: argparse.Namespace) -> int:
             f"leave-one-out error {', '.join(errs) or 'n/a'}",
             highlight=False,
         )
+    reuse = Reuse(args.cached_share, caches[a_name], caches[b_name])
+    if reuse.share:
+        keeps = {n: "keeps a prefix cache" if caches[n] else "keeps none (no cached tokens reported)" for n in caches}
+        info.print(
+            f"cached share {reuse.share:.0%}: {a_name} {keeps[a_name]}; {b_name} {keeps[b_name]}", highlight=False
+        )
     preds = [
         predict(
-            a, b, model, prompt, output, Link(gbps, args.latency_ms, args.handoff_ms, args.overlap == "layerwise"), load
+            a,
+            b,
+            model,
+            prompt,
+            output,
+            Link(gbps, args.latency_ms, args.handoff_ms, args.overlap == "layerwise"),
+            load,
+            reuse,
         )
         for gbps in links
         for load in loads

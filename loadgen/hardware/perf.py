@@ -75,7 +75,7 @@ def groq_prefill_s(hw: GroqHardware, m: ModelConfig, prompt_tokens: int) -> floa
 
 def kv_transfer_s(
     m: ModelConfig,
-    prompt_tokens: int,
+    prompt_tokens: float,
     gbps: float,
     latency_ms: float,
     handoff_ms: float,
