@@ -254,6 +254,13 @@ def test_trace_info_and_synth(tmp_path):
     assert len(plan) == 300 and 20 < plan[-1].offset_s < 40
     res = loadgen("trace", "info", str(tmp_path / "missing.csv"))
     assert res.returncode == 2 and "missing.csv" in res.stderr
+    half = tmp_path / "half.jsonl"
+    assert loadgen("trace", "synth", str(half), "--format", "bailian", "--rows", "5", "--shared", "0.5").returncode == 0
+    plan = list(plan_stage(stage({"path": str(half), "format": "bailian"}), 1, 0))
+    assert all(p.prompt_tokens == 2048 and len(p.prefix) == 128 for p in plan)
+    assert len({p.prefix[:64] for p in plan}) == 1 and len({p.prefix[64] for p in plan}) == 5  # half shared
+    res = loadgen("trace", "synth", str(half), "--format", "bailian", "--shared", "1.5")
+    assert res.returncode == 2 and "--shared" in res.stderr
 
 
 def test_trace_fetch_from_a_loopback_mirror(tmp_path):

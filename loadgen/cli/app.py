@@ -112,9 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     ti = tsub.add_parser("info", help="rows, span, rate over time and length percentiles of a trace")
     ti.add_argument("file")
     ti.add_argument("--format", choices=["azure", "mooncake", "bailian", "burstgpt"], help="default: from the file")
-    ts = tsub.add_parser("synth", help="write a synthetic trace (Azure CSV, or Mooncake JSONL with shared prefixes)")
+    ts = tsub.add_parser(
+        "synth", help="write a synthetic trace (Azure CSV, or Mooncake / Bailian JSONL with shared prefixes)"
+    )
     ts.add_argument("out")
-    ts.add_argument("--format", choices=["azure", "mooncake"], default="azure")
+    ts.add_argument("--format", choices=["azure", "mooncake", "bailian"], default="azure")
+    ts.add_argument(
+        "--shared",
+        type=float,
+        default=0.0,
+        help="bailian: share of each 2048-token prompt that all requests open with (default 0)",
+    )
     ts.add_argument("--rows", type=int, default=2000)
     ts.add_argument("--rate", type=float, default=2.0, help="requests/s (default 2)")
     ts.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 = Poisson")

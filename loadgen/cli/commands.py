@@ -349,6 +349,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
             raise SpecError("trace synth", "--rows, --rate and --burstiness must be positive")
         if args.format == "azure":
             synth.azure_csv(Path(args.out), args.rows, args.rate, args.seed, args.burstiness)
+        elif args.format == "bailian":
+            if not 0 <= args.shared <= 1:
+                raise SpecError("--shared", f"expected a share from 0 to 1, got {args.shared}")
+            synth.bailian_jsonl(Path(args.out), args.rows, args.rate, args.seed, args.shared)
         else:
             synth.mooncake_jsonl(Path(args.out), args.rows, args.rate, args.seed)
         show.out.print(f"wrote {args.rows} requests to {args.out}", highlight=False)

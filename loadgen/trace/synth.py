@@ -1,4 +1,5 @@
-"""Synthetic traces in the Azure format, so that shipped examples replay a trace the project makes itself."""
+"""Synthetic traces (Azure CSV, Mooncake and Bailian JSONL), so that shipped examples replay traces the project
+makes itself."""
 
 from __future__ import annotations
 
@@ -65,4 +66,25 @@ def mooncake_jsonl(out: Path, rows: int, rate: float, seed: int = 1, turns: int 
             )
             if context + output < 3500:
                 sessions.append((context + output, blocks))
+            t += rng.exponential(1 / rate)
+
+
+def bailian_jsonl(
+    out: Path, rows: int, rate: float, seed: int = 1, shared: float = 0.0, prompt: int = 2048, output: int = 32
+) -> None:
+    """Single-turn requests in the Bailian format (16-token blocks) whose first `shared` share of blocks is one
+    prompt all of them open with (a system prompt), the rest their own; Poisson arrivals at `rate` per second."""
+    rng = np.random.default_rng(seed)
+    blocks = -(-prompt // 16)
+    common = int(round(blocks * shared))
+    t = 0.0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for i in range(rows):
+            own = range(1_000_000 * (i + 1), 1_000_000 * (i + 1) + blocks - common)
+            ids = [*range(common), *own]
+            f.write(
+                f'{{"chat_id": {i + 1}, "parent_chat_id": -1, "timestamp": {t:.6f}, "input_length": {prompt}, '
+                f'"output_length": {output}, "type": "text", "turn": 1, "hash_ids": {ids}}}\n'
+            )
             t += rng.exponential(1 / rate)
