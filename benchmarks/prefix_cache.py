@@ -86,6 +86,17 @@ def pairs(url: str, n: int, tag: str) -> tuple[list[float], list[float], list[in
     return cold, warm, cached
 
 
+def medians(endpoint: str, n: int, tag: str) -> tuple[float, float, list[int]]:
+    """On a served emulator of the shipped endpoint file: TTFT p50 of n cold prompts and of their 90%-shared
+    follow-ups, and the cached tokens it reported for the follow-ups."""
+    proc, url = serve(ROOT / "endpoints" / f"{endpoint}.yaml")
+    try:
+        cold, warm, cached = pairs(url, n, tag)
+    finally:
+        proc.terminate()
+    return statistics.median(cold), statistics.median(warm), cached
+
+
 def bailian_trace(path: Path, sessions: int = 120, seed: int = 3) -> list[dict]:
     """Conversations of 1-6 turns over 8 system prompts (16-token blocks): each turn's prompt is the one before,
     that turn's answer and a new message. Turns are far apart (seconds), so each parent has ended first."""
@@ -140,21 +151,11 @@ def ideal_hit_share(rows: list[dict]) -> float:
 
 def main() -> None:
     b = Bounds("prefix cache on the emulators")
-    h100, url = serve(ROOT / "endpoints" / "emulated-h100.yaml")
-    try:
-        cold, warm, cached = pairs(url, PAIRS, "h")
-    finally:
-        h100.terminate()
-    c50, w50 = statistics.median(cold), statistics.median(warm)
+    c50, w50, cached = medians("emulated-h100", PAIRS, "h")
     print(f"  H100, {PROMPT}-token prompts ({PAIRS} of each): cold TTFT p50 {c50:.1f} ms, 90% cached {w50:.1f} ms")
     print(f"    cached tokens the server reported: {sorted(set(cached))}")
     b.check("H100 cached / cold TTFT p50", w50 / c50, "<=", 0.25, "x")
-    groq, url = serve(ROOT / "endpoints" / "emulated-groqrack.yaml")
-    try:
-        gcold, gwarm, _ = pairs(url, GROQ_PAIRS, "g")
-    finally:
-        groq.terminate()
-    g_c, g_w = statistics.median(gcold), statistics.median(gwarm)
+    g_c, g_w, _ = medians("emulated-groqrack", GROQ_PAIRS, "g")
     print(f"  GroqRack, the same prompts ({GROQ_PAIRS} of each): cold TTFT p50 {g_c:.1f} ms, 90% shared {g_w:.1f} ms")
     b.check("GroqRack |shared / cold - 1| TTFT p50", abs(g_w / g_c - 1), "<=", 0.02)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import tempfile
 import uuid
@@ -19,7 +18,7 @@ from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
 from loadgen.load import drive
-from loadgen.load.description import RunDescription
+from loadgen.load.description import RunDescription, api_key_headers
 from loadgen.load.drive import Outcome
 from loadgen.load.engine import Engine
 from loadgen.load.master import Master, MasterError
@@ -38,12 +37,12 @@ SPAWN_TIMEOUT_S = 60.0  # local worker processes connect within this
 
 
 def _api_headers(endpoint: EndpointSpec, source: str) -> dict[str, str]:
-    if endpoint.api_key_env is None:
-        return {}
-    key = os.environ.get(endpoint.api_key_env)
-    if not key:
-        raise SpecError(source, f"environment variable {endpoint.api_key_env} is not set", where="api_key_env")
-    return {"Authorization": f"Bearer {key}"}
+    try:
+        return api_key_headers(endpoint.api_key_env)
+    except KeyError:
+        raise SpecError(
+            source, f"environment variable {endpoint.api_key_env} is not set", where="api_key_env"
+        ) from None
 
 
 def default_db(workload: WorkloadSpec) -> Path:

@@ -7,6 +7,8 @@ from its own environment into its live state (state.py).
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel, ConfigDict
 
 from loadgen.spec.workload import RetrySpec, StageSpec, TimeoutSpec
@@ -26,9 +28,25 @@ class RunDescription(BaseModel):
     stages: tuple[StageSpec, ...]
     prompts: PromptSetup = PromptSetup()
 
+    def headers(self) -> dict[str, str]:
+        """This process's request headers: the API key from its own environment (KeyError naming the variable
+        when it is not set)."""
+        return api_key_headers(self.api_key_env)
+
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RunDescription:
         return cls.model_validate_json(data)
+
+
+def api_key_headers(variable: str | None) -> dict[str, str]:
+    """The Authorization header from the environment variable `variable` names (none when it names none); a
+    KeyError naming the variable when it is not set."""
+    if variable is None:
+        return {}
+    key = os.environ.get(variable)
+    if not key:
+        raise KeyError(variable)
+    return {"Authorization": f"Bearer {key}"}

@@ -17,7 +17,7 @@ from loadgen.load.monitor import DelayMonitor, saturation_note, timing_bound
 from loadgen.load.recorder import Recorder
 from loadgen.load.stages import StageWalker, planned_requests
 from loadgen.load.state import RunState
-from loadgen.load.user import StreamUser
+from loadgen.load.user import user_class
 from loadgen.results import Progress
 
 
@@ -35,8 +35,7 @@ class Engine(drive.Load):
         self.monitor = DelayMonitor()
         self.grace_s = description.timeouts.grace_s
         self.planned = planned_requests(description.stages)
-        user_class = type("LLMUser", (StreamUser,), {"ctx": ctx, "abstract": False, "host": description.base_url})
-        self.env = Environment(user_classes=[user_class], host=description.base_url)
+        self.env = Environment(user_classes=[user_class(ctx, description.base_url)], host=description.base_url)
         self.runner = self.env.create_local_runner()
 
     def step(self, users_running: int) -> int | None:

@@ -30,7 +30,7 @@ from loadgen.load.monitor import saturation_note
 from loadgen.load.recorder import Recorder
 from loadgen.load.stages import START_TIMEOUT_S, finite, planned_requests
 from loadgen.load.state import Clock
-from loadgen.load.user import StreamUser
+from loadgen.load.user import user_class
 from loadgen.results import Progress, RequestResult, WorkerReport
 from loadgen.schedule.plan import owner, plan_stage, slots
 
@@ -88,8 +88,7 @@ class Master(drive.Load):
         self.stages = description.stages
         self.slo = {s.name: s.slo for s in self.stages}
         self.planned = planned_requests(self.stages)
-        user_class = type("LLMUser", (StreamUser,), {"abstract": False, "host": description.base_url})
-        self.env = Environment(user_classes=[user_class], host=description.base_url)
+        self.env = Environment(user_classes=[user_class(None, description.base_url)], host=description.base_url)
         try:
             self.runner = self.env.create_master_runner(*bind)
         except SystemExit:  # Locust's way of saying the port is taken

@@ -26,6 +26,12 @@ def sleep_to_send(delay: float) -> None:
         timer.close()
 
 
+def user_class(ctx: RunState | None, host: str | None) -> type[StreamUser]:
+    """The run's user class. Locust's master and workers name the users they spawn by class name, so every
+    process makes it here, alike; a worker's has no state until the master sends the run."""
+    return type("LLMUser", (StreamUser,), {"abstract": False, "ctx": ctx, "host": host})
+
+
 class StreamUser(User):
     abstract = True
     wait_time = constant(0)

@@ -9,7 +9,6 @@ the users the master asks for and reports their statistics to the master's UI.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from loadgen.load.monitor import DelayMonitor, timing_bound
 from loadgen.load.recorder import Recorder
 from loadgen.load.stages import START_TIMEOUT_S
 from loadgen.load.state import RunState
-from loadgen.load.user import StreamUser, sleep_to_send
+from loadgen.load.user import sleep_to_send, user_class
 from loadgen.metrics import Derived
 from loadgen.results import RequestResult
 from loadgen.schedule.plan import plan_stage, share
@@ -45,19 +44,9 @@ class WorkerLate(Exception):
     """This worker connected after the run had started."""
 
 
-def api_headers(description: RunDescription) -> dict[str, str]:
-    """This process's request headers: the API key from its own environment, never from the wire."""
-    if description.api_key_env is None:
-        return {}
-    key = os.environ.get(description.api_key_env)
-    if not key:
-        raise WorkerRefused(f"environment variable {description.api_key_env} is not set on this worker")
-    return {"Authorization": f"Bearer {key}"}
-
-
 class Worker:
     def __init__(self, master_host: str, master_port: int):
-        self.user_class: type[StreamUser] = type("LLMUser", (StreamUser,), {"abstract": False, "ctx": None})
+        self.user_class = user_class(None, None)
         self.env = Environment(user_classes=[self.user_class])
         self.runner = self.env.create_worker_runner(master_host, master_port)
         self.ctx: RunState | None = None
@@ -89,10 +78,11 @@ class Worker:
 
     def _on_run(self, msg: Any, **_: Any) -> None:
         description = RunDescription.from_json(msg.data["description"])
-        try:
-            headers = api_headers(description)
-        except WorkerRefused as e:
-            self.refused = f"worker {self.index} ({self.runner.client_id}): {e}"
+        try:  # the API key from this worker's own environment, never from the wire
+            headers = description.headers()
+        except KeyError as e:
+            who = f"worker {self.index} ({self.runner.client_id})"
+            self.refused = f"{who}: environment variable {e.args[0]} is not set on this worker"
             self._send(wire.JOINED, {"refused": self.refused})
             self.finished.set()
             return

@@ -159,9 +159,7 @@ def cdfs(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
         ax.set(
             xscale="log", xlabel=label, ylabel="share of requests", title=f"CDF of {label.split()[0]}", ylim=(0, 1.01)
         )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        paths.append(_save(fig, out / f"cdf_{metric.removesuffix('_ms')}.png"))
+        paths.append(_gridded(fig, ax, out / f"cdf_{metric.removesuffix('_ms')}.png"))
     return paths
 
 
