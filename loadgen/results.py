@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-# The class of a request that did not end ok (requests.error); `interrupted` goes with status `interrupted`.
+# The class of a request that did not end ok (requests.error); `interrupted` goes with status `interrupted`;
+# `not_sent`, `worker_lost` and `session_ended` (an earlier turn of its session got no answer) with `not_sent`.
 ErrorKind = Literal[
     "timeout",
     "connect",
@@ -19,6 +20,7 @@ ErrorKind = Literal[
     "interrupted",
     "not_sent",
     "worker_lost",
+    "session_ended",
 ]
 
 

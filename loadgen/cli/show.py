@@ -193,7 +193,7 @@ def preview_table(previews: Sequence[Preview]) -> Table:
         "users/cap",
         "requests",
         "duration s",
-        "rate req/s",
+        "rate /s",
         "prompt p10/50/90",
         "output p10/50/90",
     ):
@@ -201,9 +201,10 @@ def preview_table(previews: Sequence[Preview]) -> Table:
     for p in previews:
         t.add_row(
             p.stage,
-            p.arrival,
+            p.arrival if p.sessions is None else f"{p.arrival}, sessions",
             str(p.users),
-            "until duration" if p.requests is None else str(p.requests),
+            ("until duration" if p.requests is None else str(p.requests))
+            + ("" if p.sessions is None else f" in {p.sessions} sessions"),
             _num(p.duration_s),
             _num(p.rate),
             "/".join(map(str, p.prompt_pcts)),

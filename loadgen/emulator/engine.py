@@ -35,14 +35,17 @@ class Seq:
         "cancelled",
         "prefill_s",
         "keys",
+        "answer_keys",
         "cached",
         "on_tokens",
         "_waiter",
     )
 
-    def __init__(self, prompt: int, target: int, keys: Sequence[int] = ()):
+    def __init__(self, prompt: int, target: int, keys: Sequence[int] = (), answer_keys: Sequence[int] = ()):
         self.prompt, self.target = prompt, target
         self.keys = keys  # its prompt's block keys, for the prefix cache (prefix.py)
+        # The keys through its answer but the last token (whose KV is never computed): a next turn resends both.
+        self.answer_keys = answer_keys
         self.cached = 0  # prompt tokens found in the prefix cache
         self.prefilled = 0  # prompt tokens in the KV cache
         self.generated = 0  # output tokens produced
@@ -254,6 +257,12 @@ class GpuEngine(Engine):
     def cache_prefix(self, seq: Seq) -> None:
         if self.cache is not None:
             self.cache.insert(seq.keys)
+
+    def retire(self, seq: Seq) -> None:
+        # Like vLLM, the blocks its answer filled are cached too, so that a conversation's next turn finds them.
+        if self.cache is not None and not seq.cancelled and seq.generated >= seq.target:
+            self.cache.insert(seq.answer_keys)
+        super().retire(seq)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.admitted if s.cancelled]:

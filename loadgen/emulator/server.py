@@ -20,6 +20,12 @@ from loadgen.spec.endpoint import EndpointSpec
 OUTPUT_WORDS = (" the", " model", " says", " hello", " and", " then", " more", " words")
 
 
+def answer_tokens(n: int) -> list[str]:
+    """The first n tokens of every answer, as a prompt that resends the answer counts them (a word a token)."""
+    words = [w.strip() for w in OUTPUT_WORDS]
+    return (words * (n // len(words) + 1))[:n]
+
+
 class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400, kind: str = "BadRequestError"):
         super().__init__(message)
@@ -206,8 +212,10 @@ class Emulator:
             return _error("emulated rate limit", 429, "RateLimitError", {"Retry-After": f"{f.retry_after_s:g}"})
         self.requests_total += 1
         prompt_tokens = len(prompt)
-        keys = block_keys(prompt, self.block) if self.block else ()
-        seq = Seq(prompt_tokens, target, keys)
+        keys: list[int] = []
+        if self.block:  # one pass over the prompt and the answer to come: the prompt's keys lead
+            keys = block_keys(prompt + answer_tokens(target - 1), self.block)
+        seq = Seq(prompt_tokens, target, keys[: prompt_tokens // self.block] if self.block else (), keys)
         self.backend.submit(seq)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",

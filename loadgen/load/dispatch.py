@@ -53,6 +53,7 @@ class Dispatch:
         # When each request of a stage with conversations ended, for the turns that follow it.
         self.follows = stage.load.trace is not None and stage.load.trace.format == "bailian"
         self.ends: dict[int, float] = {}
+        self._held: Planned | None = None  # looked at past a session's last turn, not yet taken
         self._awaited: dict[int, gevent.event.Event] = {}
 
     def now_s(self) -> float:
@@ -66,13 +67,40 @@ class Dispatch:
         if limit is not None and self.now_s() - self.start_s >= limit:
             self.exhausted = True
             return None
-        item = next(self.plan, None)
+        item = self._next()
         if item is None:
             self.exhausted = True
             return None
+        self._taken(item)
+        return item
+
+    def take_session(self) -> list[Planned] | None:
+        """The next session's turns, all for one user to send in turn; None when the stage starts no more."""
+        first = self.take()
+        if first is None:
+            return None
+        turns = [first]
+        while (item := self._next()) is not None:
+            if item.group != first.group:
+                self._held = item
+                break
+            self._taken(item)
+            turns.append(item)
+        return turns
+
+    def _next(self) -> Planned | None:
+        item, self._held = self._held, None
+        return item if item is not None else next(self.plan, None)
+
+    def _taken(self, item: Planned) -> None:
         self.outstanding += 1
         self.next_id = item.request_id + 1
-        return item
+
+    def remaining(self) -> Iterator[Planned]:
+        """What was never taken from the plan."""
+        if self._held is not None:
+            yield self._held
+        yield from self.plan
 
     def request_ended(self, request_id: int, end_s: float) -> None:
         """A request of this stage has ended (answered, failed or never sent): a turn that follows it may go."""

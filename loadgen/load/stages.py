@@ -69,7 +69,7 @@ class StageWalker:
         if d is not None:
             next_id = max(next_id, d.next_id)
             if finite(d.stage):
-                for item in d.plan:
+                for item in d.remaining():
                     next_id = item.request_id + 1
                     scheduled = None if item.offset_s is None else d.start_s + item.offset_s
                     yield unsent_row(item, d.stage, scheduled, d.first_id), d.stage

@@ -13,6 +13,7 @@ from loadgen.load.dispatch import Dispatch, in_conversation, unsent_row
 from loadgen.load.state import RunState
 from loadgen.results import RequestResult
 from loadgen.schedule.plan import Planned
+from loadgen.target.targeter import Target
 
 
 def sleep_to_send(delay: float) -> None:
@@ -55,11 +56,17 @@ class StreamUser(User):
         if d is None:
             c.wait_at_gate()
             return
+        if d.stage.sessions is not None:
+            turns = d.take_session()
+            if turns is None:
+                d.ended.wait()
+                return
+            self._session(d, turns)
+            return
         item = d.take()
         if item is None:
             d.ended.wait()
             return
-        stage = d.stage
         scheduled: float | None = None
         try:
             if item.offset_s is None:  # closed loop: send as soon as this user is free
@@ -68,16 +75,72 @@ class StreamUser(User):
                 scheduled = d.start_s + item.offset_s
                 if item.parent is not None:  # a turn follows its parent's answer: not before that has ended
                     scheduled = max(scheduled, d.end_of(item.parent))
-                delay = scheduled - d.now_s()
-                if delay > 0:
-                    sleep_to_send(delay)
+        except BaseException:  # the run stopped while this request waited for its parent
+            self._not_sent(d, item, scheduled)
+            raise
+        self._send(d, item, scheduled, c.targeter.target(d.stage, item))
+
+    def _session(self, d: Dispatch, turns: list[Planned]) -> None:
+        """A session's turns in order, each sent its think time after the answer it follows has ended, resending
+        the conversation so far with that answer."""
+        stage, targeter = d.stage, self.ctx.targeter
+        convo = targeter.conversation(stage, turns[0])
+        first = turns[0]
+        scheduled = d.now_s() if first.offset_s is None else d.start_s + first.offset_s
+        rest = iter(turns)
+        answered_s = scheduled  # when the answer the next turn follows ended
+        try:
+            for item in rest:
+                if item is not first:
+                    assert item.session is not None
+                    scheduled = answered_s + item.session.think_s
+                    limit = stage.stop.duration_s
+                    if limit is not None and scheduled - d.start_s >= limit:
+                        # The stage is over before this turn: it and the rest are not part of the stage.
+                        for _ in (item, *rest):
+                            d.finish()
+                        return
+                target, message = targeter.turn(stage, item, convo)
+                r = self._send(d, item, scheduled, target)
+                if r is None or r.status != "ok":
+                    for later in rest:
+                        self._cut(d, later, item, r)
+                    return
+                convo.add(message, "".join(r.text_parts or ()))
+                answered_s = r.end_s if r.end_s is not None else d.now_s()
+        except BaseException:  # the run stopped: every turn not yet sent is recorded as such
+            for later in rest:
+                self._not_sent(d, later, None)
+            raise
+
+    def _cut(self, d: Dispatch, item: Planned, failed: Planned, r: RequestResult | None) -> None:
+        """A turn that will never be sent because an earlier turn of its session got no answer."""
+        if r is None:  # the run stopped
+            self._not_sent(d, item, None)
+            return
+        d.finish()
+        row = unsent_row(item, d.stage, None, d.first_id)
+        row.error = "session_ended"
+        row.error_detail = (
+            f"turn {failed.turn} (request {failed.request_id}) ended with {r.error}: "
+            "the session cannot go on without its answer"
+        )
+        self.ctx.recorder.add_unsent(row, d.stage.slo)
+
+    def _send(self, d: Dispatch, item: Planned, scheduled: float, target: Target) -> RequestResult | None:
+        """Wait for the scheduled time, send, and record; None when the run stopped first (recorded unsent)."""
+        c = self.ctx
+        stage = d.stage
+        try:
+            delay = scheduled - d.now_s()
+            if delay > 0:
+                sleep_to_send(delay)
         except BaseException:  # the run stopped while this request waited for its time
             self._not_sent(d, item, scheduled)
             raise
         if d.stopping:
             self._not_sent(d, item, scheduled)
-            return
-        target = c.targeter.target(stage, item)
+            return None
         tok = target.tokenizer
         attempt = Attempt(
             request_id=item.request_id,
@@ -88,7 +151,7 @@ class StreamUser(User):
             warmup=d.warmup(item),
             path=target.path,
             body=target.body,
-            keep_text=tok is not None,
+            keep_text=tok is not None or item.session is not None,  # counted, or resent by the next turn
         )
         c.recorder.sending()
         r: RequestResult | None = None
@@ -113,6 +176,7 @@ class StreamUser(User):
                 self._report(attempt.path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
         if r.status == "interrupted":
             raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
+        return r
 
     def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None) -> None:
         d.finish()

@@ -10,34 +10,18 @@ import functools
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
+from loadgen.schedule.items import Planned, stream
 from loadgen.schedule.lengths import LengthSampler
 from loadgen.schedule.pacer import make_pacer
+from loadgen.schedule.sessions import session_plan
 from loadgen.spec.workload import DEFAULT_OUTPUT, DEFAULT_PROMPT, StageSpec
 from loadgen.trace.readers import batches as trace_batches
 
-
-class Planned(NamedTuple):
-    request_id: int
-    stage: str
-    offset_s: float | None  # seconds after the stage's start; None in a closed loop (sent when a user is free)
-    prompt_tokens: int
-    output_tokens: int
-    prefix: tuple[int, ...] | None = None  # ids of shared prompt blocks (a trace's hash_ids)
-    group: int | None = None  # requests that must go out from one worker (a trace's conversation)
-    parent: int | None = None  # the request whose answer this one follows: it is sent only once that has ended
-    turn: int | None = None  # its place in its conversation (1: the first)
-
-
 # Builds a Planned from a row tuple in C: a trace is planned at millions of rows a second.
 _planned = functools.partial(tuple.__new__, Planned)
-
-
-def _rng(seed: int, stage_index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, stage_index, stream]))
 
 
 def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0) -> Iterator[Planned]:
@@ -46,8 +30,11 @@ def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0)
     if load.arrival == "trace":
         yield from _trace_plan(stage, seed, stage_index, first_id)
         return
-    prompt = LengthSampler(stage.requests.prompt_tokens or DEFAULT_PROMPT, _rng(seed, stage_index, 1))
-    output = LengthSampler(stage.requests.output_tokens or DEFAULT_OUTPUT, _rng(seed, stage_index, 2))
+    if stage.sessions is not None:
+        yield from session_plan(stage, seed, stage_index, first_id)
+        return
+    prompt = LengthSampler(stage.requests.prompt_tokens or DEFAULT_PROMPT, stream(seed, stage_index, 1))
+    output = LengthSampler(stage.requests.output_tokens or DEFAULT_OUTPUT, stream(seed, stage_index, 2))
     limit = stage.stop.requests
     ids = itertools.count(first_id) if limit is None else iter(range(first_id, first_id + limit))
     if load.arrival == "closed":
@@ -55,7 +42,7 @@ def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0)
             yield Planned(rid, stage.name, None, prompt(), output())
         return
     assert load.rate is not None  # the spec guarantees a rate for open arrivals
-    pacer = make_pacer(load.arrival, load.rate, load.burstiness, _rng(seed, stage_index, 0))
+    pacer = make_pacer(load.arrival, load.rate, load.burstiness, stream(seed, stage_index, 0))
     horizon = stage.stop.duration_s
     for rid in ids:
         t = pacer.next_offset()
@@ -68,11 +55,11 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
     """Replay a trace: row i at (ts_i - ts_0) / time_scale, within the window, sample and limits."""
     spec = stage.load.trace
     assert spec is not None
-    sample_rng = _rng(seed, stage_index, 3)
+    sample_rng = stream(seed, stage_index, 3)
     prompt_len = stage.requests.prompt_tokens
     output_len = stage.requests.output_tokens
-    prompt_sampler = LengthSampler(prompt_len, _rng(seed, stage_index, 1)) if prompt_len is not None else None
-    output_sampler = LengthSampler(output_len, _rng(seed, stage_index, 2)) if output_len is not None else None
+    prompt_sampler = LengthSampler(prompt_len, stream(seed, stage_index, 1)) if prompt_len is not None else None
+    output_sampler = LengthSampler(output_len, stream(seed, stage_index, 2)) if output_len is not None else None
     left = stage.stop.requests if stage.stop.requests is not None else -1
     horizon = stage.stop.duration_s
     ts0: int | None = None
@@ -124,6 +111,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 groups,
                 parents,
                 turns,
+                itertools.repeat(None),  # no session turns in a trace
             )
             next_id += n
             yield from map(_planned, rows)
@@ -164,6 +152,7 @@ class Preview:
     rate: float | None
     prompt_pcts: tuple[int, int, int]  # p10, p50, p90
     output_pcts: tuple[int, int, int]
+    sessions: int | None = None  # a session stage: its sessions (the rate is theirs, and so is the duration)
 
 
 PREVIEW_LIMIT = 100_000
@@ -183,10 +172,12 @@ def preview(stage: StageSpec, seed: int, stage_index: int) -> Preview:
 
     duration = stage.stop.duration_s
     rate = None
-    if load.arrival != "closed" and items:
-        span = items[-1].offset_s or 0.0
+    # Sessions: only first turns have offsets (later ones follow answers), so the rate is of sessions started.
+    starts = [i.offset_s for i in items if i.offset_s is not None]
+    if load.arrival != "closed" and starts:
+        span = starts[-1]
         duration = span if duration is None else min(duration, max(span, 0.0))
-        rate = (len(items) - 1) / span if span > 0 else None
+        rate = (len(starts) - 1) / span if span > 0 else None
     return Preview(
         stage=stage.name,
         arrival=load.arrival,
@@ -196,4 +187,5 @@ def preview(stage: StageSpec, seed: int, stage_index: int) -> Preview:
         rate=rate,
         prompt_pcts=pcts([i.prompt_tokens for i in items]),
         output_pcts=pcts([i.output_tokens for i in items]),
+        sessions=None if stage.sessions is None else len({i.group for i in items}),
     )

@@ -20,7 +20,9 @@ from loadgen.spec.workload import StageSpec, WorkloadSpec
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
-STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup", "phase")
+# The tags of distributions: pydantic puts them in an error's location (prompt_tokens.normal.std).
+DIST_TAGS = ("fixed", "uniform", "normal", "lognormal", "choice", "exponential")
+STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup", "phase", "sessions")
 
 
 def _line_map(node: yaml.Node, path: Path_ = (), lines: dict[Path_, int] | None = None) -> dict[Path_, int]:
@@ -146,8 +148,8 @@ def validate(model: type[M], data: Any, source: str, lines: dict[Path_, int], pr
     except ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
-            # Tagged unions add the tag to the location (prompt_tokens.normal.std); drop it to get the YAML path.
-            loc = tuple(p for p in err["loc"] if p not in ("fixed", "uniform", "normal", "lognormal", "choice"))
+            # Drop the tagged union's tag from the location to get the YAML path.
+            loc = tuple(p for p in err["loc"] if p not in DIST_TAGS)
             full = (*prefix, *loc)
             line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
             message = _describe(err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,16 +25,19 @@ class Fixed(Strict):
     value: PositiveInt
 
 
+def _ordered(dist: Any) -> Any:
+    """A distribution's `min` must not exceed its `max` (no max: unbounded above)."""
+    if dist.max is not None and dist.min > dist.max:
+        raise ValueError(f"min ({dist.min}) must not exceed max ({dist.max})")
+    return dist
+
+
 class Uniform(Strict):
     dist: Literal["uniform"]
     min: PositiveInt
     max: PositiveInt
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Uniform:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
+    _ordered = model_validator(mode="after")(_ordered)
 
 
 class Normal(Strict):
@@ -45,11 +49,7 @@ class Normal(Strict):
     min: PositiveInt = 1
     max: PositiveInt | None = None
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Normal:
-        if self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
+    _ordered = model_validator(mode="after")(_ordered)
 
 
 class Choice(Strict):
@@ -67,24 +67,85 @@ class Choice(Strict):
         return self
 
 
-def _number_is_fixed(value: Any) -> Any:
-    # A bare number in YAML means a fixed length; bools are ints in Python but never a length.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return {"dist": "fixed", "value": value}
-    return value
+def _bare_number(kinds: type | tuple[type, ...]) -> Callable[[Any], Any]:
+    """A bare number in YAML means a fixed value; bools are ints in Python but never a length or a time."""
+
+    def fixed(value: Any) -> Any:
+        if isinstance(value, kinds) and not isinstance(value, bool):
+            return {"dist": "fixed", "value": value}
+        return value
+
+    return fixed
 
 
 LengthSpec = Annotated[
     Fixed | Uniform | Normal | Choice,
-    BeforeValidator(_number_is_fixed),
+    BeforeValidator(_bare_number(int)),
     Field(discriminator="dist"),
 ]
 OptionalLength = Annotated[
     Annotated[Fixed | Uniform | Normal | Choice, Field(discriminator="dist")] | None,
-    BeforeValidator(_number_is_fixed),
+    BeforeValidator(_bare_number(int)),
 ]
 
 Arrival = Literal["closed", "constant", "poisson", "gamma", "trace"]
+
+
+class Seconds(Strict):
+    """A fixed time in seconds (a bare number in YAML)."""
+
+    dist: Literal["fixed"] = "fixed"
+    value: Annotated[float, Field(ge=0)]
+
+
+class UniformSeconds(Strict):
+    dist: Literal["uniform"]
+    min: Annotated[float, Field(ge=0)]
+    max: Annotated[float, Field(ge=0)]
+
+    _ordered = model_validator(mode="after")(_ordered)
+
+
+class ExponentialSeconds(Strict):
+    dist: Literal["exponential"]
+    mean: PositiveFloat
+
+
+class LognormalSeconds(Strict):
+    """Log-normal times with the given mean and std in seconds."""
+
+    dist: Literal["lognormal"]
+    mean: PositiveFloat
+    std: Annotated[float, Field(ge=0)]
+
+
+SecondsSpec = Annotated[
+    Seconds | UniformSeconds | ExponentialSeconds | LognormalSeconds,
+    BeforeValidator(_bare_number((int, float))),
+    Field(discriminator="dist"),
+]
+
+
+class SystemPromptsSpec(Strict):
+    """System prompts that sessions share: `count` distinct ones, each `tokens` long (drawn once per prompt)."""
+
+    count: Annotated[int, Field(ge=0)] = 0  # 0: sessions have no system prompt
+    tokens: LengthSpec = Fixed(value=512)
+    pick: Literal["uniform", "zipf"] = "uniform"  # zipf: the i-th (from 1) is picked with weight 1/i
+
+
+class SessionsSpec(Strict):
+    """Multi-turn conversations: each turn resends the conversation so far (the system prompt, every earlier
+    user message and the answer the server returned to it), then a new user message."""
+
+    turns: LengthSpec = Fixed(value=4)  # turns per session
+    think_s: SecondsSpec = Seconds(value=0.0)  # from a turn's answer to the next turn's send
+    user_tokens: LengthSpec = Fixed(value=128)  # the new user message of each turn
+    output_tokens: LengthSpec = Fixed(value=128)  # each turn's answer (max_tokens)
+    system_prompts: SystemPromptsSpec = SystemPromptsSpec()
+    max_context: PositiveInt = 4096  # prompt + output tokens a turn may use (the model's context)
+    at_context_limit: Literal["end", "truncate"] = "end"  # end the session, or drop its oldest turns
+    steady_state: bool = False  # start with sessions already partway through (README "Sessions")
 
 
 # Tokens per `hash_ids` block, as each format's publisher defines them: Mooncake's 512-token blocks
@@ -210,6 +271,7 @@ class StageSpec(Strict):
     slo: SloSpec
     warmup: WarmupSpec = WarmupSpec()
     phase: Literal["prefill", "decode"] | None = None  # what the stage measures, for the study's views
+    sessions: SessionsSpec | None = None  # multi-turn conversations instead of independent requests
 
     @model_validator(mode="after")
     def _bounded(self) -> StageSpec:
@@ -217,12 +279,25 @@ class StageSpec(Strict):
             raise ValueError("stop: give 'requests' or 'duration_s' (or both) so that the stage ends by itself")
         if self.requests.prompt_format == "tokens" and self.api == "chat":
             raise ValueError("requests.prompt_format: token-ID prompts need api: completions")
+        if self.sessions is not None:
+            if self.load.arrival == "trace":
+                raise ValueError("sessions: a trace replay brings its own conversations (chat_id, parent_chat_id)")
+            if self.requests.prompt_tokens is not None or self.requests.output_tokens is not None:
+                raise ValueError(
+                    "sessions: a session's lengths are sessions.user_tokens and sessions.output_tokens, "
+                    "not requests.prompt_tokens or requests.output_tokens"
+                )
+            if self.requests.prompt_format == "tokens" and self.requests.tokenizer is None:
+                raise ValueError(
+                    "sessions with token-ID prompts need requests.tokenizer, to turn each answer into the token "
+                    "IDs the next turn resends (or use prompt_format: text)"
+                )
         return self
 
     @property
     def text_prompts(self) -> bool:
         fmt = self.requests.prompt_format
-        return fmt == "text" or (fmt == "auto" and self.api == "chat")
+        return fmt == "text" or (fmt == "auto" and (self.api == "chat" or self.sessions is not None))
 
 
 class WorkloadSpec(Strict):
@@ -239,4 +314,5 @@ class WorkloadSpec(Strict):
     phase: Literal["prefill", "decode"] | None = None
     timeouts: TimeoutSpec = TimeoutSpec()
     retry: RetrySpec = RetrySpec()
+    sessions: SessionsSpec | None = None
     stages: list[StageSpec] = Field(default_factory=list)

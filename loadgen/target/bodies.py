@@ -21,15 +21,25 @@ _EXACT_LENGTH: dict[str, dict[str, Any]] = {
 }
 
 
+Message = dict[str, str]  # a chat message: role and content
+
+
 def request_body(
-    api: str, server: str, model: str, prompt: str | list[int], max_tokens: int, stream: bool = True
+    api: str,
+    server: str,
+    model: str,
+    prompt: str | list[int] | list[Message],
+    max_tokens: int,
+    stream: bool = True,
 ) -> bytes:
-    """The JSON body for `PATHS[api]`: streamed with usage (a run), or not (a probe that reads `usage`)."""
+    """The JSON body for `PATHS[api]`: streamed with usage (a run), or not (a probe that reads `usage`). A chat
+    prompt is one user message, or a whole conversation's messages."""
     body: dict[str, Any] = {"model": model, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     if api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        whole = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
+        body["messages"] = prompt if whole else [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
     body["max_completion_tokens" if server == "openai" else "max_tokens"] = max_tokens

@@ -72,6 +72,10 @@ class TextCalibration(BaseModel):
     def words(self, tokens: int) -> int:
         return max(1, round((tokens - self.overhead) / self.per_word))
 
+    def part_words(self, tokens: int) -> int:
+        """Words for `tokens` inside a longer prompt (a conversation's message), which pays no overhead."""
+        return max(1, round(tokens / self.per_word))
+
 
 def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
     code, out = _post(ep, api, make_prompt(words, -words, 0))

@@ -36,9 +36,14 @@ def _block(seed: int, block_id: int, text: bool, size: int) -> tuple:
     return tuple(_draw(random.Random(f"block:{seed}:{block_id}"), size, text))
 
 
+def _own(seed: int, uid: int | str) -> random.Random:
+    """A prompt's own random stream: a request's (uid: its ID) or a named part of a session's ("system:2")."""
+    return random.Random(seed * 1_000_003 + uid if isinstance(uid, int) else f"{uid}:{seed}")
+
+
 def make_prompt(
     n_tokens: int,
-    uid: int,
+    uid: int | str,
     seed: int,
     text: bool = True,
     prefix: tuple[int, ...] | None = None,
@@ -51,8 +56,8 @@ def make_prompt(
             if len(tokens) >= n_tokens:
                 break
         if len(tokens) < n_tokens:  # the trace's blocks cover less than its length: finish uniquely
-            tokens.extend(_draw(random.Random(seed * 1_000_003 + uid), n_tokens - len(tokens), text))
+            tokens.extend(_draw(_own(seed, uid), n_tokens - len(tokens), text))
         tokens = tokens[:n_tokens]
     else:
-        tokens = _draw(random.Random(seed * 1_000_003 + uid), n_tokens, text)
+        tokens = _draw(_own(seed, uid), n_tokens, text)
     return " ".join(tokens) if text else tokens

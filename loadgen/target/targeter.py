@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
 from loadgen.target.bodies import PATHS, request_body
+from loadgen.target.conversation import Conversation, Part
 from loadgen.target.probe import PromptSetup
 from loadgen.target.prompts import make_prompt
 from loadgen.target.tokenize import PromptTokenizer, tokenizer
@@ -29,9 +30,14 @@ class Targeter:
         # Loaded once per process; a worker process builds its own from the same description.
         self.tokenizers = {p: tokenizer(p) for p in {s.requests.tokenizer for s in stages} if p}
 
+    def _tokenizer(self, stage: StageSpec) -> PromptTokenizer | None:
+        return self.tokenizers.get(stage.requests.tokenizer or "")
+
+    def _text(self, stage: StageSpec) -> bool:
+        return stage.text_prompts or self.setup.text_only
+
     def prompt(self, stage: StageSpec, item: Planned) -> str | list[int]:
-        text = stage.text_prompts or self.setup.text_only
-        tok = self.tokenizers.get(stage.requests.tokenizer or "")
+        text, tok = self._text(stage), self._tokenizer(stage)
         block = stage.load.trace.block if stage.load.trace is not None else 512
         if text and tok is not None:
             return tok.prompt(item.prompt_tokens, item.request_id, self.seed, item.prefix, block)
@@ -42,7 +48,40 @@ class Targeter:
         return make_prompt(length, item.request_id, self.seed, text, item.prefix, block)
 
     def target(self, stage: StageSpec, item: Planned) -> Target:
-        body = request_body(
-            stage.api, self.server, stage.model or self.model, self.prompt(stage, item), item.output_tokens
-        )
-        return Target(PATHS[stage.api], body, self.tokenizers.get(stage.requests.tokenizer or ""))
+        return self._target(stage, item, self.prompt(stage, item))
+
+    def _target(self, stage: StageSpec, item: Planned, prompt: str | list[int] | list) -> Target:
+        body = request_body(stage.api, self.server, stage.model or self.model, prompt, item.output_tokens)
+        return Target(PATHS[stage.api], body, self._tokenizer(stage))
+
+    # -- sessions --
+
+    def _part(self, stage: StageSpec, n_tokens: int, uid: int | str) -> Part:
+        """n tokens of a conversation (a message, a made-up answer, a system prompt), from its own stream."""
+        text, tok = self._text(stage), self._tokenizer(stage)
+        if text and tok is not None:
+            return tok.prompt(n_tokens, uid, self.seed, None)
+        cal = self.setup.calibration.get(stage.api)
+        if text and cal is not None:
+            n_tokens = cal.part_words(n_tokens)
+        return make_prompt(n_tokens, uid, self.seed, text)
+
+    def conversation(self, stage: StageSpec, item: Planned) -> Conversation:
+        """A session's conversation as its first turn sent finds it: its shared system prompt (the same for every
+        session that picked it), and the made-up turns of a session met partway."""
+        turn = item.session
+        assert turn is not None
+        system = None if turn.system is None else self._part(stage, turn.system_tokens, f"system:{turn.system}")
+        tok = self._tokenizer(stage)
+        convo = Conversation(stage.api, system, tok.encode if tok is not None and not self._text(stage) else None)
+        for j, (user, answer) in enumerate(turn.made_up):
+            key = f"made-up:{item.request_id}:{j}"
+            convo.add(self._part(stage, user, f"{key}:user"), self._part(stage, answer, f"{key}:answer"))
+        return convo
+
+    def turn(self, stage: StageSpec, item: Planned, convo: Conversation) -> tuple[Target, Part]:
+        """A session's turn: the conversation so far and a new message (returned, to be added with its answer)."""
+        assert item.session is not None
+        convo.drop(item.session.drop)
+        message = self._part(stage, item.session.user_tokens, item.request_id)
+        return self._target(stage, item, convo.prompt(message)), message

@@ -26,10 +26,13 @@ class PromptTokenizer:
         except Exception as e:  # the library raises its own exception types for a bad file
             raise SpecError(path, f"not a tokenizer.json file: {e}") from None
 
-    def count(self, text: str) -> int:
-        return len(self.tok.encode(text, add_special_tokens=False).ids)
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
 
-    def prompt(self, n_tokens: int, uid: int, seed: int, prefix: tuple[int, ...] | None, block: int = 512) -> str:
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def prompt(self, n_tokens: int, uid: int | str, seed: int, prefix: tuple[int, ...] | None, block: int = 512) -> str:
         """A text prompt of exactly n_tokens tokens (as close as single words allow when a word splits)."""
         words = n_tokens
         best = make_prompt(words, uid, seed, True, prefix, block)
