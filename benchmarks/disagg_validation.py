@@ -119,7 +119,7 @@ def main() -> None:
             pred = predict(a, fitted, model, SYSTEM + MESSAGE, REUSE_OUTPUT, link, 1, Reuse(share, True, caches))
             reused.append((decode, share, cached, pred, got))
 
-    bounds = Bounds("disaggregation: predicted against measured E2E, prefill H100 -> decode GroqRack")
+    bounds = Bounds("disaggregation: predicted against measured E2E, prefill on the H100")
     print(
         f"  {'Gb/s':>6} {'load':>4} {'prompt':>6} {'output':>6} {'predicted':>10} {'measured':>10} {'error':>7}"
         f"  {'H100 alone':>10} {'Groq alone':>10} {'gain':>7}"
