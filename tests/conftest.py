@@ -132,3 +132,17 @@ def check_interrupted(db) -> None:
         "WHERE r.status = 'interrupted' GROUP BY r.request_id, r.output_tokens"
     ).fetchall()
     assert partial and all(n == events and 0 < n < 1000 for n, events in partial)
+
+
+def word_tokenizer(path: Path) -> Path:
+    """A tokenizer.json of one token per word of loadgen's prompts and the emulator's answers (needs tokenizers)."""
+    import tokenizers
+
+    from loadgen.emulator.server import OUTPUT_WORDS
+    from loadgen.target.prompts import WORDS
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", *dict.fromkeys([*WORDS, *(w.strip() for w in OUTPUT_WORDS)])])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return path

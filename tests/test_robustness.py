@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, served, with_faults
+from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, served, with_faults, word_tokenizer
 from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.schedule.plan import plan_stage
@@ -320,14 +320,8 @@ def test_a_full_disk_is_a_clear_failure_and_keeps_what_was_committed(write, tmp_
 
 
 def test_a_configured_tokenizer_makes_exact_prompts_and_counts_output(write, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    from loadgen.emulator.server import OUTPUT_WORDS
-    from loadgen.target.prompts import WORDS
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", *dict.fromkeys([*WORDS, *(w.strip() for w in OUTPUT_WORDS)])])}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.save(str(tmp_path / "tokenizer.json"))
+    pytest.importorskip("tokenizers")
+    word_tokenizer(tmp_path / "tokenizer.json")
     res, db = run_workload(
         write,
         tmp_path,

@@ -16,7 +16,16 @@ import orjson
 import pytest
 from aiohttp import web
 
-from conftest import COMMAND, FAST_ENDPOINT, ROOT, SLOW_ENDPOINT, loadgen, run_workload, with_faults
+from conftest import (
+    COMMAND,
+    FAST_ENDPOINT,
+    ROOT,
+    SLOW_ENDPOINT,
+    loadgen,
+    run_workload,
+    with_faults,
+    word_tokenizer,
+)
 from loadgen.emulator.server import OUTPUT_WORDS, Emulator
 from loadgen.schedule.plan import owner, plan_stage, share, slots
 from loadgen.spec import SpecError, load_workload
@@ -191,7 +200,7 @@ def emulator_answer(tokens: int) -> str:
     return "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(tokens))
 
 
-@pytest.mark.parametrize("api", ["chat", "completions"])
+@pytest.mark.parametrize("api", ["chat", "completions", "tokens"])
 def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(write, tmp_path, api):
     spec = EndpointSpec.model_validate(
         {
@@ -199,12 +208,17 @@ def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(w
             "emulate": {"engine": "gpu", "hardware": "h100-sxm", "hardware_overrides": {"overhead_ms": 0.2}},
         }
     )
+    requests = "{}"
+    if api == "tokens":  # token-ID prompts: the answer's IDs come from the tokenizer
+        pytest.importorskip("tokenizers")
+        requests = f"{{prompt_format: tokens, tokenizer: {word_tokenizer(tmp_path / 'tokenizer.json')}}}"
     with recording_emulator(spec) as (url, bodies):
         # server: openai asks for no exact length, so the emulated model ends answers early, as a real one does.
         write("ep.yaml", f"name: rec\nurl: {url}\nserver: openai\n")
         w = write(
             "w.yaml",
-            f"name: grow\nendpoint: ep.yaml\napi: {api}\nload: {{arrival: closed, concurrency: 1}}\n"
+            f"name: grow\nendpoint: ep.yaml\napi: {'chat' if api == 'chat' else 'completions'}\n"
+            f"load: {{arrival: closed, concurrency: 1}}\nrequests: {requests}\n"
             "sessions: {turns: 3, user_tokens: 40, output_tokens: 120, system_prompts: {count: 1, tokens: 32}}\n"
             "stop: {requests: 12}\n",
         )
@@ -232,14 +246,25 @@ def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(w
             assert now[: len(before)] == before
             assert now[len(before)] == {"role": "assistant", "content": answer}
             assert len(now) == len(before) + 2 and now[-1]["role"] == "user"
-            assert before[0]["role"] == "system"
-        else:
+        elif api == "completions":
             assert body[rid]["prompt"].startswith(body[parent]["prompt"] + " " + answer + " ")
-        # The server's cache holds the last prompt and the answer's full blocks (16 tokens, the last token's
-        # KV never computed).
-        assert cached == (prompt[parent] + out[parent] - 1) // 16 * 16
-    systems = {(body[rid].get("messages") or [{}])[0].get("content") for rid in body}
-    assert len(systems) == 1 or api == "completions"
+        else:
+            from tokenizers import Tokenizer
+
+            ids = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(answer).ids
+            assert len(ids) == out[parent]
+            before = body[parent]["prompt"]
+            assert body[rid]["prompt"][: len(before) + len(ids)] == before + ids
+        # The server's cache holds the last prompt and the answer's full blocks (16 tokens, the last token's KV
+        # never computed). The emulator's answers are words: resent as a tokenizer's IDs, they are other tokens.
+        held = prompt[parent] + out[parent] - 1 if api != "tokens" else prompt[parent]
+        assert cached == held // 16 * 16
+    # One shared system prompt opens every session.
+    firsts = [body[row[0]] for row in rows if row[1] is None]
+    opening = [b["messages"][0] if api == "chat" else b["prompt"][: 32 if api == "tokens" else 20] for b in firsts]
+    assert all(o == opening[0] for o in opening)
+    if api == "chat":
+        assert opening[0]["role"] == "system" and len(opening[0]["content"].split()) == 32
 
 
 def test_turns_wait_for_the_answer_they_follow_plus_think_time(write, tmp_path):
