@@ -146,3 +146,54 @@ def word_tokenizer(path: Path) -> Path:
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     tok.save(str(path))
     return path
+
+
+@contextlib.contextmanager
+def emulator_in_thread(endpoint, *middlewares):
+    """The emulator in a thread of this process, its app wrapped in aiohttp middlewares; yields its base URL."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from loadgen.emulator.server import Emulator
+
+    ready = threading.Event()
+    box: dict = {}
+
+    async def main() -> None:
+        app = Emulator(endpoint).app()
+        app.middlewares.extend(middlewares)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["port"] = site._server.sockets[0].getsockname()[1]
+        box["stop"] = stop = asyncio.Event()
+        box["loop"] = asyncio.get_running_loop()
+        ready.set()
+        await stop.wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{box['port']}/v1"
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+def record_bodies(bodies: list):
+    """A middleware that keeps the JSON body of every POST."""
+    import orjson
+    from aiohttp import web
+
+    @web.middleware
+    async def record(request, handler):
+        if request.method == "POST":
+            bodies.append(orjson.loads(await request.read()))
+        return await handler(request)
+
+    return record

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import itertools
 import signal
 import subprocess
-import threading
 import time
 
 import duckdb
-import orjson
 import pytest
-from aiohttp import web
 
 from conftest import (
     COMMAND,
     FAST_ENDPOINT,
     ROOT,
     SLOW_ENDPOINT,
+    emulator_in_thread,
     loadgen,
+    record_bodies,
     run_workload,
     with_faults,
     word_tokenizer,
 )
-from loadgen.emulator.server import OUTPUT_WORDS, Emulator
+from loadgen.emulator.server import OUTPUT_WORDS
 from loadgen.schedule.plan import owner, plan_stage, share, slots
 from loadgen.spec import SpecError, load_workload
 from loadgen.spec.endpoint import EndpointSpec
@@ -159,43 +156,6 @@ def test_bad_sessions_name_the_place(write, text, expected):
 # -- on the emulator --
 
 
-@contextlib.contextmanager
-def recording_emulator(endpoint: EndpointSpec):
-    """The emulator in a thread of this process, keeping the JSON body of every request it is sent."""
-    bodies: list[dict] = []
-    ready = threading.Event()
-    box: dict = {}
-
-    @web.middleware
-    async def record(request: web.Request, handler):
-        if request.method == "POST":
-            bodies.append(orjson.loads(await request.read()))
-        return await handler(request)
-
-    async def main() -> None:
-        app = Emulator(endpoint).app()
-        app.middlewares.append(record)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["port"] = site._server.sockets[0].getsockname()[1]
-        box["stop"] = stop = asyncio.Event()
-        box["loop"] = asyncio.get_running_loop()
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield f"http://127.0.0.1:{box['port']}/v1", bodies
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
-
-
 def emulator_answer(tokens: int) -> str:
     return "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(tokens))
 
@@ -212,7 +172,8 @@ def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(w
     if api == "tokens":  # token-ID prompts: the answer's IDs come from the tokenizer
         pytest.importorskip("tokenizers")
         requests = f"{{prompt_format: tokens, tokenizer: {word_tokenizer(tmp_path / 'tokenizer.json')}}}"
-    with recording_emulator(spec) as (url, bodies):
+    bodies: list[dict] = []
+    with emulator_in_thread(spec, record_bodies(bodies)) as url:
         # server: openai asks for no exact length, so the emulated model ends answers early, as a real one does.
         write("ep.yaml", f"name: rec\nurl: {url}\nserver: openai\n")
         w = write(

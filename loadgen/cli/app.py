@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override one workload key by its dotted path, e.g. load.rate=20 (repeatable)",
         )
+        sp.add_argument(
+            "--server-metrics",
+            type=float,
+            default=0.25,
+            metavar="SECONDS",
+            help="sample the server's Prometheus /metrics every SECONDS during the run (default 0.25; 0: off)",
+        )
 
     def workers_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(

@@ -48,7 +48,9 @@ def _execute(args: argparse.Namespace, ui: tuple[str, int] | None, scale: Scale)
     from loadgen.cli.run import execute
 
     try:
-        return execute(args.workload, args.endpoint, args.db, args.overrides, ui, scale)
+        if args.server_metrics < 0:
+            raise SpecError("--server-metrics", f"expected seconds between samples (0: off), got {args.server_metrics}")
+        return execute(args.workload, args.endpoint, args.db, args.overrides, ui, scale, args.server_metrics)
     except (StoreError, LaunchError) as e:
         raise Failure(str(e)) from None
 

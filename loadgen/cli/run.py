@@ -24,7 +24,9 @@ from loadgen.load.engine import Engine
 from loadgen.load.master import Master, MasterError
 from loadgen.load.recorder import Recorder
 from loadgen.load.spawn import LocalWorkers
+from loadgen.load.state import Clock
 from loadgen.results import WorkerReport
+from loadgen.server_metrics.scrape import INTERVAL_S, Sampler, metrics_url
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.store import Store
@@ -85,6 +87,7 @@ def execute(
     overrides: list[str],
     ui: tuple[str, int] | None = None,
     scale: Scale = Scale(),
+    scrape_s: float = INTERVAL_S,
 ) -> int:
     workload, wpath = load_workload(workload_path, overrides)
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
@@ -139,7 +142,7 @@ def execute(
                 stages=tuple(workload.stages),
                 prompts=setup,
             )
-            return _run(workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp))
+            return _run(workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp), scrape_s)
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -155,6 +158,7 @@ def _run(
     notes: list[str],
     scale: Scale,
     tmp: Path,
+    scrape_s: float,
 ) -> int:
     store = Store(db_file)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -168,8 +172,32 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
+        samplers: list[Sampler] = []
+
+        def sample(clock: Clock) -> None:
+            """The server's metrics, on the run's clock, beside the load (README "Server metrics")."""
+            if scrape_s > 0:
+                samplers.append(
+                    Sampler(
+                        metrics_url(description.base_url),
+                        headers,
+                        lambda: clock.elapsed_s() if clock.t0 is not None else None,
+                        lambda samples: store.write_server_metrics(run_id, samples),
+                        scrape_s,
+                    )
+                )
+                samplers[-1].start()
+
+        def stop_sampling() -> None:
+            for sampler in samplers:
+                sampler.stop()
+                if sampler.note:
+                    notes.append(sampler.note)
+                    show.err.print(f"[yellow]note:[/] {sampler.note}", highlight=False)
+            samplers.clear()
 
         def finish(outcome: Outcome, workers: list[WorkerReport]) -> None:
+            stop_sampling()
             said = [*notes, *description.prompts.notes, *([outcome.note] if outcome.note else [])]
             note = "; ".join(said) or None
             try:
@@ -189,15 +217,17 @@ def _run(
         try:
             if scale.expect:
                 started = lambda: store.mark_started(run_id)  # noqa: E731
-                outcome = _run_master(description, recorder, scale, tmp, ui, finish, started)
+                outcome = _run_master(description, recorder, scale, tmp, ui, finish, started, sample)
             elif ui is None:
                 engine = Engine(description, recorder, headers)
+                sample(engine.ctx.clock)
                 with show.ProgressView() as view:
                     engine.on_progress = view.update
                     outcome = drive.run_headless(engine)
                 finish(outcome, alone(outcome))
             else:
                 engine = Engine(description, recorder, headers)
+                sample(engine.ctx.clock)
                 host, port = ui
                 outcome = drive.run_ui(
                     engine,
@@ -217,6 +247,8 @@ def _run(
         except BaseException:
             store.finish_run(run_id, "failed", None, "loadgen stopped on an unexpected error")
             raise
+        finally:
+            stop_sampling()
     finally:
         store.close()
     if outcome.status == "failed":
@@ -234,6 +266,7 @@ def _run_master(
     ui: tuple[str, int] | None,
     finish: Callable[[Outcome, list[WorkerReport]], None],
     on_started: Callable[[], None],
+    sample: Callable[[Clock], None],
 ) -> Outcome:
     """The load on workers: `spawn` local processes, or workers that connect from other machines."""
     host, port = scale.bind
@@ -256,6 +289,7 @@ def _run_master(
 
         master.wait_for_workers(scale.expect, SPAWN_TIMEOUT_S if spawned else None, waiting)
         master.join()
+        sample(master.clock)
         if ui is not None:
             return drive.run_ui(
                 master,

@@ -124,21 +124,40 @@ class Emulator:
     async def metrics(self, _: web.Request) -> web.Response:
         es = engines(self.backend)
         errors = [e.errors for e in es]
-        lines = [
-            "# loadgen emulator metrics (vLLM-style names where vLLM has them)",
-            f"vllm:num_requests_running {sum(e.running for e in es)}",
-            f"vllm:num_requests_waiting {sum(e.waiting for e in es)}",
-            f"vllm:gpu_cache_usage_perc {max(e.kv_usage() for e in es):.6f}",
-            f"vllm:prompt_tokens_total {sum(e.prompt_tokens_total for e in es)}",
-            f"vllm:generation_tokens_total {es[-1].generation_tokens_total}",
-            f"vllm:prefix_cache_queries_total {sum(c.queried_tokens for c in self.caches)}",
-            f"vllm:prefix_cache_hits_total {sum(c.hit_tokens for c in self.caches)}",
-            f"loadgen_emulator_requests_total {self.requests_total}",
-            f"loadgen_emulator_steps_total {sum(e.steps_total for e in es)}",
-            f'loadgen_emulator_step_release_error_ms{{quantile="0.5"}} {max(x.pct(50) for x in errors):.4f}',
-            f'loadgen_emulator_step_release_error_ms{{quantile="0.99"}} {max(x.pct(99) for x in errors):.4f}',
+        # (name, type, help, value): vLLM V1's names where vLLM has the figure (vllm/v1/metrics/loggers.py).
+        families: list[tuple[str, str, str, str]] = [
+            ("vllm:num_requests_running", "gauge", "Requests in the running batch.", f"{sum(e.running for e in es)}"),
+            ("vllm:num_requests_waiting", "gauge", "Requests waiting.", f"{sum(e.waiting for e in es)}"),
+            ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 1 is full.", f"{max(e.kv_usage() for e in es):.6f}"),
+            ("vllm:prompt_tokens", "counter", "Prefill tokens.", f"{sum(e.prompt_tokens_total for e in es)}"),
+            ("vllm:generation_tokens", "counter", "Generation tokens.", f"{es[-1].generation_tokens_total}"),
+            (
+                "vllm:prefix_cache_queries",
+                "counter",
+                "Prefix-cache queried tokens.",
+                f"{sum(c.queried_tokens for c in self.caches)}",
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "counter",
+                "Prefix-cache hit tokens.",
+                f"{sum(c.hit_tokens for c in self.caches)}",
+            ),
+            ("loadgen_emulator_requests", "counter", "Requests accepted.", f"{self.requests_total}"),
+            ("loadgen_emulator_steps", "counter", "Engine steps.", f"{sum(e.steps_total for e in es)}"),
         ]
-        return web.Response(text="\n".join(lines) + "\n")
+        lines = []
+        for name, kind, about, value in families:
+            sample = f"{name}_total" if kind == "counter" else name
+            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{sample} {value}"]
+        p50, p99 = (max(x.pct(q) for x in errors) for q in (50, 99))
+        lines += [
+            "# HELP loadgen_emulator_step_release_error_ms How late engine steps released their tokens.",
+            "# TYPE loadgen_emulator_step_release_error_ms summary",
+            f'loadgen_emulator_step_release_error_ms{{quantile="0.5"}} {p50:.4f}',
+            f'loadgen_emulator_step_release_error_ms{{quantile="0.99"}} {p99:.4f}',
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=True)

@@ -13,6 +13,7 @@ import orjson
 
 from loadgen.metrics import Derived
 from loadgen.results import RequestResult, WorkerReport
+from loadgen.server_metrics.names import NAMES
 from loadgen.spec.workload import StageSpec
 from loadgen.store import schema
 
@@ -33,11 +34,29 @@ class Store:
             self.con = duckdb.connect(str(self.path))
             for ddl in schema.ALL:
                 self.con.execute(ddl)
+            self.con.execute("DELETE FROM server_metric_names")  # this loadgen's names
+            self.con.executemany("INSERT INTO server_metric_names VALUES (?, ?, ?, ?)", list(NAMES))
+            # The server-metrics sampler writes from its own thread: through its own connection to the database.
+            self._metrics_con = self.con.cursor()
         except (duckdb.Error, OSError) as e:
             raise StoreError(f"cannot open results database {self.path}: {str(e).splitlines()[0]}") from None
 
     def close(self) -> None:
+        self._metrics_con.close()
         self.con.close()
+
+    def write_server_metrics(self, run_id: str, samples: Sequence[tuple[float, str, str, float]]) -> None:
+        """One scrape of the server's metrics (time, name, labels, value), from the sampler's thread."""
+        if not samples:
+            return
+        t, name, labels, value = zip(*samples, strict=True)
+        frame = {  # noqa: F841  (read by name: a replacement scan)
+            "t_s": np.array(t, dtype=np.float64),
+            "name": np.array(name, dtype=object),
+            "labels": np.array(labels, dtype=object),
+            "value": np.array(value, dtype=np.float64),
+        }
+        self._metrics_con.execute("INSERT INTO server_metrics SELECT ?, * FROM frame", [run_id])
 
     def begin_run(
         self, run_id: str, workload: str, endpoint: str, spec: dict[str, Any], stages: Sequence[StageSpec]

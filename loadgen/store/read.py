@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from loadgen.server_metrics.names import NAMES
 from loadgen.spec.errors import SpecError
 from loadgen.store import schema
 
@@ -55,8 +56,16 @@ def _upgrade(con: duckdb.DuckDBPyConnection) -> None:
         if missing:
             extra = ", ".join(f"{_default(kind)} AS {name}" for name, kind in missing)
             con.execute(f'CREATE TEMP VIEW requests AS SELECT *, {extra} FROM "{db}".main.requests')
-    if "workers" not in have:
-        con.execute(schema.WORKERS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+    for table, ddl in (("workers", schema.WORKERS), ("server_metrics", schema.SERVER_METRICS)):
+        if table not in have:
+            con.execute(_temp(ddl))
+    # The names are this loadgen's, whichever wrote the database: the views map samples through them.
+    con.execute(_temp(schema.SERVER_METRIC_NAMES))
+    con.executemany("INSERT INTO temp.server_metric_names VALUES (?, ?, ?, ?)", list(NAMES))
+
+
+def _temp(ddl: str) -> str:
+    return ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1)
 
 
 def _default(kind: str) -> str:

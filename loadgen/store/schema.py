@@ -266,8 +266,65 @@ WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
 """
 
-VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER, SESSIONS)
-ALL = (RUNS, REQUESTS, REQUESTS_WORKER, REQUESTS_CACHED, REQUESTS_SESSIONS, EVENTS, STAGES, WORKERS, *VIEWS)
+# The server's own Prometheus samples, taken during the run (README "Server metrics"): every sample as scraped.
+SERVER_METRICS = """
+CREATE TABLE IF NOT EXISTS server_metrics (
+    run_id VARCHAR NOT NULL,
+    t_s DOUBLE NOT NULL,              -- run clock: the middle of the scrape's fetch
+    name VARCHAR NOT NULL,            -- the sample's name in the exposition text
+    labels VARCHAR NOT NULL,          -- its labels as a JSON object, '' when it has none
+    value DOUBLE NOT NULL
+)"""
+
+# Which server family's name stands for which canonical series (loadgen/server_metrics/names.py fills it).
+SERVER_METRIC_NAMES = """
+CREATE TABLE IF NOT EXISTS server_metric_names (
+    series VARCHAR NOT NULL,
+    server VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    source VARCHAR NOT NULL
+)"""
+
+# The canonical series per scrape: counts and counters summed over label sets (engines, ranks), KV usage the
+# fullest one's.
+SERVER_SERIES = """
+CREATE OR REPLACE VIEW server_series AS
+SELECT m.run_id, m.t_s, n.series,
+       CASE WHEN n.series = 'kv_usage' THEN max(m.value) ELSE sum(m.value) END AS value
+FROM server_metrics m JOIN (SELECT DISTINCT series, name FROM server_metric_names) n USING (name)
+GROUP BY m.run_id, m.t_s, n.series
+"""
+
+# Each request beside the server's state at its send: the last scrape at or before it.
+REQUEST_SERVER_STATE = """
+CREATE OR REPLACE VIEW request_server_state AS
+WITH state AS (
+    SELECT run_id, t_s,
+           max(value) FILTER (WHERE series = 'running') AS running,
+           max(value) FILTER (WHERE series = 'waiting') AS waiting,
+           max(value) FILTER (WHERE series = 'kv_usage') AS kv_usage
+    FROM server_series GROUP BY run_id, t_s
+)
+SELECT r.run_id, r.request_id, r.stage, r.sent_s, r.ttft_ms, r.status, s.t_s AS server_t_s,
+       s.running, s.waiting, s.kv_usage
+FROM requests r ASOF LEFT JOIN state s ON r.run_id = s.run_id AND r.sent_s >= s.t_s
+WHERE r.sent_s IS NOT NULL
+"""
+
+VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER, SESSIONS, SERVER_SERIES, REQUEST_SERVER_STATE)
+ALL = (
+    RUNS,
+    REQUESTS,
+    REQUESTS_WORKER,
+    REQUESTS_CACHED,
+    REQUESTS_SESSIONS,
+    EVENTS,
+    STAGES,
+    WORKERS,
+    SERVER_METRICS,
+    SERVER_METRIC_NAMES,
+    *VIEWS,
+)
 
 
 def names(kind: str) -> list[str]:
