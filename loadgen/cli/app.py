@@ -13,7 +13,14 @@ from collections.abc import Sequence
 
 from loadgen import __version__
 
-LOAD_COMMANDS = ("run", "ui", "study", "master", "worker")  # these send load: loadgen.load.runtime.prepare() runs first
+LOAD_COMMANDS = (
+    "run",
+    "ui",
+    "study",
+    "master",
+    "worker",
+    "search",
+)  # these send load: loadgen.load.runtime.prepare() runs first
 
 
 class UsageError(Exception):
@@ -103,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each emulated GroqRack once per prefill mode (token-serial,pipelined,padded), named "
         "<endpoint>@<mode>, and show how each finding depends on the mode",
     )
+
+    se = sub.add_parser("search", help="find the highest load that meets the workload's SLO, per endpoint")
+    load_opts(se)
+    se.add_argument("--endpoints", nargs="+", help="search each of these endpoints in turn (the capacity table)")
+    se.add_argument(
+        "--over", choices=["rate", "concurrency"], help="vary the request rate or the users (default: the workload's)"
+    )
+    se.add_argument(
+        "--goodput",
+        type=float,
+        default=0.95,
+        help="share of requests that must meet every SLO (default 0.95)",
+    )
+    se.add_argument(
+        "--precision",
+        type=float,
+        default=0.05,
+        help="stop once the lowest failing load is within this fraction of the highest passing (default 0.05)",
+    )
+    se.add_argument("--max-trials", type=int, default=16, help="trials per endpoint at most (default 16)")
 
     sv = sub.add_parser("serve", help="serve an endpoint's emulator (OpenAI-compatible, streaming)")
     sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' section")

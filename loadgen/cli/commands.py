@@ -35,6 +35,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     return study(args)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from loadgen.cli.search import search
+
+    if args.endpoints and args.endpoint:
+        raise SpecError("--endpoints", "give --endpoint or --endpoints, not both")
+    if args.max_trials < 1:
+        raise SpecError("--max-trials", f"expected 1 or more trials, got {args.max_trials}")
+    try:
+        return search(args)
+    except (StoreError, LaunchError) as e:
+        raise Failure(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace, ui: tuple[str, int] | None = None) -> int:
     from loadgen.cli.run import Scale
 
@@ -375,6 +388,7 @@ COMMANDS = {
     "master": cmd_master,
     "worker": cmd_worker,
     "study": cmd_study,
+    "search": cmd_search,
     "serve": cmd_serve,
     "validate": cmd_validate,
     "query": cmd_query,

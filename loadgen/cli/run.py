@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from loadgen.capacity.trials import SearchJob, Trials, trial_stage
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
@@ -29,6 +30,7 @@ from loadgen.results import WorkerReport
 from loadgen.server_metrics.scrape import INTERVAL_S, Sampler, metrics_url
 from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url, split_credentials
+from loadgen.spec.workload import StageSpec
 from loadgen.store import Store
 from loadgen.target import probe
 from loadgen.target.check import WrongEndpoint, check_endpoint
@@ -88,8 +90,16 @@ def execute(
     ui: tuple[str, int] | None = None,
     scale: Scale = Scale(),
     scrape_s: float = INTERVAL_S,
+    search: SearchJob | None = None,
 ) -> int:
+    """Run a workload; with `search`, its stages are a capacity search's trials, decided as it goes."""
     workload, wpath = load_workload(workload_path, overrides)
+    first: tuple[StageSpec, float] | None = None
+    if search is not None:
+        load = search.search.next_load()
+        assert load is not None
+        first = (trial_stage(search, load, 1), load)
+        workload = workload.model_copy(update={"stages": [first[0]]})
     endpoint = resolve_endpoint(workload, wpath, endpoint_ref)
     for path in {s.requests.tokenizer for s in workload.stages} - {None}:
         tokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
@@ -142,7 +152,10 @@ def execute(
                 stages=tuple(workload.stages),
                 prompts=setup,
             )
-            return _run(workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp), scrape_s)
+            searching = None if search is None or first is None else (search, first)
+            return _run(
+                workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp), scrape_s, searching
+            )
         finally:
             if emulator is not None:
                 emulator.stop()
@@ -159,8 +172,10 @@ def _run(
     scale: Scale,
     tmp: Path,
     scrape_s: float,
+    searching: tuple[SearchJob, tuple[StageSpec, float]] | None = None,
 ) -> int:
     store = Store(db_file)
+    trials: Trials | None = None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_id = f"{workload.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     try:
@@ -172,6 +187,8 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
+        if searching is not None:
+            trials = Trials(searching[0], searching[1], store, run_id, recorder)
         samplers: list[Sampler] = []
 
         def sample(clock: Clock) -> None:
@@ -205,7 +222,8 @@ def _run(
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
                 raise Failure(f"cannot finish the run in {db_file}: {str(e).splitlines()[0]}") from None
-            print_summary(store.con, run_id)
+            if trials is None:  # a search's trials are summarised by the search
+                print_summary(store.con, run_id)
             if outcome.note:
                 show.err.print(f"[yellow]note:[/] {outcome.note}")
             show.err.print(f"results: {db_file} (run {run_id}, {outcome.status})")
@@ -219,7 +237,7 @@ def _run(
                 started = lambda: store.mark_started(run_id)  # noqa: E731
                 outcome = _run_master(description, recorder, scale, tmp, ui, finish, started, sample)
             elif ui is None:
-                engine = Engine(description, recorder, headers)
+                engine = Engine(description, recorder, headers, more=trials.next_stage if trials else None)
                 sample(engine.ctx.clock)
                 with show.ProgressView() as view:
                     engine.on_progress = view.update
@@ -250,6 +268,8 @@ def _run(
         finally:
             stop_sampling()
     finally:
+        if trials is not None:
+            trials.close()
         store.close()
     if outcome.status == "failed":
         raise Failure(outcome.note or "the run failed")

@@ -19,6 +19,7 @@ from loadgen.load.stages import StageWalker, planned_requests
 from loadgen.load.state import RunState
 from loadgen.load.user import user_class
 from loadgen.results import Progress
+from loadgen.spec.workload import StageSpec
 
 
 class Engine(drive.Load):
@@ -28,13 +29,15 @@ class Engine(drive.Load):
         recorder: Recorder,
         headers: dict[str, str],
         on_progress: Callable[[Progress], None] | None = None,
+        more: Callable[[], StageSpec | None] | None = None,
     ):
+        """`more`: asked for a further stage once the planned ones are done (a capacity search's next trial)."""
         self.ctx = ctx = RunState.start(description, recorder, headers)
         self.on_progress = on_progress
-        self.walker = StageWalker(ctx)
+        self.walker = StageWalker(ctx, more)
         self.monitor = DelayMonitor()
         self.grace_s = description.timeouts.grace_s
-        self.planned = planned_requests(description.stages)
+        self.planned = planned_requests(description.stages) if more is None else None
         self.env = Environment(user_classes=[user_class(ctx, description.base_url)], host=description.base_url)
         self.runner = self.env.create_local_runner()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from loadgen.load.dispatch import Dispatch, unsent_row
 from loadgen.load.state import RunState
@@ -18,9 +18,11 @@ START_TIMEOUT_S = 30.0  # a stage starts even if Locust has not brought up all i
 class StageWalker:
     """Each stage: ask Locust for its users, start its clock once they are up, end it when its plan is done."""
 
-    def __init__(self, ctx: RunState):
+    def __init__(self, ctx: RunState, more: Callable[[], StageSpec | None] | None = None):
         self.ctx = ctx
-        self.stages = ctx.description.stages
+        self.stages = list(ctx.description.stages)
+        # Asked for a further stage once the planned ones are done (a capacity search's next trial), or None.
+        self.more = more
         self.index = -1  # the stage being run or prepared
         self.next_id = 0  # request IDs are unique across the run's stages
         self.stopping = False
@@ -45,7 +47,10 @@ class StageWalker:
             return None
         if self._asked_at is None:
             if self.index + 1 >= len(self.stages):
-                return None
+                following = self.more() if self.more is not None else None
+                if following is None:
+                    return None
+                self.stages.append(following)
             self.index += 1
             self._asked_at = time.perf_counter()
         stage = self.stages[self.index]

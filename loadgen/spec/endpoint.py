@@ -125,6 +125,14 @@ class EmulateSpec(Strict):
         return model_profile(self.model)
 
 
+class PriceSpec(Strict):
+    """What the endpoint costs to run, for the capacity table's cost per million output tokens."""
+
+    per_hour: PositiveFloat
+    currency: str = "USD"
+    source: str  # where the figure comes from (a public price list and its date)
+
+
 class EndpointSpec(Strict):
     name: str
     url: str | None = None
@@ -132,6 +140,7 @@ class EndpointSpec(Strict):
     server: Server = "vllm"
     api_key_env: str | None = None
     emulate: EmulateSpec | None = None
+    price: PriceSpec | None = None
 
     @model_validator(mode="after")
     def _reachable(self) -> EndpointSpec:

@@ -270,7 +270,8 @@ class StageSpec(Strict):
     stop: StopSpec
     slo: SloSpec
     warmup: WarmupSpec = WarmupSpec()
-    phase: Literal["prefill", "decode"] | None = None  # what the stage measures, for the study's views
+    # what the stage measures, for the study's views; `search`: a capacity search's trial (loadgen search)
+    phase: Literal["prefill", "decode", "search"] | None = None
     sessions: SessionsSpec | None = None  # multi-turn conversations instead of independent requests
 
     @model_validator(mode="after")

@@ -67,20 +67,41 @@ class Store:
             [run_id, workload, endpoint, _now(), "running", orjson.dumps(spec).decode()],
         )
         for i, st in enumerate(stages):
-            self.con.execute(
-                "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    st.name,
-                    i,
-                    st.phase,
-                    st.load.arrival,
-                    st.load.users,
-                    st.load.rate,
-                    orjson.dumps(st.model_dump(mode="json")).decode(),
-                ],
-            )
+            self.add_stage(run_id, i, st)
         self.con.execute("COMMIT")
+
+    def add_stage(self, run_id: str, index: int, st: StageSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """A stage of the run (a search adds its trials as it goes, through its own connection `con`)."""
+        (con or self.con).execute(
+            "INSERT INTO stages (run_id, stage, idx, phase, arrival, concurrency, rate, spec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                st.name,
+                index,
+                st.phase,
+                st.load.arrival,
+                st.load.users,
+                st.load.rate,
+                orjson.dumps(st.model_dump(mode="json")).decode(),
+            ],
+        )
+
+    def add_trial(
+        self,
+        run_id: str,
+        stage: str,
+        over: str,
+        load: float,
+        target: float,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        """A capacity search's trial: which stage ran which load, against which target."""
+        (con or self.con).execute("INSERT INTO trials VALUES (?, ?, ?, ?, ?)", [run_id, stage, over, load, target])
+
+    def end_stage(self, run_id: str, stage: str, note: str) -> None:
+        """Why a stage ended before its plan did (saturation)."""
+        self.con.execute("UPDATE stages SET ended = ? WHERE run_id = ? AND stage = ?", [note, run_id, stage])
 
     def mark_started(self, run_id: str) -> None:
         """The run's load starts now (the web UI's Start), not when the run was set up."""

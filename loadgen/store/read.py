@@ -56,7 +56,13 @@ def _upgrade(con: duckdb.DuckDBPyConnection) -> None:
         if missing:
             extra = ", ".join(f"{_default(kind)} AS {name}" for name, kind in missing)
             con.execute(f'CREATE TEMP VIEW requests AS SELECT *, {extra} FROM "{db}".main.requests')
-    for table, ddl in (("workers", schema.WORKERS), ("server_metrics", schema.SERVER_METRICS)):
+    if "stages" in have and "ended" not in have["stages"]:
+        con.execute(f'CREATE TEMP VIEW stages AS SELECT *, NULL::VARCHAR AS ended FROM "{db}".main.stages')
+    for table, ddl in (
+        ("workers", schema.WORKERS),
+        ("server_metrics", schema.SERVER_METRICS),
+        ("trials", schema.TRIALS),
+    ):
         if table not in have:
             con.execute(_temp(ddl))
     # The names are this loadgen's, whichever wrote the database: the views map samples through them.

@@ -124,6 +124,8 @@ SELECT
     sum(output_tokens) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS output_tokens_per_s,
     count(*) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS requests_per_s,
     count(*) FILTER (WHERE slo_ok) / nullif({SPAN}, 0) AS goodput_rps,
+    count(*) FILTER (WHERE slo_ok) AS slo_met,
+    count(*) FILTER (WHERE slo_ok) / nullif(count(*), 0) AS slo_share,
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
         / nullif(sum(prompt_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
@@ -151,7 +153,19 @@ CREATE TABLE IF NOT EXISTS stages (
     arrival VARCHAR NOT NULL,
     concurrency INTEGER NOT NULL,     -- closed loop: users (the batch); open loop: the in-flight cap
     rate DOUBLE,
-    spec JSON NOT NULL
+    spec JSON NOT NULL,
+    ended VARCHAR                     -- why it ended before its plan did (stop.on_saturation), else NULL
+)"""
+STAGES_ENDED = "ALTER TABLE stages ADD COLUMN IF NOT EXISTS ended VARCHAR"
+
+# One row per trial of a capacity search (loadgen search): the stage that ran it, the load and the target.
+TRIALS = """
+CREATE TABLE IF NOT EXISTS trials (
+    run_id VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,
+    over VARCHAR NOT NULL,            -- rate (requests/s) | concurrency (users)
+    load DOUBLE NOT NULL,
+    target DOUBLE NOT NULL            -- the share of requests that must meet every SLO
 )"""
 
 _PHASE_ROWS = f"""
@@ -311,7 +325,64 @@ FROM requests r ASOF LEFT JOIN state s ON r.run_id = s.run_id AND r.sent_s >= s.
 WHERE r.sent_s IS NOT NULL
 """
 
-VIEWS = (SUMMARY, ERRORS, PREFILL, DECODE, CROSSOVER, SESSIONS, SERVER_SERIES, REQUEST_SERVER_STATE)
+# A search's trials, each judged apart: whether its stage ended at saturation, or held its sends back (a median
+# lag over HELD_BACK_MS: the in-flight cap or the client, not the server, set the pace).
+HELD_BACK_MS = 100
+TRIAL_STAGES = f"""
+CREATE OR REPLACE VIEW trial_stages AS
+SELECT t.run_id, t.stage, t.over, t.load, t.target, coalesce(s.slo_met, 0) AS slo_met,
+       coalesce(s.requests, 0) AS requests, s.slo_share, s.lag_p50_ms, s.output_tokens_per_s,
+       st.ended IS NOT NULL AS saturated, coalesce(s.lag_p50_ms > {HELD_BACK_MS}, FALSE) AS held_back
+FROM trials t JOIN stages st USING (run_id, stage) LEFT JOIN summary s USING (run_id, stage)
+"""
+
+# A search's loads (a load's repeats pooled): a load passes when the share of its requests meeting every SLO
+# reaches the target and none of its trials ended saturated or held back.
+TRIAL_LOADS = """
+CREATE OR REPLACE VIEW trial_loads AS
+SELECT t.run_id, ru.endpoint, t.over, t.load, any_value(t.target) AS target, count(*) AS trials,
+       sum(t.requests) AS requests, sum(t.slo_met) / nullif(sum(t.requests), 0) AS slo_share,
+       bool_or(t.saturated) AS saturated, bool_or(t.held_back) AS held_back,
+       coalesce(sum(t.slo_met) / nullif(sum(t.requests), 0) >= any_value(t.target), FALSE)
+           AND NOT bool_or(t.saturated OR t.held_back) AS passed,
+       max(t.output_tokens_per_s) AS output_tokens_per_s
+FROM trial_stages t JOIN runs ru USING (run_id)
+GROUP BY t.run_id, ru.endpoint, t.over, t.load
+"""
+
+# Per search: the highest load that passed below the lowest that failed, the output tokens per second at that
+# load, and, where the endpoint file gives a price per hour, what a million output tokens cost there.
+CAPACITY = """
+CREATE OR REPLACE VIEW capacity AS
+WITH best AS (
+    SELECT run_id, endpoint, over, max(load) FILTER (WHERE passed) AS passing FROM trial_loads
+    GROUP BY run_id, endpoint, over
+)
+SELECT b.run_id, b.endpoint, b.over, b.passing AS highest_passing,
+       (SELECT min(l.load) FROM trial_loads l WHERE l.run_id = b.run_id AND NOT l.passed
+            AND l.load > coalesce(b.passing, 0)) AS lowest_failing,
+       p.output_tokens_per_s,
+       TRY_CAST(ru.spec->'endpoint'->'price'->>'per_hour' AS DOUBLE) AS price_per_hour,
+       ru.spec->'endpoint'->'price'->>'currency' AS currency,
+       TRY_CAST(ru.spec->'endpoint'->'price'->>'per_hour' AS DOUBLE) / nullif(p.output_tokens_per_s * 3600, 0)
+           * 1e6 AS cost_per_million_output_tokens
+FROM best b JOIN runs ru USING (run_id)
+LEFT JOIN trial_loads p ON p.run_id = b.run_id AND p.load = b.passing
+"""
+
+VIEWS = (
+    SUMMARY,
+    ERRORS,
+    PREFILL,
+    DECODE,
+    CROSSOVER,
+    SESSIONS,
+    SERVER_SERIES,
+    REQUEST_SERVER_STATE,
+    TRIAL_STAGES,
+    TRIAL_LOADS,
+    CAPACITY,
+)
 ALL = (
     RUNS,
     REQUESTS,
@@ -320,6 +391,8 @@ ALL = (
     REQUESTS_SESSIONS,
     EVENTS,
     STAGES,
+    STAGES_ENDED,
+    TRIALS,
     WORKERS,
     SERVER_METRICS,
     SERVER_METRIC_NAMES,

@@ -1,0 +1,1 @@
+"""Capacity: the search for the highest load an endpoint carries within an SLO."""
