@@ -38,6 +38,7 @@ class Trials:
         self.stages = [first[0]]
         self.loads = [first[1]]
         self.con = store.con.cursor()  # used from the hub's thread pool only, never beside the writer's
+        self.ended: dict[str, str] = {}  # the load's record of stages that ended early (StageWalker.ended)
         store.add_trial(run_id, first[0].name, job.over, first[1], job.search.target)
 
     def next_stage(self) -> StageSpec | None:
@@ -45,6 +46,8 @@ class Trials:
         self.recorder.flush()
         pool = gevent.get_hub().threadpool
         stage, load = self.stages[-1], self.loads[-1]
+        if (why := self.ended.get(stage.name)) is not None:
+            pool.apply(self.store.end_stage, (self.run_id, stage.name, why, self.con))
         met, requests, invalid = pool.apply(self._result, (stage.name,))
         self.job.search.record(load, met, requests, invalid)
         following = self.job.search.next_load()

@@ -107,6 +107,8 @@ def execute(
     notes = [f"stage {name}: skipped {bad} malformed trace rows (on_bad_rows: skip)" for name, bad in skipped.items()]
     for note in notes:
         show.err.print(note, highlight=False)
+    if scale.expect and any(s.stop.on_saturation for s in workload.stages):
+        raise SpecError("--workers", "stop.on_saturation is judged in one process for now: run it without workers")
     headers = _api_headers(endpoint, endpoint_ref or str(wpath))
     db_file = Path(db_path) if db_path else default_db(workload)
 
@@ -213,11 +215,16 @@ def _run(
                     show.err.print(f"[yellow]note:[/] {sampler.note}", highlight=False)
             samplers.clear()
 
+        ended: dict[str, str] = {}  # stages that ended before their plan did, and why
+
         def finish(outcome: Outcome, workers: list[WorkerReport]) -> None:
             stop_sampling()
             said = [*notes, *description.prompts.notes, *([outcome.note] if outcome.note else [])]
+            said += [f"stage {stage}: {why}" for stage, why in ended.items()]
             note = "; ".join(said) or None
             try:
+                for stage, why in ended.items():
+                    store.end_stage(run_id, stage, why)
                 store.add_workers(run_id, workers)
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
@@ -238,6 +245,9 @@ def _run(
                 outcome = _run_master(description, recorder, scale, tmp, ui, finish, started, sample)
             elif ui is None:
                 engine = Engine(description, recorder, headers, more=trials.next_stage if trials else None)
+                ended = engine.walker.ended
+                if trials is not None:
+                    trials.ended = ended
                 sample(engine.ctx.clock)
                 with show.ProgressView() as view:
                     engine.on_progress = view.update
@@ -245,6 +255,7 @@ def _run(
                 finish(outcome, alone(outcome))
             else:
                 engine = Engine(description, recorder, headers)
+                ended = engine.walker.ended
                 sample(engine.ctx.clock)
                 host, port = ui
                 outcome = drive.run_ui(

@@ -12,12 +12,16 @@ from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
 
 
-def unsent_row(item: Planned, stage: StageSpec, scheduled_s: float | None, first_id: int) -> RequestResult:
-    """The row of a planned request the run stopped before sending (`first_id`: the stage's first request)."""
+def unsent_row(
+    item: Planned, stage: StageSpec, scheduled_s: float | None, first_id: int, why: str | None = None
+) -> RequestResult:
+    """The row of a planned request the run stopped before sending (`first_id`: the stage's first request;
+    `why`: the stage ended early for this reason)."""
     warmup = item.request_id - first_id < stage.warmup.requests
-    return in_conversation(
-        not_sent(item.request_id, item.stage, scheduled_s, item.prompt_tokens, item.output_tokens, warmup), item
-    )
+    r = not_sent(item.request_id, item.stage, scheduled_s, item.prompt_tokens, item.output_tokens, warmup)
+    if why is not None:
+        r.error_detail = f"the stage ended before this planned request was sent: {why}"
+    return in_conversation(r, item)
 
 
 def in_conversation(r: RequestResult, item: Planned) -> RequestResult:
@@ -49,6 +53,7 @@ class Dispatch:
         self.outstanding = 0  # taken from the plan and not yet finished
         self.exhausted = False
         self.stopping = False  # set on interrupt: no new sends
+        self.why: str | None = None  # why the stage stopped early, when the run goes on
         self.ended = gevent.event.Event()
         # When each request of a stage with conversations ended, for the turns that follow it.
         self.follows = stage.load.trace is not None and stage.load.trace.format == "bailian"
@@ -120,9 +125,10 @@ class Dispatch:
         """The stage's first `warmup.requests` requests stay out of `summary`."""
         return item.request_id - self.first_id < self.stage.warmup.requests
 
-    def stop(self) -> None:
-        """No new sends; what is in flight finishes."""
+    def stop(self, why: str | None = None) -> None:
+        """No new sends; what is in flight finishes. `why`: the stage, not the run, ends here (saturation)."""
         self.stopping = True
+        self.why = why
 
     def end(self) -> None:
         """The stage is over: wake the users that wait for more of its work."""

@@ -60,6 +60,7 @@ class Recorder:
         self._stop = gevent.event.Event()
         self.write_error: BaseException | None = None
         self.refused: str | None = None  # why the run should stop: its first requests were all refused alike
+        self.watch: Callable[[RequestResult, Derived], None] | None = None  # sees each request as it ends
         self._first: list[RequestResult] = []
 
     def sending(self) -> None:
@@ -80,6 +81,8 @@ class Recorder:
         d = derive(r, slo)
         self.buffer.append((r, d))
         self.done += 1
+        if self.watch is not None:
+            self.watch(r, d)
         if len(self._first) < FAIL_FAST_REQUESTS:
             self._first.append(r)
             if len(self._first) == FAIL_FAST_REQUESTS:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from loadgen.load.dispatch import Dispatch, unsent_row
+from loadgen.load.saturation import Saturation
 from loadgen.load.state import RunState
 from loadgen.results import RequestResult
 from loadgen.schedule.plan import plan_stage
@@ -23,6 +24,8 @@ class StageWalker:
         self.stages = list(ctx.description.stages)
         # Asked for a further stage once the planned ones are done (a capacity search's next trial), or None.
         self.more = more
+        self.ended: dict[str, str] = {}  # stage -> why it ended before its plan did
+        self.saturation: Saturation | None = None  # watching the current stage, when it stops on saturation
         self.index = -1  # the stage being run or prepared
         self.next_id = 0  # request IDs are unique across the run's stages
         self.stopping = False
@@ -40,9 +43,13 @@ class StageWalker:
         d = ctx.dispatch
         if d is not None:
             if not d.done:
+                if self.saturation is not None and not d.stopping and (why := self.saturation.check(d.now_s())):
+                    self.ended[d.stage.name] = why
+                    d.stop(why)  # what is in flight finishes; the next stage follows
                 return d.stage.load.users
             self.next_id = d.next_id
             ctx.close_stage()
+            ctx.recorder.watch = self.saturation = None
         if self.stopping:
             return None
         if self._asked_at is None:
@@ -62,6 +69,9 @@ class StageWalker:
             # otherwise delay the stage's first send behind its schedule.
             first = next(plan, None)
             plan = itertools.chain([first] if first is not None else [], plan)
+            if stage.stop.on_saturation:
+                self.saturation = Saturation(stage.stop.saturation_window_s)
+                ctx.recorder.watch = self.saturation.add
             ctx.open_stage(Dispatch(stage, plan, ctx.clock.origin, self.next_id))
         return stage.load.users
 

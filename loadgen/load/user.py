@@ -181,7 +181,7 @@ class StreamUser(User):
     def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None) -> None:
         d.finish()
         d.request_ended(item.request_id, d.now_s())
-        self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id), d.stage.slo)
+        self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id, d.why), d.stage.slo)
 
     def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
         """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""

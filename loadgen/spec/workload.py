@@ -228,6 +228,8 @@ class RequestsSpec(Strict):
 class StopSpec(Strict):
     requests: PositiveInt | None = None
     duration_s: PositiveFloat | None = None
+    on_saturation: bool = False  # end the stage once requests clearly arrive faster than they finish
+    saturation_window_s: PositiveFloat = 10.0  # the window that judges it (loadgen/load/saturation.py)
 
 
 class SloSpec(Strict):

@@ -99,9 +99,9 @@ class Store:
         """A capacity search's trial: which stage ran which load, against which target."""
         (con or self.con).execute("INSERT INTO trials VALUES (?, ?, ?, ?, ?)", [run_id, stage, over, load, target])
 
-    def end_stage(self, run_id: str, stage: str, note: str) -> None:
+    def end_stage(self, run_id: str, stage: str, note: str, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Why a stage ended before its plan did (saturation)."""
-        self.con.execute("UPDATE stages SET ended = ? WHERE run_id = ? AND stage = ?", [note, run_id, stage])
+        (con or self.con).execute("UPDATE stages SET ended = ? WHERE run_id = ? AND stage = ?", [note, run_id, stage])
 
     def mark_started(self, run_id: str) -> None:
         """The run's load starts now (the web UI's Start), not when the run was set up."""
