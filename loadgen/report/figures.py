@@ -244,3 +244,64 @@ def run_timeline(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, limit: 
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
     return [timeline, _save(fig, out / "throughput_inflight.png")]
+
+
+def server_state(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, index: int) -> Path | None:
+    """The client's TTFT over the run, and beneath it on the same clock the server's running and waiting requests
+    and KV-cache usage (server_series); None when the run sampled no server metrics."""
+    series = con.execute(
+        "SELECT series, list(t_s ORDER BY t_s), list(value ORDER BY t_s) FROM server_series "
+        "WHERE run_id = ? AND series IN ('running', 'waiting', 'kv_usage') GROUP BY series",
+        [run_id],
+    ).fetchall()
+    if not series:
+        return None
+    by = {name: (np.array(t), np.array(v)) for name, t, v in series}
+    ttft = con.execute(
+        "SELECT sent_s, ttft_ms FROM requests WHERE run_id = ? AND ttft_ms IS NOT NULL ORDER BY sent_s", [run_id]
+    ).fetchall()
+    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(8, 7), sharex=True, height_ratios=(2, 1.4, 1))
+    if ttft:
+        top.plot([r[0] for r in ttft], [r[1] for r in ttft], ".", ms=2.5, color="tab:blue", label="TTFT, at send")
+    top.set(ylabel="TTFT (ms)", title=f"Client TTFT and the server's state: {run_id}")
+    top.legend(loc="upper left")
+    for name, color in (("running", "tab:green"), ("waiting", "tab:red")):
+        if name in by:
+            mid.step(*by[name], where="post", color=color, label=name)
+    mid.set(ylabel="requests")
+    mid.legend(loc="upper left")
+    if "kv_usage" in by:
+        t, v = by["kv_usage"]
+        low.plot(t, 100 * v, color="tab:purple", label="KV-cache usage")
+        low.legend(loc="upper left")
+    low.set(xlabel="seconds since the run's start", ylabel="KV cache (%)")
+    for ax in (top, mid, low):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, out / f"server_state_{index}.png")
+
+
+def search_goodput(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
+    """Each search's share of requests meeting the SLO against load, the target as a line, the capacity found
+    marked; None without a search."""
+    rows = con.execute(
+        "SELECT l.run_id, l.endpoint, l.over, list(l.load ORDER BY l.load), list(l.slo_share ORDER BY l.load), "
+        "any_value(l.target), any_value(c.highest_passing) FROM trial_loads l JOIN capacity c USING (run_id) "
+        "GROUP BY l.run_id, l.endpoint, l.over ORDER BY l.endpoint"
+    ).fetchall()
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    target, over = rows[0][5], rows[0][2]
+    for _, endpoint, _, loads, shares, _, capacity in rows:
+        line = ax.plot(loads, [100 * (s or 0) for s in shares], marker="o", label=endpoint)[0]
+        if capacity is not None:
+            ax.axvline(capacity, color=line.get_color(), ls=":", alpha=0.8)
+    ax.axhline(100 * target, color="black", ls="--", lw=1, label=f"target {target:.0%}")
+    unit = "users" if over == "concurrency" else "requests/s"
+    ax.set(
+        xscale="log",
+        xlabel=f"load ({unit}; dotted: the capacity found)",
+        ylabel="requests meeting every SLO (%)",
+        title="Capacity search: SLO share against load",
+    )
+    return _gridded(fig, ax, out / "search_goodput.png")

@@ -90,6 +90,9 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
     dists = figures.cdfs(con, out)
     reuse = figures.prefix_reuse(con, out)
     timeline = figures.run_timeline(con, latest, out)
+    searched = figures.search_goodput(con, out)
+    # The server's side, per run that sampled it (the latest twelve).
+    states = [figures.server_state(con, run_id, out, i) for i, (run_id, _, _) in enumerate(runs[-12:])]
     parts = [
         f"<h1>loadgen report: {html.escape(name)}</h1>",
         f"<p>{len(runs)} run(s); figures and tables from the database's views.</p>",
@@ -140,6 +143,11 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
                 "FROM sessions GROUP BY run_id ORDER BY run_id",
             ),
         ]
+    if searched:
+        parts += ["<h2>Capacity</h2>", _img(searched)]
+        parts.append(_table(con, "SELECT * FROM capacity ORDER BY endpoint"))
+    if any(states):
+        parts += ["<h2>The server's side</h2>", *(_img(p) for p in states if p)]
     if timeline:
         parts += [f"<h2>The latest run: {html.escape(latest)}</h2>", *map(_img, timeline)]
     parts += ["<h2>Errors</h2>", _table(con, "SELECT * FROM errors ORDER BY run_id, stage")]
