@@ -1,10 +1,11 @@
 """`loadgen search` against a dense sweep, and the server's scraped running requests against a closed loop.
 
 1. On the emulated H100, workloads/chat-capacity.yaml (Poisson chat, SLO: TTFT <= 250 ms and TPOT <= 25 ms for
-   95% of requests), both from 4 req/s with 80 requests a stage: `loadgen search`, and a sweep of every rate from
-   4 req/s up in steps of 5% (stages judged by the same rule as the search's trials: the SLO share, no
-   saturation, no held-back sends). Bounds: the search's capacity within 10% of the sweep's, using at most a third
-   of the sweep's requests. Both capacities, request counts and times are printed.
+   95% of requests), both from 6 req/s with the workload's 160 requests a stage (the first 40 out of the
+   judgement): `loadgen search`, and a sweep of every rate from 6 req/s up in steps of 5% to 30 req/s (stages
+   judged by the same rule as the search's trials: the SLO share, no saturation, no held-back sends; the sweep's
+   capacity is its highest rate below the first that fails). Bounds: the search's capacity within 10% of the
+   sweep's, using at most a third of the sweep's requests. Both capacities, request counts and times are printed.
 2. A closed loop of 16 users on the emulated H100: bound: the mean of the emulator's scraped
    `vllm:num_requests_running` (the canonical `running` series) while all 16 are busy within 1 of 16.
 
@@ -26,13 +27,13 @@ from loadgen.store.schema import HELD_BACK_MS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT / "workloads" / "chat-capacity.yaml"
-START, STEP, STAGES, REQUESTS, TARGET = 4.0, 1.05, 42, 80, 0.95
+START, STEP, STAGES, TARGET = 6.0, 1.05, 34, 0.95
 
 
 def search(db: Path) -> tuple[float | None, int, float]:
     t0 = time.perf_counter()
     args = [sys.executable, "-m", "loadgen", "search", str(WORKLOAD), "--db", str(db)]
-    args += ["--set", f"load.rate={START}", "--set", f"stop.requests={REQUESTS}", "--goodput", str(TARGET)]
+    args += ["--set", f"load.rate={START}", "--goodput", str(TARGET)]
     res = subprocess.run(args, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"loadgen search failed ({res.returncode}):\n{res.stderr[-2000:]}")
@@ -46,7 +47,6 @@ def search(db: Path) -> tuple[float | None, int, float]:
 def sweep(tmp: Path) -> tuple[float | None, int, float]:
     spec = yaml.safe_load(WORKLOAD.read_text())
     spec["endpoint"] = str((WORKLOAD.parent / spec["endpoint"]).resolve())
-    spec["stop"]["requests"] = REQUESTS
     rates = [round(START * STEP**k, 3) for k in range(STAGES)]
     spec["stages"] = [{"name": f"r{r:g}", "load": {**spec["load"], "rate": r}} for r in rates]
     w = tmp / "sweep.yaml"

@@ -118,6 +118,11 @@ def test_search_across_endpoints_gives_the_capacity_table(write, tmp_path):
     for run_id, _, _ in trials:
         judged = dict(con.execute("SELECT load, passed FROM trial_loads WHERE run_id = ?", [run_id]).fetchall())
         assert all(judged[x] == (x <= max(k for k, v in judged.items() if v)) for x in judged)
+    con.close()
+    r = loadgen("report", str(db), "--out", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<h2>Capacity</h2>" in page and (tmp_path / "report" / "search_goodput.png").exists()
 
 
 def test_a_stage_that_saturates_ends_early_and_the_next_one_runs(write, tmp_path):

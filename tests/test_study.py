@@ -162,8 +162,9 @@ def test_report_is_one_self_contained_page_with_figures(report):
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
         assert base64.b64encode(png).decode()[:200] in page  # inlined, so the page needs no other file
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", page)  # nothing fetched from a network
-    for heading in ("Phases", "Summary", "Distributions", "Run specs", "crossover"):
+    for heading in ("Phases", "Summary", "Distributions", "Run specs", "crossover", "The server's side"):
         assert heading in page
+    assert (out / "server_state_0.png").read_bytes().startswith(b"\x89PNG")  # the server's metrics, per run
 
 
 def test_compare_gives_deltas_with_intervals(study_db):
