@@ -1,8 +1,8 @@
 """`loadgen search` against a dense sweep, and the server's scraped running requests against a closed loop.
 
 1. On the emulated H100, workloads/chat-capacity.yaml (Poisson chat, SLO: TTFT <= 250 ms and TPOT <= 25 ms for
-   95% of requests), both from 6 req/s with the workload's 160 requests a stage (the first 40 out of the
-   judgement): `loadgen search`, and a sweep of every rate from 6 req/s up in steps of 5% to 30 req/s (stages
+   95% of requests), both from 6 req/s with 160 requests a stage (the first 40 out of the judgement; at most
+   30 s): `loadgen search`, and a sweep of every rate from 6 req/s up in steps of 5% to 30 req/s (stages
    judged by the same rule as the search's trials: the SLO share, no saturation, no held-back sends; the sweep's
    capacity is its highest rate below the first that fails). Bounds: the search's capacity within 10% of the
    sweep's, using at most a third of the sweep's requests. Both capacities, request counts and times are printed.
@@ -28,12 +28,14 @@ from loadgen.store.schema import HELD_BACK_MS
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT / "workloads" / "chat-capacity.yaml"
 START, STEP, STAGES, TARGET = 6.0, 1.05, 34, 0.95
+# What each trial and sweep stage is, whatever the shipped workload says.
+PINNED = {"load.rate": START, "stop.requests": 160, "warmup.requests": 40, "stop.duration_s": 30}
 
 
 def search(db: Path) -> tuple[float | None, int, float]:
     t0 = time.perf_counter()
     args = [sys.executable, "-m", "loadgen", "search", str(WORKLOAD), "--db", str(db)]
-    args += ["--set", f"load.rate={START}", "--goodput", str(TARGET)]
+    args += ["--goodput", str(TARGET), *(a for key, v in PINNED.items() for a in ("--set", f"{key}={v}"))]
     res = subprocess.run(args, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"loadgen search failed ({res.returncode}):\n{res.stderr[-2000:]}")
@@ -47,6 +49,8 @@ def search(db: Path) -> tuple[float | None, int, float]:
 def sweep(tmp: Path) -> tuple[float | None, int, float]:
     spec = yaml.safe_load(WORKLOAD.read_text())
     spec["endpoint"] = str((WORKLOAD.parent / spec["endpoint"]).resolve())
+    spec["stop"].update(requests=PINNED["stop.requests"], duration_s=PINNED["stop.duration_s"])
+    spec["warmup"] = {"requests": PINNED["warmup.requests"]}
     rates = [round(START * STEP**k, 3) for k in range(STAGES)]
     spec["stages"] = [{"name": f"r{r:g}", "load": {**spec["load"], "rate": r}} for r in rates]
     w = tmp / "sweep.yaml"

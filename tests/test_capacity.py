@@ -146,3 +146,11 @@ def test_a_stage_that_saturates_ends_early_and_the_next_one_runs(write, tmp_path
     sent = con.execute("SELECT count(*) FROM requests WHERE stage = 'over' AND status = 'ok'").fetchone()[0]
     assert 20 <= sent < 1000
     assert con.execute("SELECT count(*) FROM requests WHERE stage = 'calm' AND status = 'ok'").fetchone() == (15,)
+
+
+def test_a_trial_that_measured_nothing_ends_the_search_and_judges_nothing():
+    s = Search(start=4, target=0.9)
+    s.record(4.0, 10, 50)  # fails
+    s.record(2.0, 0, 0)  # too short to measure anything outside warm-up
+    assert s.next_load() is None and s.unmeasured == [2.0]
+    assert s.bracket == (None, 4.0) and s.verdict == "not met"

@@ -57,9 +57,15 @@ class Search:
         self.trials += 1
 
     def _judged(self) -> tuple[list[float], list[float]]:
+        """Loads that passed and loads that failed; a load whose trials measured nothing is neither."""
         passing = [x for x, t in self.tallies.items() if t.passed(self.target)]
-        failing = [x for x, t in self.tallies.items() if not t.passed(self.target)]
+        failing = [x for x, t in self.tallies.items() if not t.passed(self.target) and t.requests]
         return passing, failing
+
+    @property
+    def unmeasured(self) -> list[float]:
+        """Loads whose trials had no request outside warm-up (too short at that rate): they judge nothing."""
+        return sorted(x for x, t in self.tallies.items() if not t.requests)
 
     @property
     def bracket(self) -> tuple[float | None, float | None]:
@@ -79,8 +85,8 @@ class Search:
         """The next trial's load, or None when the search is over."""
         if not self.tallies:
             return self._round(self.start)
-        if self.trials >= self.max_trials:
-            return None
+        if self.trials >= self.max_trials or self.unmeasured:
+            return None  # out of trials, or a trial too short to measure anything: lower loads measure less
         lo, hi = self.bracket
         again = self._unsettled((lo, hi))
         if again is not None:

@@ -56,6 +56,12 @@ def search(args: argparse.Namespace) -> int:
                 [run_id],
             ).fetchall()
         show.out.print(show.trials_table(run_id, job.over, args.goodput, rows, job.search.verdict))
+        if job.search.unmeasured:
+            show.err.print(
+                f"note: the trial at {job.search.unmeasured[0]:g} measured nothing outside warm-up, so the search "
+                "stopped there: give trials more time (stop.duration_s) or less warm-up (warmup.requests)",
+                highlight=False,
+            )
         runs.append((run_id, job.search.verdict))
         if code != 0:
             return code

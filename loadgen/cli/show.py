@@ -227,7 +227,12 @@ def trials_table(run_id: str, over: str, target: float, rows: Sequence[Sequence[
         t.add_column(c)
     for stage, load, requests, share, passed, saturated, held in rows:
         judged = "pass" if passed else "fail"
-        judged += " (saturated)" if saturated else " (held back: raise load.concurrency)" if held else ""
+        if saturated:
+            judged += " (saturated)"
+        elif held:
+            judged += " (held back: raise load.concurrency)"
+        elif not requests:
+            judged += " (nothing measured: every request was warm-up or unsent)"
         t.add_row(stage, _load(over, load), _num(requests), "-" if share is None else f"{share:.1%}", judged)
     return t
 

@@ -293,7 +293,8 @@ def search_goodput(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.6))
     target, over = rows[0][5], rows[0][2]
     for _, endpoint, _, loads, shares, _, capacity in rows:
-        line = ax.plot(loads, [100 * (s or 0) for s in shares], marker="o", label=endpoint)[0]
+        measured = [(x, 100 * s) for x, s in zip(loads, shares, strict=True) if s is not None]  # not all warm-up
+        line = ax.plot(*zip(*measured, strict=True), marker="o", label=endpoint)[0]
         if capacity is not None:
             ax.axvline(capacity, color=line.get_color(), ls=":", alpha=0.8)
     ax.axhline(100 * target, color="black", ls="--", lw=1, label=f"target {target:.0%}")

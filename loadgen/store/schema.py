@@ -359,7 +359,7 @@ WITH best AS (
     GROUP BY run_id, endpoint, over
 )
 SELECT b.run_id, b.endpoint, b.over, b.passing AS highest_passing,
-       (SELECT min(l.load) FROM trial_loads l WHERE l.run_id = b.run_id AND NOT l.passed
+       (SELECT min(l.load) FROM trial_loads l WHERE l.run_id = b.run_id AND NOT l.passed AND l.requests > 0
             AND l.load > coalesce(b.passing, 0)) AS lowest_failing,
        p.output_tokens_per_s,
        TRY_CAST(ru.spec->'endpoint'->'price'->>'per_hour' AS DOUBLE) AS price_per_hour,
