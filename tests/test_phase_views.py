@@ -30,7 +30,11 @@ def _run(con, run_id: str, endpoint: str, engine: str) -> None:
 
 
 def _stage(con, run_id: str, stage: str, phase: str, batch: int) -> None:
-    con.execute("INSERT INTO stages VALUES (?, ?, 0, ?, 'closed', ?, NULL, '{}')", [run_id, stage, phase, batch])
+    con.execute(
+        "INSERT INTO stages (run_id, stage, idx, phase, arrival, concurrency, rate, spec) "
+        "VALUES (?, ?, 0, ?, 'closed', ?, NULL, '{}')",
+        [run_id, stage, phase, batch],
+    )
 
 
 def _req(con, run_id, stage, rid, sent, first, last, prompt, out, status="ok", warmup=False) -> None:
