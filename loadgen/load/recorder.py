@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import gevent
 import gevent.event
+import gevent.lock
 
 from loadgen.metrics import Derived, derive
 from loadgen.results import RequestResult
@@ -58,6 +59,7 @@ class Recorder:
         self.tpot: deque[float] = deque(maxlen=window)
         self._flusher: gevent.Greenlet | None = None
         self._stop = gevent.event.Event()
+        self._one_writer = gevent.lock.Semaphore()
         self.write_error: BaseException | None = None
         self.refused: str | None = None  # why the run should stop: its first requests were all refused alike
         self.watch: Callable[[RequestResult, Derived], None] | None = None  # sees each request as it ends
@@ -113,11 +115,15 @@ class Recorder:
         return None
 
     def flush(self) -> None:
-        batch, self.buffer = self.buffer, []
-        if batch:
-            error = gevent.get_hub().threadpool.apply(self._write, (batch,)) if self.threaded else self._write(batch)
-            if error is not None:
-                self.write_error = error
+        # One write at a time: the flusher and a caller between stages (a search's trials) may both flush, and the
+        # writer's database connection is not to be used from two threads at once.
+        with self._one_writer:
+            batch, self.buffer = self.buffer, []
+            if batch:
+                pool = gevent.get_hub().threadpool
+                error = pool.apply(self._write, (batch,)) if self.threaded else self._write(batch)
+                if error is not None:
+                    self.write_error = error
 
     def _loop(self) -> None:
         # After a failed write the flusher stops; the engine stops sending and reports it.
