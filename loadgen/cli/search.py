@@ -9,12 +9,11 @@ from loadgen.capacity.search import Search
 from loadgen.capacity.trials import SearchJob
 from loadgen.cli import show
 from loadgen.cli.run import default_db, execute
-from loadgen.spec import SpecError, load_workload
+from loadgen.spec import SpecError, WorkloadSpec, load_workload
 from loadgen.store.read import reading
 
 
-def _job(args: argparse.Namespace) -> SearchJob:
-    workload, _ = load_workload(args.workload, args.overrides)
+def _job(args: argparse.Namespace, workload: WorkloadSpec) -> SearchJob:
     base = workload.stages[0]
     if base.slo.ttft_ms is None and base.slo.tpot_ms is None and base.slo.e2e_ms is None:
         raise SpecError(args.workload, "a search needs an SLO to meet: set slo (ttft_ms, tpot_ms and/or e2e_ms)")
@@ -44,7 +43,7 @@ def search(args: argparse.Namespace) -> int:
     db = args.db or str(default_db(workload))
     runs: list[tuple[str, str]] = []  # (run_id, verdict)
     for ref in refs:
-        job = _job(args)  # each endpoint searches afresh from the workload's load
+        job = _job(args, workload)  # each endpoint searches afresh from the workload's load
         code = execute(args.workload, ref, db, args.overrides, scrape_s=args.server_metrics, search=job)
         with reading(db) as con:
             (run_id,) = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()

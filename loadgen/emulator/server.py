@@ -20,10 +20,12 @@ from loadgen.spec.endpoint import EndpointSpec
 OUTPUT_WORDS = (" the", " model", " says", " hello", " and", " then", " more", " words")
 
 
+_ANSWER_WORDS = [w.strip() for w in OUTPUT_WORDS]
+
+
 def answer_tokens(n: int) -> list[str]:
     """The first n tokens of every answer, as a prompt that resends the answer counts them (a word a token)."""
-    words = [w.strip() for w in OUTPUT_WORDS]
-    return (words * (n // len(words) + 1))[:n]
+    return (_ANSWER_WORDS * (n // len(_ANSWER_WORDS) + 1))[:n]
 
 
 class BadRequest(Exception):

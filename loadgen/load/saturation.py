@@ -20,19 +20,24 @@ from loadgen.results import RequestResult
 MIN_REQUESTS = 20
 MIN_SLOPE = 0.1  # seconds of extra wait per second of schedule
 MIN_RISE_S = 0.1
+CHECK_EVERY_S = 0.5  # the stage walker asks every tick of the load's loop; the fit runs this often at most
 
 
 class Saturation:
     def __init__(self, window_s: float):
         self.window_s = window_s
         self.points: deque[tuple[float, float]] = deque()  # (first token, wait for it), run clock, seconds
+        self.next_check_s = 0.0
 
     def add(self, r: RequestResult, d: Derived) -> None:
         if r.first_token_s is not None and d.ttft_sched_ms is not None:
             self.points.append((r.first_token_s, d.ttft_sched_ms / 1000.0))
 
     def check(self, now_s: float) -> str | None:
-        """Why the stage is saturated, or None."""
+        """Why the stage is saturated, or None (also between checks)."""
+        if now_s < self.next_check_s:
+            return None
+        self.next_check_s = now_s + CHECK_EVERY_S
         while self.points and self.points[0][0] < now_s - self.window_s:
             self.points.popleft()
         if len(self.points) < MIN_REQUESTS:
