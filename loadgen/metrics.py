@@ -4,6 +4,9 @@ ttft_ms = first_token - sent; tpot_ms = (last_token - first_token) / (output_tok
 e2e_ms = end - sent; lag_ms = sent - scheduled (NULL for a request never sent); ttft_sched_ms = first_token -
 scheduled (what a user waiting since the scheduled time saw, so that a send held back by the in-flight cap is not
 hidden);
+itl_ms (per streamed event, table events) = this event's time - the previous event's of the same request, NULL for
+its first: vLLM's benchmark definition; a server that packs several tokens into one event shows fewer, longer
+gaps (TPOT is per token);
 slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
 
 The phase throughputs aggregate these timestamps over a batch (a stage of phase prefill or decode, ok requests
@@ -19,6 +22,8 @@ included. The one implementation of the union is `_busy` in store/schema.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from loadgen.results import RequestResult
 from loadgen.spec.workload import SloSpec
@@ -58,3 +63,12 @@ def derive(r: RequestResult, slo: SloSpec) -> Derived:
         e2e_ms=e2e,
         slo_ok=ok,
     )
+
+
+def itl_ms(t_s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Inter-token latency of a batch of events, requests one after another (`idx` restarts at 0 for each):
+    the gap since the previous event of the same request in ms; NaN for each request's first event."""
+    gaps = np.full(len(t_s), np.nan)
+    gaps[1:] = np.diff(t_s) * 1000.0
+    gaps[idx == 0] = np.nan
+    return gaps

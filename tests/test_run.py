@@ -56,7 +56,14 @@ CONTRACT_COLUMNS = {
         "error": "VARCHAR",
         "http_status": "INTEGER",
     },
-    "events": {"run_id": "VARCHAR", "request_id": "BIGINT", "idx": "INTEGER", "t_s": "DOUBLE", "tokens": "INTEGER"},
+    "events": {
+        "run_id": "VARCHAR",
+        "request_id": "BIGINT",
+        "idx": "INTEGER",
+        "t_s": "DOUBLE",
+        "tokens": "INTEGER",
+        "itl_ms": "DOUBLE",
+    },
 }
 SUMMARY_COLUMNS = [
     "run_id",
@@ -69,6 +76,9 @@ SUMMARY_COLUMNS = [
     "tpot_p50_ms",
     "tpot_p90_ms",
     "tpot_p99_ms",
+    "itl_p50_ms",
+    "itl_p90_ms",
+    "itl_p99_ms",
     "e2e_p50_ms",
     "output_tokens_per_s",
     "requests_per_s",
@@ -114,6 +124,7 @@ def test_run_lands_every_request_and_event_per_the_contract(setup, api):
     assert orjson.loads(run["spec"])["workload"]["seed"] == 3
 
     reqs = rows(db, "SELECT * FROM requests ORDER BY request_id")
+    gaps: list[float] = []  # inter-token latencies: every gap between a request's consecutive events
     assert [r["request_id"] for r in reqs] == list(range(24))
     assert {r["status"] for r in reqs} == {"ok"} and {r["http_status"] for r in reqs} == {200}
     assert {r["max_tokens"] for r in reqs} <= {1, 5, 17}
@@ -124,6 +135,9 @@ def test_run_lands_every_request_and_event_per_the_contract(setup, api):
         assert r["output_tokens_source"] == "usage" and r["server_prompt_tokens"] == r["prompt_tokens"]
         t = [e["t_s"] for e in ev]
         assert t == sorted(t) and r["first_token_s"] == t[0] and r["last_token_s"] == t[-1]
+        assert ev[0]["itl_ms"] is None
+        assert [e["itl_ms"] for e in ev[1:]] == pytest.approx(list(np.diff(t) * 1000))
+        gaps += list(np.diff(t) * 1000)
         assert r["scheduled_s"] <= r["sent_s"] < r["first_token_s"] <= r["end_s"]
         assert r["ttft_ms"] == pytest.approx((r["first_token_s"] - r["sent_s"]) * 1000)
         assert r["e2e_ms"] == pytest.approx((r["end_s"] - r["sent_s"]) * 1000)
@@ -140,6 +154,10 @@ def test_run_lands_every_request_and_event_per_the_contract(setup, api):
     ttft = np.array([r["ttft_ms"] for r in reqs])
     assert s["ttft_p50_ms"] == pytest.approx(np.percentile(ttft, 50))
     assert s["ttft_p99_ms"] == pytest.approx(np.percentile(ttft, 99))
+    for q in (50, 90, 99):
+        assert s[f"itl_p{q}_ms"] == pytest.approx(np.percentile(gaps, q))
+    (whole,) = rows(db, "SELECT * FROM run_summary")  # one stage: the run's figures are the stage's
+    assert whole == {k: v for k, v in s.items() if k != "stage"}
     span = max(r["end_s"] for r in reqs) - min(r["sent_s"] for r in reqs)
     assert s["output_tokens_per_s"] == pytest.approx(sum(r["output_tokens"] for r in reqs) / span)
     assert s["goodput_rps"] == pytest.approx(24 / span)

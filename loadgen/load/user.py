@@ -173,7 +173,7 @@ class StreamUser(User):
                 if tok is not None and r.usage_completion_tokens is None and r.text_parts:
                     r.tokenizer_tokens = tok.count("".join(r.text_parts))
                 derived = c.recorder.add(r, stage.slo)
-                self._report(attempt.path, r, derived.ttft_ms, derived.tpot_ms, derived.e2e_ms)
+                self._report(attempt.path, r, derived.e2e_ms)
         if r.status == "interrupted":
             raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
         return r
@@ -183,19 +183,15 @@ class StreamUser(User):
         d.request_ended(item.request_id, d.now_s())
         self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id, d.why), d.stage.slo)
 
-    def _report(self, path: str, r: RequestResult, ttft: float | None, tpot: float | None, e2e: float | None) -> None:
-        """Locust's own statistics and web UI: the request row, plus TTFT and TPOT rows beside it."""
-        fire = self.environment.events.request.fire
-        exc = None if r.status == "ok" else Exception(f"{r.error}: {r.error_detail}")
-        fire(
+    def _report(self, path: str, r: RequestResult, e2e: float | None) -> None:
+        """Locust's own statistics: one request event per request (E2E as its response time), so that its
+        requests/s, failures and Aggregated row count each request once. TTFT, TPOT and the rest are in the LLM
+        tab and the terminal's live panel (loadgen/live), from the same values the database holds."""
+        self.environment.events.request.fire(
             request_type="POST",
             name=path,
             response_time=e2e or 0.0,
             response_length=r.output_tokens,
-            exception=exc,
+            exception=None if r.status == "ok" else Exception(f"{r.error}: {r.error_detail}"),
             context={},
         )
-        if ttft is not None and r.status == "ok":
-            fire(request_type="TTFT", name=path, response_time=ttft, response_length=0, exception=None, context={})
-        if tpot is not None and r.status == "ok":
-            fire(request_type="TPOT", name=path, response_time=tpot, response_length=0, exception=None, context={})

@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import orjson
 
-from loadgen.metrics import Derived
+from loadgen.metrics import Derived, itl_ms
 from loadgen.results import RequestResult, WorkerReport
 from loadgen.server_metrics.names import NAMES
 from loadgen.spec.workload import StageSpec
@@ -185,6 +185,7 @@ class Store:
             "t_s": np.array(ev_t, dtype=np.float64),
             "tokens": np.array(ev_tok, dtype=np.int32),
         }
+        ev_frame["itl_ms"] = itl_ms(ev_frame["t_s"], ev_frame["idx"])
         # DuckDB reads the local dicts of arrays above by name (a replacement scan), far faster than executemany.
         req_names = ", ".join(cols)
         try:
@@ -192,7 +193,10 @@ class Store:
             self.con.execute(f"INSERT INTO requests (run_id, {req_names}) SELECT ?, * FROM req_frame", [run_id])
             if ev_req:
                 self.con.execute(
-                    "INSERT INTO events (run_id, request_id, idx, t_s, tokens) SELECT ?, * FROM ev_frame", [run_id]
+                    "INSERT INTO events (run_id, request_id, idx, t_s, tokens, itl_ms) "
+                    "SELECT ?, request_id, idx, t_s, tokens, CASE WHEN isnan(itl_ms) THEN NULL ELSE itl_ms END "
+                    "FROM ev_frame",
+                    [run_id],
                 )
             self.con.execute("COMMIT")
         except duckdb.Error as e:

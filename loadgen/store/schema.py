@@ -82,9 +82,12 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("idx", "INTEGER NOT NULL"),
     ("t_s", "DOUBLE NOT NULL"),
     ("tokens", "INTEGER NOT NULL"),
+    ("itl_ms", "DOUBLE"),  # inter-token latency: the gap since the request's previous event (NULL for its first)
 )
 
 EVENTS = "CREATE TABLE IF NOT EXISTS events ({})".format(", ".join(f"{name} {kind}" for name, kind in EVENT_COLUMNS))
+# Databases written before inter-token latency was stored: their events have none (NULL), so no ITL figures.
+EVENTS_ITL = "ALTER TABLE events ADD COLUMN IF NOT EXISTS itl_ms DOUBLE"
 
 
 def measured(alias: str = "") -> str:
@@ -106,12 +109,20 @@ def _pcts(col: str, name: str, qs: tuple[int, ...], only_ok: bool = True) -> str
     return ",\n    ".join(f"quantile_cont({col}, {q / 100}){where} AS {name}_p{q}_ms" for q in qs)
 
 
-# One row per run and stage: its measured requests. Rates are over the stage's span (SPAN).
-SUMMARY = f"""
-CREATE OR REPLACE VIEW summary AS
-SELECT
-    run_id,
-    stage,
+def _summary(view: str, keys: str) -> str:
+    """The summary's figures over the measured requests of each group of `keys`: per stage (`summary`) and per
+    run (`run_summary`, every stage together). Rates are over the group's span (SPAN). Inter-token latencies are
+    the gaps between streamed events of the requests that count."""
+    return f"""
+CREATE OR REPLACE VIEW {view} AS
+WITH gaps AS (
+    SELECT {keys}, {_pcts("itl_ms", "itl", (50, 90, 99), only_ok=False)}
+    FROM events JOIN requests USING (run_id, request_id)
+    WHERE {counts()} AND itl_ms IS NOT NULL
+    GROUP BY {keys}
+), measured AS (
+    SELECT
+    {keys},
     min(scheduled_s) AS start_s,
     count(*) AS requests,
     count(*) FILTER (WHERE NOT ({counts()}) AND status <> 'not_sent') AS errors,
@@ -130,10 +141,18 @@ SELECT
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
         / nullif(sum(prompt_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
     {SPAN} AS span_s
-FROM requests
-WHERE {measured()}
-GROUP BY run_id, stage
+    FROM requests
+    WHERE {measured()}
+    GROUP BY {keys}
+)
+SELECT m.*, g.itl_p50_ms, g.itl_p90_ms, g.itl_p99_ms
+FROM measured m LEFT JOIN gaps g USING ({keys})
 """
+
+
+# One row per run and stage: its measured requests; and one per run, every stage together.
+SUMMARY = _summary("summary", "run_id, stage")
+RUN_SUMMARY = _summary("run_summary", "run_id")
 
 # Error counts by class, for the summary's error breakdown.
 ERRORS = f"""
@@ -372,6 +391,7 @@ LEFT JOIN trial_loads p ON p.run_id = b.run_id AND p.load = b.passing
 
 VIEWS = (
     SUMMARY,
+    RUN_SUMMARY,
     ERRORS,
     PREFILL,
     DECODE,
@@ -390,6 +410,7 @@ ALL = (
     REQUESTS_CACHED,
     REQUESTS_SESSIONS,
     EVENTS,
+    EVENTS_ITL,
     STAGES,
     STAGES_ENDED,
     TRIALS,
