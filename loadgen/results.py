@@ -101,10 +101,10 @@ class Progress:
     done: int
     in_flight: int
     errors: int
-    ttft_p50_ms: float | None
-    tpot_p50_ms: float | None
     stage: str
     elapsed_s: float
+    stage_start_s: float | None = None  # when the current stage's clock started (run clock), once it has
+    timing_bound_ms: float | None = None  # loadgen's own stamping-error bound so far (p99), where known live
 
 
 @dataclass

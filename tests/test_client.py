@@ -10,7 +10,7 @@ import time
 import pytest
 
 from loadgen.client.http import Attempt, StreamClient
-from loadgen.client.stamps import ReadDelays
+from loadgen.client.stamps import Delays
 from loadgen.spec.workload import TimeoutSpec
 
 OK_EVENTS = (
@@ -65,7 +65,7 @@ def _attempt(path: str) -> Attempt:
 
 
 def _stream(base_url: str, path: str):
-    client = StreamClient(base_url, {}, TimeoutSpec(connect_s=2, first_token_s=5, idle_s=5, total_s=10), ReadDelays())
+    client = StreamClient(base_url, {}, TimeoutSpec(connect_s=2, first_token_s=5, idle_s=5, total_s=10), Delays())
     t0 = time.perf_counter()
     try:
         return client.stream(_attempt(path), t0)

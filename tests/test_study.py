@@ -6,13 +6,12 @@ import base64
 import math
 import re
 import shutil
-import subprocess
 
 import duckdb
 import orjson
 import pytest
 
-from conftest import ROOT, loadgen
+from conftest import ROOT, chromium, loadgen
 
 STUDY = """
 name: mini-study
@@ -253,18 +252,9 @@ def test_disagg_model_transfer_and_break_evens():
     assert warm.transfer_ms == pytest.approx(transfer / 2) and warm.e2e_b_ms == pytest.approx(1000 + 100 * 2)
 
 
-def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no Chromium here (apt-get install chromium) to render the report")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    flags += ["--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
-    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def test_report_renders_in_headless_chromium(report, tmp_path):
+def test_report_renders_in_headlesschromium(report, tmp_path):
     shot = tmp_path / "page.png"
-    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report[0] / "index.html").as_uri())
+    chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report[0] / "index.html").as_uri())
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
 
@@ -279,7 +269,7 @@ def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path)
         " + parseFloat(getComputedStyle(document.querySelector('td')).fontSize); };</script>"
     )
     page.write_text(page.read_text().replace("</body>", probe + "</body>"))
-    dom = _chromium(tmp_path, "--window-size=1280,1600", "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    dom = chromium(tmp_path, "--window-size=1280,1600", "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
     scroll, client, id_height, font = map(float, re.search(r'data-fit="([^"]+)"', dom.stdout).group(1).split(","))
     assert scroll <= client <= 1280  # no horizontal scroll
     assert id_height < 2.5 * font  # a run ID is one line, not three

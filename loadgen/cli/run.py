@@ -17,7 +17,10 @@ import duckdb
 from loadgen.capacity.trials import SearchJob, Trials, trial_stage
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
+from loadgen.cli.panel import LivePanel
 from loadgen.emulator.launch import BackgroundEmulator, LaunchError
+from loadgen.live.feed import LiveFeed
+from loadgen.live.webtab import add_llm_tab
 from loadgen.load import drive
 from loadgen.load.description import RunDescription, api_key_headers
 from loadgen.load.drive import Outcome
@@ -189,6 +192,8 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
+        feed = LiveFeed(store.con, run_id)  # the live view (terminal panel, web UI's LLM tab)
+        recorder.listeners.append(feed.windows.add)
         if searching is not None:
             trials = Trials(searching[0], searching[1], store, run_id, recorder)
         samplers: list[Sampler] = []
@@ -229,6 +234,7 @@ def _run(
                 store.finish_run(run_id, outcome.status, outcome.client_delay_p99_ms, note)
             except duckdb.Error as e:  # the disk filled up, say: what was committed before stays readable
                 raise Failure(f"cannot finish the run in {db_file}: {str(e).splitlines()[0]}") from None
+            feed.final()  # the live view ends on the figures as stored
             if trials is None:  # a search's trials are summarised by the search
                 print_summary(store.con, run_id)
             if outcome.note:
@@ -239,33 +245,25 @@ def _run(
             users = workload.stages[-1].load.users
             return [WorkerReport(0, socket.gethostname(), users, 0.0, 0.0, outcome.client_delay_p99_ms)]
 
+        def started() -> None:
+            store.mark_started(run_id)
+
         try:
             if scale.expect:
-                started = lambda: store.mark_started(run_id)  # noqa: E731
-                outcome = _run_master(description, recorder, scale, tmp, ui, finish, started, sample)
+                outcome = _run_master(description, recorder, scale, tmp, ui, finish, started, sample, feed)
             elif ui is None:
                 engine = Engine(description, recorder, headers, more=trials.next_stage if trials else None)
                 ended = engine.walker.ended
                 if trials is not None:
                     trials.ended = ended
                 sample(engine.ctx.clock)
-                with show.ProgressView() as view:
-                    engine.on_progress = view.update
-                    outcome = drive.run_headless(engine)
+                outcome = _headless(engine, feed)
                 finish(outcome, alone(outcome))
             else:
                 engine = Engine(description, recorder, headers)
                 ended = engine.walker.ended
                 sample(engine.ctx.clock)
-                host, port = ui
-                outcome = drive.run_ui(
-                    engine,
-                    host,
-                    port,
-                    lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
-                    lambda outcome: finish(outcome, alone(outcome)),
-                    lambda: store.mark_started(run_id),
-                )
+                outcome = _web_ui(engine, ui, feed, lambda outcome: finish(outcome, alone(outcome)), started)
         except Failure as e:
             with contextlib.suppress(duckdb.Error):  # a database that cannot finish the run keeps what it had
                 store.finish_run(run_id, "failed", None, str(e))
@@ -278,6 +276,7 @@ def _run(
             raise
         finally:
             stop_sampling()
+            feed.stop()
     finally:
         if trials is not None:
             trials.close()
@@ -289,6 +288,38 @@ def _run(
     return 0
 
 
+def _headless(load: drive.Load, feed: LiveFeed) -> Outcome:
+    """Run to the end, the live panel on the terminal."""
+    with LivePanel(feed) as panel:
+        load.on_progress = panel.update
+        feed.start()
+        return drive.run_headless(load)
+
+
+def _web_ui(
+    load: drive.Load,
+    ui: tuple[str, int],
+    feed: LiveFeed,
+    finish: Callable[[Outcome], None],
+    on_started: Callable[[], None],
+) -> Outcome:
+    """Run from Locust's web UI, with the LLM tab."""
+    load.on_progress = feed.update
+
+    def started() -> None:
+        on_started()
+        feed.start()
+
+    return drive.run_ui(
+        load,
+        *ui,
+        lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
+        finish,
+        started,
+        lambda web: add_llm_tab(web, feed),
+    )
+
+
 def _run_master(
     description: RunDescription,
     recorder: Recorder,
@@ -298,6 +329,7 @@ def _run_master(
     finish: Callable[[Outcome, list[WorkerReport]], None],
     on_started: Callable[[], None],
     sample: Callable[[Clock], None],
+    feed: LiveFeed,
 ) -> Outcome:
     """The load on workers: `spawn` local processes, or workers that connect from other machines."""
     host, port = scale.bind
@@ -322,16 +354,8 @@ def _run_master(
         master.join()
         sample(master.clock)
         if ui is not None:
-            return drive.run_ui(
-                master,
-                *ui,
-                lambda url: show.err.print(f"Locust web UI: {url} (press Start; Ctrl-C closes it)"),
-                lambda outcome: finish(outcome, master.workers()),
-                on_started,
-            )
-        with show.ProgressView() as view:
-            master.on_progress = view.update
-            outcome = drive.run_headless(master)
+            return _web_ui(master, ui, feed, lambda outcome: finish(outcome, master.workers()), on_started)
+        outcome = _headless(master, feed)
     except MasterError as e:
         master.runner.quit()  # workers that connected leave at once
         raise Failure(str(e)) from None

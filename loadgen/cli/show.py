@@ -9,12 +9,9 @@ from typing import Any
 
 import orjson
 from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from loadgen.results import Progress
 from loadgen.schedule.plan import Preview
 
 
@@ -70,36 +67,6 @@ def precise(v: Any) -> str:
         text = f"{v:,.6f}".rstrip("0")
         return text + "0" if text.endswith(".") else text
     return "-" if v is None else str(v)
-
-
-class ProgressView:
-    """A live status line on stderr: done/planned, in flight, errors, rolling TTFT and TPOT medians."""
-
-    def __init__(self) -> None:
-        self.live = Live(console=err, auto_refresh=False, transient=False)
-
-    def __enter__(self) -> ProgressView:
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
-        if not err.is_terminal:  # rich ends a non-terminal live display without a line break
-            err.line()
-
-    def update(self, p: Progress) -> None:
-        total = p.planned
-        line = Text.assemble(
-            (f"{p.stage} ", "bold cyan"),
-            (f"{p.done}" + (f"/{total}" if total else ""), "bold"),
-            f" done  {p.in_flight} in flight  ",
-            (f"{p.errors} errors", "red" if p.errors else "dim"),
-            f"  TTFT p50 {_ms(p.ttft_p50_ms)} ms  TPOT p50 {_ms(p.tpot_p50_ms)} ms  {p.elapsed_s:,.0f} s",
-        )
-        parts: list[Any] = [line]
-        if total:
-            parts.insert(0, ProgressBar(total=total, completed=p.done, width=40))
-        self.live.update(Group(*parts), refresh=True)
 
 
 SUMMARY_COLUMNS = (

@@ -21,7 +21,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 from loadgen.client import stamps
 from loadgen.client.openai import error_message, read_chunk
 from loadgen.client.sse import SSEParser
-from loadgen.client.stamps import ReadDelays
+from loadgen.client.stamps import Delays
 from loadgen.results import ErrorKind, RequestResult
 from loadgen.spec.workload import TimeoutSpec
 
@@ -149,7 +149,7 @@ def _status_class(status: int) -> ErrorKind:
 class StreamClient:
     """One keep-alive connection to an OpenAI-compatible base URL (one per load-generating user)."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], timeouts: TimeoutSpec, delays: ReadDelays):
+    def __init__(self, base_url: str, headers: dict[str, str], timeouts: TimeoutSpec, delays: Delays):
         url = urlsplit(base_url)
         self.tls = url.scheme == "https"
         self.host = url.hostname or "127.0.0.1"

@@ -3,7 +3,7 @@
 With Linux software receive timestamps (SO_TIMESTAMPNS) the kernel stamps each packet as it arrives, so a
 stamp does not wait for this process to be scheduled. A read that drains several packets carries the stamp of
 the last one, so when a read completes several events, the time between its stamp and the read bounds how far
-the earlier events' stamps can be off; `ReadDelays` keeps that bound's distribution, and the run reports it.
+the earlier events' stamps can be off; `Delays` keeps that bound's distribution, and the run reports it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def enable(sock: socket.socket) -> bool:
     return _available
 
 
-class ReadDelays:
-    """A histogram of how late reads came after their data arrived, in 0.1 ms bins up to 1 s."""
+class Delays:
+    """A histogram of delays (how late reads came after their data arrived; how late the event loop ran), in
+    0.1 ms bins up to 1 s: its p99 is cheap to read at any time, as the live view does."""
 
     BIN_S = 1e-4
 

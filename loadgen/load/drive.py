@@ -18,6 +18,7 @@ import gevent.event
 from locust import LoadTestShape
 from locust.env import Environment
 from locust.runners import Runner
+from locust.web import WebUI
 
 from loadgen.load.recorder import Recorder
 from loadgen.results import Progress
@@ -136,10 +137,12 @@ def run_ui(
     on_listening: Callable[[str], None],
     on_finished: Callable[[Outcome], None],
     on_started: Callable[[], None] = lambda: None,
+    on_web: Callable[[WebUI], None] = lambda web: None,
 ) -> Outcome:
     """Serve Locust's web UI. The run starts with its Start button (`on_started` then) and ends with its plan or
     its Stop button; then `on_finished` gets the outcome and the UI stays up, showing the final figures, until
-    a signal. One UI is one run: a second Start is refused with a message, never silently ignored."""
+    a signal. One UI is one run: a second Start is refused with a message, never silently ignored. `on_web` gets
+    the web UI before it serves (to add to it)."""
     env, runner = load.env, load.runner
     finished = gevent.event.Event()
     plan_done = gevent.event.Event()
@@ -157,7 +160,8 @@ def run_ui(
     env.shape_class.runner = runner
     # Locust's UI reads its own options from sys.argv, which holds loadgen's; loadgen has parsed them already.
     sys.argv = sys.argv[:1]
-    web = env.create_web_ui(host=host, port=port)
+    web = env.create_web_ui(host=host, port=port, delayed_start=True)
+    on_web(web)
     target = env.host
 
     @web.app.before_request
@@ -173,6 +177,8 @@ def run_ui(
         else:
             return None
         return flask.jsonify({"success": False, "message": message, "host": target})
+
+    web.start()  # every route and hook is in place before it serves
 
     env.events.test_start.add_listener(lambda **_: started.set())
     env.events.test_stop.add_listener(lambda **_: finished.set())

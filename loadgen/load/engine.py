@@ -58,17 +58,16 @@ class Engine(drive.Load):
 
     def progress(self) -> Progress:
         rec = self.ctx.recorder
-        ttft, tpot = rec.rolling_p50()
         d = self.ctx.dispatch
         return Progress(
             planned=self.planned,
             done=rec.done,
             in_flight=rec.in_flight,
             errors=rec.errors,
-            ttft_p50_ms=ttft,
-            tpot_p50_ms=tpot,
             stage=d.stage.name if d is not None else "",
             elapsed_s=self.ctx.clock.elapsed_s(),
+            stage_start_s=d.start_s if d is not None else None,
+            timing_bound_ms=timing_bound(self.ctx.read_delays, self.monitor)[0],
         )
 
     def end(self) -> Outcome:

@@ -295,16 +295,15 @@ class Master(drive.Load):
 
     def progress(self) -> Progress:
         rec = self.recorder
-        ttft, tpot = rec.rolling_p50()
-        return Progress(
+        opened = self.opened.get(self.index)
+        return Progress(  # the workers' timing bounds come with their last rows: none live
             planned=self.planned,
             done=rec.done,
             in_flight=sum(n.in_flight for n in self._live()),
             errors=rec.errors,
-            ttft_p50_ms=ttft,
-            tpot_p50_ms=tpot,
             stage=self.stages[self.index].name if self.index >= 0 else "",
             elapsed_s=self.clock.elapsed_s(),
+            stage_start_s=opened[0] if opened is not None else None,
         )
 
     def begin(self) -> None:

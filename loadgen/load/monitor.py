@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 
 import gevent
-import numpy as np
 
-from loadgen.client.stamps import ReadDelays
+from loadgen.client.stamps import Delays
 
 PERIOD_S = 0.005
 # Above this p99 of its own scheduling delay, loadgen says its stamps (and so the latencies) may be inflated.
@@ -21,7 +20,7 @@ DELAY_WARN_MS = 1.0
 
 class DelayMonitor:
     def __init__(self) -> None:
-        self.samples: list[float] = []
+        self.delays = Delays()
         self._g: gevent.Greenlet | None = None
 
     def _loop(self) -> None:
@@ -29,7 +28,7 @@ class DelayMonitor:
             gevent.sleep(PERIOD_S)
             t = time.perf_counter()
             gevent.sleep(0)
-            self.samples.append((time.perf_counter() - t) * 1000.0)
+            self.delays.add(time.perf_counter() - t)
 
     def start(self) -> None:
         self._g = gevent.spawn(self._loop)
@@ -38,15 +37,12 @@ class DelayMonitor:
         if self._g is not None:
             self._g.kill()
 
-    def p99_ms(self) -> float | None:
-        return float(np.percentile(self.samples, 99)) if self.samples else None
 
-
-def timing_bound(read_delays: ReadDelays, monitor: DelayMonitor) -> tuple[float | None, str]:
+def timing_bound(read_delays: Delays, monitor: DelayMonitor) -> tuple[float | None, str]:
     """Bound a process's own stamping error: with kernel stamps, how late reads came after their data arrived;
     otherwise how late the event loop ran. Returns the p99 in ms and what it measured."""
     kernel = read_delays.p99_ms()
-    return (kernel, "read streamed data") if kernel is not None else (monitor.p99_ms(), "ran")
+    return (kernel, "read streamed data") if kernel is not None else (monitor.delays.p99_ms(), "ran")
 
 
 def saturation_note(bound: float | None, how: str, who: str = "loadgen") -> str | None:

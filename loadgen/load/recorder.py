@@ -1,4 +1,4 @@
-"""Collecting finished requests: live counters for the progress view, and batched hand-off to a writer.
+"""Collecting finished requests: live counters and listeners for the live view, and batched hand-off to a writer.
 
 A database writer (DuckDB) runs on a real OS thread from gevent's hub threadpool: a database call made on a
 greenlet would freeze every user until it returned. A worker's writer sends to its master over Locust's channel,
@@ -8,7 +8,6 @@ flush interval of results.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import gevent
@@ -27,13 +26,6 @@ FAIL_FAST_REQUESTS = 5
 UNSENT_BATCH = 50_000
 
 
-def _median(values: deque[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[len(s) // 2]
-
-
 def _refused(first: Sequence[RequestResult]) -> str | None:
     statuses = {(r.error, r.http_status) for r in first}
     if len(statuses) != 1 or first[0].error != "http_4xx":
@@ -45,9 +37,7 @@ def _refused(first: Sequence[RequestResult]) -> str | None:
 
 
 class Recorder:
-    def __init__(
-        self, writer: Writer, window: int = 200, threaded: bool = True, flush_interval_s: float = FLUSH_INTERVAL_S
-    ):
+    def __init__(self, writer: Writer, threaded: bool = True, flush_interval_s: float = FLUSH_INTERVAL_S):
         self.writer = writer
         self.threaded = threaded
         self.flush_interval_s = flush_interval_s
@@ -55,14 +45,13 @@ class Recorder:
         self.done = 0
         self.errors = 0
         self.in_flight = 0
-        self.ttft: deque[float] = deque(maxlen=window)
-        self.tpot: deque[float] = deque(maxlen=window)
         self._flusher: gevent.Greenlet | None = None
         self._stop = gevent.event.Event()
         self._one_writer = gevent.lock.Semaphore()
         self.write_error: BaseException | None = None
         self.refused: str | None = None  # why the run should stop: its first requests were all refused alike
-        self.watch: Callable[[RequestResult, Derived], None] | None = None  # sees each request as it ends
+        self.watch: Callable[[RequestResult, Derived], None] | None = None  # the current stage's saturation check
+        self.listeners: list[Callable[[RequestResult, Derived], None]] = []  # see each request as it ends (live view)
         self._first: list[RequestResult] = []
 
     def sending(self) -> None:
@@ -85,16 +74,14 @@ class Recorder:
         self.done += 1
         if self.watch is not None:
             self.watch(r, d)
+        for listen in self.listeners:
+            listen(r, d)
         if len(self._first) < FAIL_FAST_REQUESTS:
             self._first.append(r)
             if len(self._first) == FAIL_FAST_REQUESTS:
                 self.refused = _refused(self._first)
         if r.status != "ok":
             self.errors += 1
-        if d.ttft_ms is not None and r.status == "ok":
-            self.ttft.append(d.ttft_ms)
-        if d.tpot_ms is not None and r.status == "ok":
-            self.tpot.append(d.tpot_ms)
         return d
 
     def add_unsent(self, r: RequestResult, slo: SloSpec) -> None:
@@ -102,9 +89,6 @@ class Recorder:
         self.buffer.append((r, derive(r, slo)))
         if len(self.buffer) >= UNSENT_BATCH:
             self.flush()
-
-    def rolling_p50(self) -> tuple[float | None, float | None]:
-        return _median(self.ttft), _median(self.tpot)
 
     def _write(self, batch: Sequence[tuple[RequestResult, Derived]]) -> Exception | None:
         """Runs on the pool's thread; hands a failure back as a value (a raise there would be printed)."""

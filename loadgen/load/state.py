@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import gevent.event
 
-from loadgen.client.stamps import ReadDelays
+from loadgen.client.stamps import Delays
 from loadgen.load.description import RunDescription
 from loadgen.load.dispatch import Dispatch
 from loadgen.load.recorder import Recorder
@@ -44,7 +44,7 @@ class RunState:
     targeter: Targeter
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # this process's, with any API key
     clock: Clock = field(default_factory=Clock)
-    read_delays: ReadDelays = field(default_factory=ReadDelays)
+    read_delays: Delays = field(default_factory=Delays)
     dispatch: Dispatch | None = None  # None between stages
     gate: gevent.event.Event = field(default_factory=gevent.event.Event)  # set while a stage is dispatching
     waiting: int = 0  # users ready and waiting at the gate; a stage's clock starts once all are

@@ -1,0 +1,79 @@
+"""The terminal's live view while a run goes: the current stage's figures from the live feed (the same rows as
+Locust's LLM tab and the database's `summary`), on stderr. In a terminal, a panel redrawn in place; otherwise
+(a CI log, a pipe) one plain line every PLAIN_EVERY_S and at each new stage, so logs stay readable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+
+from loadgen.cli import show
+from loadgen.live.feed import LiveFeed, Snapshot
+from loadgen.results import Progress
+
+PLAIN_EVERY_S = 10.0
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _pcts(row: dict[str, Any], name: str) -> str:
+    return " / ".join(_ms(row.get(f"{name}_p{q}_ms")) for q in (50, 90, 99))
+
+
+def figures(p: Progress, s: Snapshot) -> list[str]:
+    """The current stage's figures, as lines: its progress, then what the database holds of it so far."""
+    done = f"{p.done}" + (f"/{p.planned}" if p.planned else "")
+    head = f"{p.stage or '-'}: {done} done, {p.in_flight} in flight, {p.elapsed_s:,.0f} s"
+    row = s.stage(p.stage) or {}
+    errors = s.errors.get(p.stage, {})
+    by_class = ", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
+    rate = lambda key: "-" if row.get(key) is None else f"{row[key]:,.1f}"  # noqa: E731
+    return [
+        head,
+        f"TTFT p50/p90/p99 {_pcts(row, 'ttft')} ms   TPOT {_pcts(row, 'tpot')} ms   ITL {_pcts(row, 'itl')} ms",
+        f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {rate('output_tokens_per_s')}   "
+        f"req/s {rate('requests_per_s')}   goodput {rate('goodput_rps')} req/s   "
+        f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
+        f"requests {row.get('requests', 0)}   errors {row.get('errors', 0)}" + (f" ({by_class})" if by_class else ""),
+    ]
+
+
+class LivePanel:
+    def __init__(self, feed: LiveFeed, console: Console = show.err):
+        self.feed = feed
+        self.console = console
+        # Transient: the summary table follows the run, with the same figures for good.
+        self.live = Live(console=console, auto_refresh=False, transient=True) if console.is_terminal else None
+        self._printed_at = float("-inf")
+        self._stage: str | None = None
+
+    def __enter__(self) -> LivePanel:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, p: Progress) -> None:
+        """The load's on_progress: feed the live view, and show it."""
+        self.feed.update(p)
+        lines = figures(p, self.feed.snapshot)
+        if self.live is not None:
+            parts: list[Any] = [Text(lines[0], style="bold cyan"), *(Text(line) for line in lines[1:])]
+            if p.planned:
+                parts.insert(0, ProgressBar(total=p.planned, completed=p.done, width=40))
+            self.live.update(Group(*parts), refresh=True)
+            return
+        now = time.perf_counter()
+        if p.stage and (p.stage != self._stage or now - self._printed_at >= PLAIN_EVERY_S):
+            self._stage, self._printed_at = p.stage, now
+            self.console.print(" | ".join(lines), highlight=False, soft_wrap=True)

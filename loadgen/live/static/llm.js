@@ -1,0 +1,88 @@
+// loadgen's charts in Locust's LLM tab: TTFT and TPOT p50/p99, output tokens/s and requests in flight per window
+// of the run clock, the stage boundaries marked. Data: /loadgen/live (loadgen/live/webtab.py). Locust's own tabs
+// draw tables only, so this script draws below its page while the LLM tab is open.
+(function () {
+  "use strict";
+  const TAB = "llm";
+  const CHARTS = [
+    { key: "ttft", title: "TTFT (ms)", lines: [["ttft_p50_ms", "p50", "#1976d2"], ["ttft_p99_ms", "p99", "#d32f2f"]] },
+    { key: "tpot", title: "TPOT (ms)", lines: [["tpot_p50_ms", "p50", "#1976d2"], ["tpot_p99_ms", "p99", "#d32f2f"]] },
+    { key: "tokens", title: "Output tokens/s", lines: [["output_tokens_per_s", "tok/s", "#2e7d32"]] },
+    { key: "in_flight", title: "Requests in flight", lines: [["in_flight", "in flight", "#6a1b9a"]] },
+  ];
+  const W = 600, H = 230, L = 56, R = 12, T = 28, B = 30;
+  const box = document.createElement("div");
+  box.id = "loadgen-charts";
+  box.style.cssText = "display:none;position:absolute;left:0;right:0;flex-wrap:wrap;gap:16px;padding:0 40px;" +
+    "font:12px sans-serif;";
+  document.body.appendChild(box);
+
+  const onTab = () => new URLSearchParams(window.location.search).get("tab") === TAB;
+  const fmt = (v) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+  const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+
+  function chart(spec, series, stages, width) {
+    const ts = series.t_s || [];
+    const x0 = 0, x1 = Math.max(ts.length ? ts[ts.length - 1] + width : 1, 1);
+    let ymax = 0, points = 0;
+    for (const [key] of spec.lines) for (const v of series[key] || []) if (v !== null) { ymax = Math.max(ymax, v); points++; }
+    ymax = ymax > 0 ? ymax * 1.1 : 1;
+    const px = (t) => L + ((t - x0) / (x1 - x0)) * (W - L - R);
+    const py = (v) => H - B - (v / ymax) * (H - T - B);
+    let svg = `<svg class="loadgen-chart" data-chart="${spec.key}" data-points="${points}" data-max="${fmt(ymax / 1.1)}"` +
+      ` width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" style="background:#fff;border:1px solid #ddd;border-radius:4px">`;
+    svg += `<text x="${L}" y="16" font-weight="bold">${esc(spec.title)}</text>`;
+    for (const f of [0, 0.5, 1]) {
+      const v = (ymax / 1.1) * f, y = py(v);
+      svg += `<line x1="${L}" x2="${W - R}" y1="${y}" y2="${y}" stroke="#eee"/>`;
+      svg += `<text x="${L - 4}" y="${y + 4}" text-anchor="end">${fmt(v)}</text>`;
+    }
+    for (const f of [0, 0.5, 1]) {
+      const t = x0 + (x1 - x0) * f;
+      svg += `<text x="${px(t)}" y="${H - 10}" text-anchor="middle">${fmt(t)} s</text>`;
+    }
+    for (const s of stages) {
+      const x = px(s.start_s);
+      svg += `<line class="stage" x1="${x}" x2="${x}" y1="${T}" y2="${H - B}" stroke="#888" stroke-dasharray="4 3"/>`;
+      svg += `<text x="${x + 3}" y="${T + 10}" fill="#555">${esc(s.stage)}</text>`;
+    }
+    spec.lines.forEach(([key, label, color], i) => {
+      let path = "", pen = false;
+      (series[key] || []).forEach((v, j) => {
+        if (v === null) { pen = false; return; }
+        path += `${pen ? "L" : "M"}${px(ts[j] + width / 2).toFixed(1)},${py(v).toFixed(1)}`;
+        pen = true;
+      });
+      svg += `<path class="line" data-key="${key}" d="${path}" fill="none" stroke="${color}" stroke-width="1.6"/>`;
+      svg += `<text x="${W - R - 70 * (spec.lines.length - i)}" y="16" fill="${color}">&#9644; ${esc(label)}</text>`;
+    });
+    return svg + "</svg>";
+  }
+
+  // Below the tab's table (Locust's page is React's; this box stays outside its tree).
+  function place() {
+    box.style.display = onTab() ? "flex" : "none";
+    const tables = document.querySelectorAll("#root table");
+    const above = tables.length ? tables[tables.length - 1].getBoundingClientRect().bottom : 120;
+    box.style.top = `${above + window.scrollY + 24}px`;
+  }
+
+  async function refresh() {
+    place();
+    if (!onTab()) return;
+    try {
+      const live = await (await fetch("./loadgen/live")).json();
+      box.innerHTML = CHARTS.map((c) => chart(c, live.series, live.stages, live.width_s)).join("");
+      box.dataset.final = live.final ? "1" : "0";
+      place();
+    } catch (e) {
+      box.textContent = "loadgen: the live figures are not reachable (" + e + ")";
+    }
+  }
+  let last = "";
+  setInterval(() => {
+    place();
+    if (window.location.search !== last) { last = window.location.search; refresh(); }
+  }, 300);
+  setInterval(refresh, 2000);
+})();
