@@ -9,6 +9,7 @@ values, as DuckDB's quantile_cont does for `summary`.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,7 +45,10 @@ class Windows:
         self.stages: list[tuple[str, float]] = []  # each stage's name and when its clock started
 
     def _at(self, t_s: float) -> _Window:
-        w = self._windows[math.floor(t_s / self.width_s)]
+        return self._changed(math.floor(t_s / self.width_s))
+
+    def _changed(self, index: int) -> _Window:
+        w = self._windows[index]
         w.figures = None
         return w
 
@@ -56,9 +60,15 @@ class Windows:
             self._at(r.event_times[0]).ttft.append(d.ttft_ms)
         if d.tpot_ms is not None:
             self._at(r.event_times[-1]).tpot.append(d.tpot_ms)
-        share = r.output_tokens / len(r.event_times)
-        for t in r.event_times:
-            self._at(t).tokens += share
+        # Events come in time order: count each window's share at once, not event by event (this runs on the
+        # event loop, for every request).
+        times, share = r.event_times, r.output_tokens / len(r.event_times)
+        lo = 0
+        for k in range(math.floor(times[0] / self.width_s), math.floor(times[-1] / self.width_s) + 1):
+            hi = bisect.bisect_left(times, (k + 1) * self.width_s, lo)
+            if hi > lo:
+                self._changed(k).tokens += (hi - lo) * share
+            lo = hi
 
     def sample(self, t_s: float, in_flight: int, stage: str, stage_start_s: float | None) -> None:
         """The run's state now: requests in flight, and the current stage (a new one marks a boundary)."""

@@ -37,9 +37,9 @@
       svg += `<line x1="${L}" x2="${W - R}" y1="${y}" y2="${y}" stroke="#eee"/>`;
       svg += `<text x="${L - 4}" y="${y + 4}" text-anchor="end">${fmt(v)}</text>`;
     }
-    for (const f of [0, 0.5, 1]) {
+    for (const [f, anchor] of [[0, "start"], [0.5, "middle"], [1, "end"]]) {
       const t = x0 + (x1 - x0) * f;
-      svg += `<text x="${px(t)}" y="${H - 10}" text-anchor="middle">${fmt(t)} s</text>`;
+      svg += `<text x="${px(t)}" y="${H - 10}" text-anchor="${anchor}">${fmt(t)} s</text>`;
     }
     for (const s of stages) {
       const x = px(s.start_s);
