@@ -5,12 +5,14 @@ static/llm.js from /loadgen/live (Locust's stock tabs draw tables only)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
-from locust.web import WebUI
 
 from loadgen.live.feed import OVERALL, LiveFeed, Snapshot
+
+if TYPE_CHECKING:  # importing Locust patches the standard library for gevent: only where load is sent
+    from locust.web import WebUI
 
 TAB = "llm"
 SCRIPT = Path(__file__).with_name("static") / "llm.js"
@@ -55,11 +57,11 @@ def rows(s: Snapshot) -> list[dict[str, Any]]:
     return out
 
 
-def _shown(v: Any) -> Any:
-    """Locust's table prints values as they come: round them here, and say '-' for none."""
+def shown(v: Any) -> Any:
+    """Locust's table prints values as they come: write them as the terminal does, '-' for none."""
     if v is None:
         return "-"
-    return round(v, 1) if isinstance(v, float) else v
+    return f"{v:,.1f}" if isinstance(v, float) else v
 
 
 def add_llm_tab(web: WebUI, feed: LiveFeed) -> None:
@@ -82,7 +84,7 @@ def add_llm_tab(web: WebUI, feed: LiveFeed) -> None:
     def _with_the_rows(response: flask.Response) -> flask.Response:
         if flask.request.path != "/stats/requests" or response.json is None:
             return response
-        data = [{k: _shown(v) for k, v in row.items()} for row in rows(feed.snapshot)]
+        data = [{k: shown(v) for k, v in row.items()} for row in rows(feed.snapshot)]
         response.set_data(flask.json.dumps({**response.json, "extended_stats": [{"key": TAB, "data": data}]}))
         return response
 
