@@ -70,10 +70,17 @@ def progress(stage: str = "main", done: int = 7) -> Progress:
 def feed_with_figures() -> LiveFeed:
     feed = LiveFeed(duckdb.connect(), "r")
     row = {f"{m}_p{q}_ms": v + q / 100 for m, v in (("ttft", 20), ("tpot", 10), ("itl", 9)) for q in (50, 90, 99)}
-    row |= {"stage": "main", "requests": 6, "errors": 1, "e2e_p50_ms": 345.6, "output_tokens_per_s": 812.3}
+    row |= {
+        "stage": "main",
+        "requests": 8,
+        "errors": 1,
+        "not_sent": 2,
+        "e2e_p50_ms": 345.6,
+        "output_tokens_per_s": 812.3,
+    }
     row |= {"requests_per_s": 6.5, "goodput_rps": 6.25, "lag_p99_ms": 1.25}
     feed.snapshot.stages = [row]
-    feed.snapshot.errors = {"main": {"http_5xx": 1}}
+    feed.snapshot.errors = {"main": {"http_5xx": 1, "not_sent": 2}}
     return feed
 
 
@@ -81,13 +88,17 @@ def test_terminal_panel_shows_the_current_stage_figures():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=140, color_system=None)
     with LivePanel(feed_with_figures(), console) as panel:
+        panel.update(progress(stage=""))  # before the load starts: nothing to show yet
+        assert "done" not in out.getvalue()
         panel.update(progress())
         text = out.getvalue()
+        panel.update(progress(stage="", done=20))  # after the last stage: still its figures
+        assert "main: 20/20 done" in out.getvalue()[len(text) :]
     assert "main: 7/20 done, 3 in flight, 4 s" in text
     assert "TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms" in text and "TPOT 10.5 / 10.9 / 11.0 ms" in text
     assert "ITL 9.5 / 9.9 / 10.0 ms" in text and "E2E p50 345.6 ms" in text and "out tok/s 812.3" in text
     assert "goodput 6.2 req/s" in text and "lag p99 1.2 ms" in text and "timing bound 0.3 ms" in text
-    assert "errors 1 (http_5xx 1)" in text
+    assert "errors 1   not sent 2   by class: http_5xx 1, not_sent 2" in text
     assert "━" in text  # the progress bar
 
 

@@ -27,12 +27,12 @@ def _pcts(row: dict[str, Any], name: str) -> str:
     return " / ".join(_ms(row.get(f"{name}_p{q}_ms")) for q in (50, 90, 99))
 
 
-def figures(p: Progress, s: Snapshot) -> list[str]:
-    """The current stage's figures, as lines: its progress, then what the database holds of it so far."""
+def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
+    """A stage's figures, as lines: the run's progress, then what the database holds of the stage so far."""
     done = f"{p.done}" + (f"/{p.planned}" if p.planned else "")
-    head = f"{p.stage or '-'}: {done} done, {p.in_flight} in flight, {p.elapsed_s:,.0f} s"
-    row = s.stage(p.stage) or {}
-    errors = s.errors.get(p.stage, {})
+    head = f"{stage or '-'}: {done} done, {p.in_flight} in flight, {p.elapsed_s:,.0f} s"
+    row = s.stage(stage) or {}
+    errors = s.errors.get(stage, {})
     by_class = ", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
     rate = lambda key: "-" if row.get(key) is None else f"{row[key]:,.1f}"  # noqa: E731
     return [
@@ -41,7 +41,8 @@ def figures(p: Progress, s: Snapshot) -> list[str]:
         f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {rate('output_tokens_per_s')}   "
         f"req/s {rate('requests_per_s')}   goodput {rate('goodput_rps')} req/s   "
         f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
-        f"requests {row.get('requests', 0)}   errors {row.get('errors', 0)}" + (f" ({by_class})" if by_class else ""),
+        f"requests {row.get('requests', 0)}   errors {row.get('errors', 0)}   not sent {row.get('not_sent', 0)}"
+        + (f"   by class: {by_class}" if by_class else ""),
     ]
 
 
@@ -64,9 +65,14 @@ class LivePanel:
             self.live.__exit__(*exc)
 
     def update(self, p: Progress) -> None:
-        """The load's on_progress: feed the live view, and show it."""
+        """The load's on_progress: feed the live view, and show it. Between stages and after the last, the
+        stage shown is the last one that ran."""
         self.feed.update(p)
-        lines = figures(p, self.feed.snapshot)
+        new_stage = bool(p.stage) and p.stage != self._stage
+        self._stage = p.stage or self._stage
+        if self._stage is None:
+            return  # nothing has started yet
+        lines = figures(p, self.feed.snapshot, self._stage)
         if self.live is not None:
             parts: list[Any] = [Text(lines[0], style="bold cyan"), *(Text(line) for line in lines[1:])]
             if p.planned:
@@ -74,6 +80,6 @@ class LivePanel:
             self.live.update(Group(*parts), refresh=True)
             return
         now = time.perf_counter()
-        if p.stage and (p.stage != self._stage or now - self._printed_at >= PLAIN_EVERY_S):
-            self._stage, self._printed_at = p.stage, now
+        if p.stage and (new_stage or now - self._printed_at >= PLAIN_EVERY_S):
+            self._printed_at = now
             self.console.print(" | ".join(lines), highlight=False, soft_wrap=True)

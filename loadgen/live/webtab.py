@@ -22,7 +22,8 @@ COLUMNS = (
     ("stage", "Stage"),
     ("requests", "Requests"),
     ("errors", "Errors"),
-    ("errors_by_class", "Errors by class"),
+    ("not_sent", "Not sent"),
+    ("errors_by_class", "Errors by class"),  # as the `errors` view and the summary's table: not-sent ones too
     ("ttft_p50_ms", "TTFT p50 ms"),
     ("ttft_p90_ms", "TTFT p90 ms"),
     ("ttft_p99_ms", "TTFT p99 ms"),

@@ -126,8 +126,8 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
         _table(
             con,
             "SELECT s.run_id, s.stage, s.ttft_p50_ms, s.ttft_p90_ms, s.ttft_p99_ms, s.tpot_p50_ms, s.tpot_p90_ms, "
-            f"s.tpot_p99_ms, s.e2e_p50_ms, s.e2e_p90_ms, s.e2e_p99_ms, s.ttft_sched_p50_ms, s.ttft_sched_p99_ms "
-            f"{order}",
+            f"s.tpot_p99_ms, s.itl_p50_ms, s.itl_p90_ms, s.itl_p99_ms, s.e2e_p50_ms, s.e2e_p90_ms, s.e2e_p99_ms, "
+            f"s.ttft_sched_p50_ms, s.ttft_sched_p99_ms {order}",
         ),
     ]
     if dists:
