@@ -180,14 +180,15 @@ def test_llm_tab_renders_its_table_and_charts_in_headless_chromium(write, tmp_pa
         ui.final()
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert re.search(r">LLM<", dom), "no LLM tab"
+
     # The table: a row for the stage and one for the whole run, with figures in them.
-    cells = [
-        [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
-        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", dom)
-    ]
-    body = {r[0]: r for r in cells if r and r[0] in ("main", "all")}
-    assert set(body) == {"main", "all"}, cells
-    assert int(body["main"][1]) > 0 and float(body["main"][4].replace(",", "")) > 0  # requests, TTFT p50
+    def text(cells: str, tag: str) -> list[str]:
+        return [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", cells)]
+
+    rows = [text(row, "td") for row in re.findall(r"<tr[^>]*>(.*?)</tr>", dom)]
+    body = {r[0]: dict(zip(text(dom, "th"), r, strict=True)) for r in rows if r and r[0] in ("main", "all")}
+    assert set(body) == {"main", "all"}, rows
+    assert int(body["main"]["Requests"]) > 0 and float(body["main"]["TTFT p50 ms"].replace(",", "")) > 0
     # The charts: four of them, each drawn from non-zero figures, with the stage's boundary.
     charts = re.findall(r'<svg class="loadgen-chart" data-chart="(\w+)" data-points="(\d+)" data-max="([\d.]+)"', dom)
     assert [c[0] for c in charts] == ["ttft", "tpot", "tokens", "in_flight"], charts

@@ -9,6 +9,7 @@ at most every REFRESH_S and never more than COST_SHARE of the time: a long run's
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,38 +61,33 @@ class LiveFeed:
             self.snapshot.timing_bound_ms = p.timing_bound_ms
         self.windows.sample(p.elapsed_s, p.in_flight, p.stage, p.stage_start_s)
 
-    def _read(self, final: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, dict[str, int]], Any]:
-        self._cur.execute("BEGIN TRANSACTION")  # one snapshot: the stages' rows and the run's agree
+    def _read(self, final: bool) -> Snapshot:
+        """The stored figures, in one snapshot of the database (the stages' rows and the run's agree)."""
+        self._cur.execute("BEGIN TRANSACTION")
         try:
-            return self._read_all(final)
+            read = Snapshot(final=final)
+            read.stages = _rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
+            overall = _rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
+            read.overall = overall[0] if overall else None
+            for e in _rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):
+                for key in (e["stage"], OVERALL):
+                    by_class = read.errors.setdefault(key, {})
+                    by_class[e["error"]] = by_class.get(e["error"], 0) + e["requests"]
+            if final:  # the run's own bound, as stored (with workers: theirs, which came with their last rows)
+                (run,) = _rows(self._cur, "SELECT client_delay_p99_ms FROM runs WHERE run_id = ?", [self.run_id])
+                read.timing_bound_ms = run["client_delay_p99_ms"]
         finally:
             self._cur.execute("COMMIT")
-
-    def _read_all(
-        self, final: bool
-    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, dict[str, int]], Any]:
-        stages = _rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
-        overall = _rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
-        errors: dict[str, dict[str, int]] = {}
-        for e in _rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):
-            for key in (e["stage"], OVERALL):
-                by_class = errors.setdefault(key, {})
-                by_class[e["error"]] = by_class.get(e["error"], 0) + e["requests"]
-        bound = None
-        if final:
-            (bound,) = self._cur.execute(
-                "SELECT client_delay_p99_ms FROM runs WHERE run_id = ?", [self.run_id]
-            ).fetchone()
-        for row in (*stages, *overall):
+        for row in (*read.stages, *overall):
             row.pop("run_id")
-        return stages, overall[0] if overall else None, errors, bound
+        return read
 
     def _refresh(self, final: bool = False) -> None:
-        stages, overall, errors, bound = gevent.get_hub().threadpool.apply(self._read, (final,))
+        read: Snapshot = gevent.get_hub().threadpool.apply(self._read, (final,))
         s = self.snapshot
-        s.stages, s.overall, s.errors = stages, overall, errors
+        s.stages, s.overall, s.errors, s.final = read.stages, read.overall, read.errors, final
         if final:
-            s.timing_bound_ms, s.final = bound, True
+            s.timing_bound_ms = read.timing_bound_ms
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -113,6 +109,8 @@ class LiveFeed:
             self._g = None
 
     def final(self) -> None:
-        """The run is over and stored: read its figures once more, as the database has them for good."""
+        """The run is over and stored: read its figures once more, as the database has them for good (a
+        database that cannot be read now leaves the live figures as they were, not final)."""
         self.stop()
-        self._refresh(final=True)
+        with contextlib.suppress(duckdb.Error):
+            self._refresh(final=True)
