@@ -41,10 +41,14 @@
       const t = x0 + (x1 - x0) * f;
       svg += `<text x="${px(t)}" y="${H - 10}" text-anchor="${anchor}">${fmt(t)} s</text>`;
     }
+    let free = -Infinity;  // where the last name drawn ends: a sweep's short stages get names only where they fit
     for (const s of stages) {
       const x = px(s.start_s);
       svg += `<line class="stage" x1="${x}" x2="${x}" y1="${T}" y2="${H - B}" stroke="#888" stroke-dasharray="4 3"/>`;
-      svg += `<text x="${x + 3}" y="${T + 10}" fill="#555">${esc(s.stage)}</text>`;
+      if (x >= free) {
+        svg += `<text x="${x + 3}" y="${T + 10}" fill="#555">${esc(s.stage)}</text>`;
+        free = x + 7 * s.stage.length + 8;
+      }
     }
     spec.lines.forEach(([key, label, color], i) => {
       let path = "", pen = false;
