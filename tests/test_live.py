@@ -50,7 +50,7 @@ def test_windows_place_each_figure_where_it_was_observed():
     w.sample(0.9, 4, "main", 0.0)
     w.sample(2.2, 1, "two", 2.0)
     s = w.series()
-    assert s["t_s"] == [0.0, 1.0, 2.0, 3.0]
+    assert s["t_s"] == [0.0, 1.0, 2.0, 3.0] and s["width_s"] == 1.0
     assert s["output_tokens_per_s"] == [4.0, 3.0, 1.0, 1.0]  # each token in the window it arrived in
     assert s["ttft_p50_ms"][0] == pytest.approx(np.percentile([200.0, 500.0], 50))
     assert s["ttft_p99_ms"][0] == pytest.approx(np.percentile([200.0, 500.0], 99))
@@ -61,6 +61,19 @@ def test_windows_place_each_figure_where_it_was_observed():
     late = request(5, 0.0, [0.4, 3.9])  # a request that streamed through every window ends: they change
     w.add(late, derive(late, SloSpec()))
     assert w.series()["output_tokens_per_s"] == [5.0, 3.0, 1.0, 2.0]
+
+
+def test_a_long_run_joins_windows_computing_each_point_from_the_recorded_values():
+    w = Windows(width_s=1.0, max_points=3)
+    for i in range(7):  # windows 0..6: more than 3 points' worth, so points join 3 windows each
+        r = request(i, i + 0.1, [i + 0.2, i + 0.2 + 0.01 * (i + 1)])
+        w.add(r, derive(r, SloSpec()))
+    s = w.series()
+    assert s["width_s"] == 3.0 and s["t_s"] == [0.0, 3.0, 6.0]
+    assert s["output_tokens_per_s"] == [2.0, 2.0, pytest.approx(2 / 3)]
+    tpots = [10.0 * (i + 1) for i in range(7)]  # each request's one gap, in ms
+    assert s["tpot_p50_ms"] == [pytest.approx(np.percentile(tpots[a:b], 50)) for a, b in ((0, 3), (3, 6), (6, 7))]
+    assert s["tpot_p99_ms"][1] == pytest.approx(np.percentile(tpots[3:6], 99))  # not a mean of percentiles
 
 
 def progress(stage: str = "main", done: int = 7) -> Progress:

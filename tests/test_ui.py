@@ -157,7 +157,7 @@ def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp
     series = live["series"]
     for key in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_tokens_per_s", "in_flight"):
         assert len(series[key]) == len(series["t_s"]) and max(v or 0 for v in series[key]) > 0, key
-    assert sum(series["output_tokens_per_s"]) * live["width_s"] == pytest.approx(768)  # every token, once
+    assert sum(series["output_tokens_per_s"]) * series["width_s"] == pytest.approx(768)  # every token, once
     assert [s["stage"] for s in live["stages"]] == ["one", "two"]
     (two_sent,) = con.execute("SELECT min(sent_s) FROM requests WHERE stage = 'two'").fetchone()
     assert live["stages"][0]["start_s"] < live["stages"][1]["start_s"] <= two_sent

@@ -97,7 +97,6 @@ def add_llm_tab(web: WebUI, feed: LiveFeed) -> None:
             {
                 "rows": rows(s),
                 "series": feed.windows.series(),
-                "width_s": feed.windows.width_s,
                 "stages": [{"stage": name, "start_s": start} for name, start in feed.windows.stages],
                 "progress": None if p is None else {"stage": p.stage, "elapsed_s": p.elapsed_s, "done": p.done},
                 "final": s.final,

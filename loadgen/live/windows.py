@@ -5,6 +5,10 @@ its TPOT in the window of its last token, and its output tokens are spread over 
 event's share in the window it arrived in (so a window's tokens/s grows as the requests streaming through it
 end). Requests in flight are sampled as the run goes. Percentiles interpolate linearly between the recorded
 values, as DuckDB's quantile_cont does for `summary`.
+
+Windows are WINDOW_S wide; once a run has more than MAX_POINTS of them, each point of the series joins k
+neighbours into one window of k * WINDOW_S, its figures computed from their recorded values (never by averaging
+their percentiles), so a long run's chart stays at most MAX_POINTS wide.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +25,12 @@ from loadgen.metrics import Derived
 from loadgen.results import RequestResult
 
 WINDOW_S = 1.0
+MAX_POINTS = 900
 
 
-def _pcts(values: list[float]) -> tuple[float, float] | None:
+def _pcts(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
-        return None
+        return None, None
     p50, p99 = np.percentile(values, (50, 99))
     return float(p50), float(p99)
 
@@ -35,22 +41,25 @@ class _Window:
     tpot: list[float] = field(default_factory=list)
     tokens: float = 0.0
     in_flight: list[int] = field(default_factory=list)
-    figures: dict[str, float | None] | None = None  # computed once, again only after it changed
 
 
 class Windows:
-    def __init__(self, width_s: float = WINDOW_S):
+    def __init__(self, width_s: float = WINDOW_S, max_points: int = MAX_POINTS):
         self.width_s = width_s
+        self.max_points = max_points
         self._windows: defaultdict[int, _Window] = defaultdict(_Window)
+        self._span: tuple[int, int] | None = None  # the first and last window with anything in it
+        self._k = 1  # windows per point of the series
+        self._figures: dict[int, dict[str, float | None]] = {}  # per point, until one of its windows changes
         self.stages: list[tuple[str, float]] = []  # each stage's name and when its clock started
 
     def _at(self, t_s: float) -> _Window:
         return self._changed(math.floor(t_s / self.width_s))
 
     def _changed(self, index: int) -> _Window:
-        w = self._windows[index]
-        w.figures = None
-        return w
+        self._span = (index, index) if self._span is None else (min(self._span[0], index), max(self._span[1], index))
+        self._figures.pop(index // self._k, None)
+        return self._windows[index]
 
     def add(self, r: RequestResult, d: Derived) -> None:
         """A request has ended (a Recorder listener)."""
@@ -76,27 +85,35 @@ class Windows:
         if stage and stage_start_s is not None and (not self.stages or self.stages[-1] != (stage, stage_start_s)):
             self.stages.append((stage, stage_start_s))
 
-    def _figures(self, w: _Window) -> dict[str, float | None]:
-        if w.figures is None:
-            ttft, tpot = _pcts(w.ttft), _pcts(w.tpot)
-            w.figures = {
-                "ttft_p50_ms": ttft and ttft[0],
-                "ttft_p99_ms": ttft and ttft[1],
-                "tpot_p50_ms": tpot and tpot[0],
-                "tpot_p99_ms": tpot and tpot[1],
-                "output_tokens_per_s": w.tokens / self.width_s,
-                "in_flight": float(np.mean(w.in_flight)) if w.in_flight else None,
+    def _point(self, p: int) -> dict[str, float | None]:
+        """The figures of point p: windows p*k .. p*k + k - 1 as one."""
+        if p not in self._figures:
+            members = [w for i in range(p * self._k, (p + 1) * self._k) if (w := self._windows.get(i)) is not None]
+            ttft = _pcts([v for w in members for v in w.ttft])
+            tpot = _pcts([v for w in members for v in w.tpot])
+            in_flight = [n for w in members for n in w.in_flight]
+            self._figures[p] = {
+                "ttft_p50_ms": ttft[0],
+                "ttft_p99_ms": ttft[1],
+                "tpot_p50_ms": tpot[0],
+                "tpot_p99_ms": tpot[1],
+                "output_tokens_per_s": sum(w.tokens for w in members) / (self._k * self.width_s),
+                "in_flight": float(np.mean(in_flight)) if in_flight else None,
             }
-        return w.figures
+        return self._figures[p]
 
-    def series(self) -> dict[str, list[float | None]]:
-        """Each window from the first to the last with anything in it: its start (`t_s`) and its figures."""
-        if not self._windows:
-            return {"t_s": []}
-        first, last = min(self._windows), max(self._windows)
-        empty = _Window()
-        rows = [self._figures(self._windows.get(i, empty)) for i in range(first, last + 1)]
-        out: dict[str, list[float | None]] = {"t_s": [i * self.width_s for i in range(first, last + 1)]}
-        for key in rows[0] if rows else ():
+    def series(self) -> dict[str, Any]:
+        """Each point from the first window with anything in it to the last: its start (`t_s`), its figures,
+        and the width of its window (`width_s`)."""
+        if self._span is None:
+            return {"width_s": self.width_s, "t_s": []}
+        first, last = self._span
+        k = max(1, math.ceil((last - first + 1) / self.max_points))
+        if k != self._k:
+            self._k, self._figures = k, {}
+        points = range(first // k, last // k + 1)
+        rows = [self._point(p) for p in points]
+        out: dict[str, Any] = {"width_s": k * self.width_s, "t_s": [p * k * self.width_s for p in points]}
+        for key in rows[0]:
             out[key] = [row[key] for row in rows]
         return out

@@ -76,7 +76,7 @@
     if (!onTab()) return;
     try {
       const live = await (await fetch("./loadgen/live")).json();
-      box.innerHTML = CHARTS.map((c) => chart(c, live.series, live.stages, live.width_s)).join("");
+      box.innerHTML = CHARTS.map((c) => chart(c, live.series, live.stages, live.series.width_s)).join("");
       box.dataset.final = live.final ? "1" : "0";
       place();
     } catch (e) {
