@@ -100,7 +100,7 @@ def feed_with_figures() -> LiveFeed:
 def test_terminal_panel_shows_the_current_stage_figures():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=140, color_system=None)
-    with LivePanel(feed_with_figures(), console) as panel:
+    with LivePanel(feed_with_figures(), console, interactive=True) as panel:
         panel.update(progress(stage=""))  # before the load starts: nothing to show yet
         assert "done" not in out.getvalue()
         panel.update(progress())
@@ -117,8 +117,8 @@ def test_terminal_panel_shows_the_current_stage_figures():
 
 def test_without_a_terminal_the_panel_prints_plain_lines_now_and_then():
     out = io.StringIO()
-    console = Console(file=out, force_terminal=False, width=80)
-    with LivePanel(feed_with_figures(), console) as panel:
+    console = Console(file=out, force_terminal=True, width=80, color_system=None)
+    with LivePanel(feed_with_figures(), console, interactive=False) as panel:  # stdout piped, stderr a terminal
         panel.update(progress())
         panel.update(progress(done=8))  # within PLAIN_EVERY_S of the last line: nothing
         panel.update(progress(stage="two", done=9))  # a new stage: a line at once

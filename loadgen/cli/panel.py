@@ -1,6 +1,7 @@
 """The terminal's live view while a run goes: the current stage's figures from the live feed (the same rows as
-Locust's LLM tab and the database's `summary`), on stderr. In a terminal, a panel redrawn in place; otherwise
-(a CI log, a pipe) one plain line every PLAIN_EVERY_S and at each new stage, so logs stay readable."""
+Locust's LLM tab and the database's `summary`), on stderr. In a terminal, a panel redrawn in place; when stdout
+or stderr is not one (a CI log, a pipe, a file) one plain line every PLAIN_EVERY_S and at each new stage, so
+logs stay readable."""
 
 from __future__ import annotations
 
@@ -47,11 +48,15 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
 
 
 class LivePanel:
-    def __init__(self, feed: LiveFeed, console: Console = show.err):
+    def __init__(self, feed: LiveFeed, console: Console = show.err, interactive: bool | None = None):
+        """`interactive`: redraw a panel in place; by default where both stdout and `console` are terminals (a
+        run whose output goes to a file or a pipe is being logged: it gets plain lines)."""
         self.feed = feed
         self.console = console
+        if interactive is None:
+            interactive = console.is_terminal and show.out.is_terminal
         # Transient: the summary table follows the run, with the same figures for good.
-        self.live = Live(console=console, auto_refresh=False, transient=True) if console.is_terminal else None
+        self.live = Live(console=console, auto_refresh=False, transient=True) if interactive else None
         self._printed_at = float("-inf")
         self._stage: str | None = None
 
