@@ -50,8 +50,8 @@ class Recorder:
         self._one_writer = gevent.lock.Semaphore()
         self.write_error: BaseException | None = None
         self.refused: str | None = None  # why the run should stop: its first requests were all refused alike
-        self.watch: Callable[[RequestResult, Derived], None] | None = None  # the current stage's saturation check
-        self.listeners: list[Callable[[RequestResult, Derived], None]] = []  # see each request as it ends (live view)
+        # See each request as it ends: the live view, the current stage's saturation check.
+        self.listeners: list[Callable[[RequestResult, Derived], None]] = []
         self._first: list[RequestResult] = []
 
     def sending(self) -> None:
@@ -72,8 +72,6 @@ class Recorder:
         d = derive(r, slo)
         self.buffer.append((r, d))
         self.done += 1
-        if self.watch is not None:
-            self.watch(r, d)
         for listen in self.listeners:
             listen(r, d)
         if len(self._first) < FAIL_FAST_REQUESTS:

@@ -49,7 +49,9 @@ class StageWalker:
                 return d.stage.load.users
             self.next_id = d.next_id
             ctx.close_stage()
-            ctx.recorder.watch = self.saturation = None
+            if self.saturation is not None:
+                ctx.recorder.listeners.remove(self.saturation.add)
+                self.saturation = None
         if self.stopping:
             return None
         if self._asked_at is None:
@@ -71,7 +73,7 @@ class StageWalker:
             plan = itertools.chain([first] if first is not None else [], plan)
             if stage.stop.on_saturation:
                 self.saturation = Saturation(stage.stop.saturation_window_s)
-                ctx.recorder.watch = self.saturation.add
+                ctx.recorder.listeners.append(self.saturation.add)
             ctx.open_stage(Dispatch(stage, plan, ctx.clock.origin, self.next_id))
         return stage.load.users
 
