@@ -40,7 +40,9 @@ def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
         ).fetchall()
     ]
     (ended,) = con.execute("SELECT sum(output_tokens) FROM requests WHERE end_s <= ?", [last]).fetchone()
-    assert tokens == sorted(tokens) and ended <= tokens[-1] <= 24 * 200
+    # The server also answered the pre-run check and the text calibrations, a few tokens: when the last scrape
+    # comes after the last request ended (it mostly comes just before), the counter holds those too.
+    assert tokens == sorted(tokens) and ended <= tokens[-1] <= 24 * 200 + 8
     state = con.execute("SELECT count(*), count(running), avg(running) FROM request_server_state").fetchone()
     assert state[0] == 24 and state[1] >= 20 and 2.0 <= state[2] <= 4.0
 
