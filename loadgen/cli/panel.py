@@ -21,6 +21,7 @@ PLAIN_EVERY_S = 10.0
 
 
 def _ms(v: float | None) -> str:
+    """A figure as the tab and the summary write it: one decimal, '-' for none."""
     return "-" if v is None else f"{v:,.1f}"
 
 
@@ -35,12 +36,11 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
     row = s.stage(stage) or {}
     errors = s.errors.get(stage, {})
     by_class = ", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
-    rate = lambda key: "-" if row.get(key) is None else f"{row[key]:,.1f}"  # noqa: E731
     return [
         head,
         f"TTFT p50/p90/p99 {_pcts(row, 'ttft')} ms   TPOT {_pcts(row, 'tpot')} ms   ITL {_pcts(row, 'itl')} ms",
-        f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {rate('output_tokens_per_s')}   "
-        f"req/s {rate('requests_per_s')}   goodput {rate('goodput_rps')} req/s   "
+        f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {_ms(row.get('output_tokens_per_s'))}   "
+        f"req/s {_ms(row.get('requests_per_s'))}   goodput {_ms(row.get('goodput_rps'))} req/s   "
         f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
         f"requests {row.get('requests', 0)}   errors {row.get('errors', 0)}   not sent {row.get('not_sent', 0)}"
         + (f"   by class: {by_class}" if by_class else ""),
