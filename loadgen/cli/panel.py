@@ -21,7 +21,7 @@ PLAIN_EVERY_S = 10.0
 
 
 def _ms(v: float | None) -> str:
-    """A figure as the tab and the summary write it: one decimal, '-' for none."""
+    """A figure as the LLM tab writes it: one decimal, '-' for none."""
     return "-" if v is None else f"{v:,.1f}"
 
 
