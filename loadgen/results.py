@@ -100,7 +100,6 @@ class Progress:
     planned: int | None
     done: int
     in_flight: int
-    errors: int
     stage: str
     elapsed_s: float
     stage_start_s: float | None = None  # when the current stage's clock started (run clock), once it has

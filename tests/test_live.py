@@ -77,7 +77,7 @@ def test_a_long_run_joins_windows_computing_each_point_from_the_recorded_values(
 
 
 def progress(stage: str = "main", done: int = 7) -> Progress:
-    return Progress(planned=20, done=done, in_flight=3, errors=1, stage=stage, elapsed_s=4.0, timing_bound_ms=0.3)
+    return Progress(planned=20, done=done, in_flight=3, stage=stage, elapsed_s=4.0, timing_bound_ms=0.3)
 
 
 def feed_with_figures() -> LiveFeed:

@@ -300,7 +300,6 @@ class Master(drive.Load):
             planned=self.planned,
             done=rec.done,
             in_flight=sum(n.in_flight for n in self._live()),
-            errors=rec.errors,
             stage=self.stages[self.index].name if self.index >= 0 else "",
             elapsed_s=self.clock.elapsed_s(),
             stage_start_s=opened[0] if opened is not None else None,

@@ -43,7 +43,6 @@ class Recorder:
         self.flush_interval_s = flush_interval_s
         self.buffer: list[tuple[RequestResult, Derived]] = []
         self.done = 0
-        self.errors = 0
         self.in_flight = 0
         self._flusher: gevent.Greenlet | None = None
         self._stop = gevent.event.Event()
@@ -78,8 +77,6 @@ class Recorder:
             self._first.append(r)
             if len(self._first) == FAIL_FAST_REQUESTS:
                 self.refused = _refused(self._first)
-        if r.status != "ok":
-            self.errors += 1
         return d
 
     def add_unsent(self, r: RequestResult, slo: SloSpec) -> None:
