@@ -61,7 +61,7 @@ class LiveFeed:
             self.snapshot.timing_bound_ms = p.timing_bound_ms
         self.windows.sample(p.elapsed_s, p.in_flight, p.stage, p.stage_start_s)
 
-    def _read(self, final: bool) -> Snapshot:
+    def read(self, final: bool = False) -> Snapshot:
         """The stored figures, in one snapshot of the database (the stages' rows and the run's agree)."""
         self._cur.execute("BEGIN TRANSACTION")
         try:
@@ -83,7 +83,7 @@ class LiveFeed:
         return read
 
     def _refresh(self, final: bool = False) -> None:
-        read: Snapshot = gevent.get_hub().threadpool.apply(self._read, (final,))
+        read: Snapshot = gevent.get_hub().threadpool.apply(self.read, (final,))
         s = self.snapshot
         s.stages, s.overall, s.errors, s.final = read.stages, read.overall, read.errors, final
         if final:
