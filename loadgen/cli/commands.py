@@ -16,7 +16,7 @@ import yaml
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
-from loadgen.emulator.launch import LaunchError
+from loadgen.launch.background import LaunchError
 from loadgen.schedule import preview
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
@@ -308,14 +308,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from loadgen.emulator.server import serve
+    from loadgen.launch.engines import missing, serve
 
     endpoint = load_endpoint(args.endpoint)
-    if endpoint.emulate is None:
-        raise SpecError(args.endpoint, "this endpoint has no 'emulate' section to serve", where="emulate")
+    if endpoint.url is not None:
+        raise SpecError(args.endpoint, "this endpoint names a running server: it has no 'emulate' or 'launch' to serve")
     if not 0 <= args.port <= 65535:
         raise SpecError("--port", f"expected a port number from 0 to 65535, got {args.port}")
-    beyond_loopback("--host", args.host, "the emulator")
+    beyond_loopback("--host", args.host, "the emulator" if endpoint.emulated else "the engine")
+    if why := missing(endpoint):
+        raise Failure(why)
     try:
         serve(endpoint, args.host, args.port)
     except OSError as e:

@@ -18,7 +18,7 @@ from loadgen.capacity.trials import SearchJob, Trials, trial_stage
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.cli.panel import LivePanel
-from loadgen.emulator.launch import BackgroundEmulator, LaunchError
+from loadgen.launch.background import BackgroundServer, LaunchError
 from loadgen.live.feed import LiveFeed
 from loadgen.live.webtab import add_llm_tab
 from loadgen.load import drive
@@ -37,6 +37,7 @@ from loadgen.spec.workload import StageSpec
 from loadgen.store import Store
 from loadgen.target import probe
 from loadgen.target.check import WrongEndpoint, check_endpoint
+from loadgen.target.identify import ASSUMED_SERVER, Identity, Unidentified, identify
 from loadgen.target.tokenize import tokenizer
 from loadgen.trace.readers import check_traces
 
@@ -56,9 +57,12 @@ def default_db(workload: WorkloadSpec) -> Path:
     return Path("results") / f"{workload.name}.duckdb"
 
 
-def _spec_record(workload: WorkloadSpec, endpoint: EndpointSpec, base_url: str) -> dict[str, Any]:
+def _spec_record(workload: WorkloadSpec, endpoint: EndpointSpec, base_url: str, identity: Identity) -> dict[str, Any]:
+    """The run's specs as resolved: the endpoint with the server family and model it was run against, and what of
+    them was detected (`detected`: which, and from where)."""
     ep = endpoint.model_dump(mode="json")
     ep["url"] = redact_url(endpoint.url) if endpoint.url else None
+    ep["server"], ep["model"], ep["detected"] = identity.server, identity.model, identity.detected
     return {"workload": workload.model_dump(mode="json"), "endpoint": ep, "base_url": redact_url(base_url)}
 
 
@@ -115,15 +119,15 @@ def execute(
     headers = _api_headers(endpoint, endpoint_ref or str(wpath))
     db_file = Path(db_path) if db_path else default_db(workload)
 
-    emulator: BackgroundEmulator | None = None
+    started: BackgroundServer | None = None
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         try:
-            if endpoint.emulated:
+            if endpoint.started:
                 try:
-                    emulator = BackgroundEmulator(endpoint, Path(tmp))
+                    started = BackgroundServer(endpoint, Path(tmp))
                 except LaunchError as e:
                     raise Failure(str(e)) from None
-                base_url = emulator.url
+                base_url = started.url
             else:
                 assert endpoint.url is not None
                 base_url, basic = split_credentials(endpoint.url)
@@ -136,13 +140,18 @@ def execute(
                     )
                 if basic is not None and "Authorization" not in headers:
                     headers["Authorization"] = basic
-            server = endpoint.server if not endpoint.emulated else "emulator"
-            model = workload.model or endpoint.model
-            target = probe.Endpoint(base_url=base_url, headers=headers, server=server, model=model)
+            model = workload.model or endpoint.model or (endpoint.emulate.model if endpoint.emulate else None)
+            target = probe.Endpoint(base_url=base_url, headers=headers, server=ASSUMED_SERVER, model=model or "")
             try:  # before anything is written: a wrong endpoint is a failure, not a run of failed requests
+                identity = identify(target, endpoint.known_server, model)
+                target = target.model_copy(update={"server": identity.server, "model": identity.model})
                 check_endpoint(target, sorted({s.api for s in workload.stages}))
-            except WrongEndpoint as e:
+            except (WrongEndpoint, Unidentified) as e:
                 raise Failure(str(e)) from None
+            server, model = identity.server, identity.model
+            for note in identity.notes:
+                show.err.print(f"[yellow]note:[/] {note}", highlight=False)
+            notes += identity.notes
             setup = probe.prepare(target, workload.stages)
             if setup.text_only:  # said at once: the run measures something other than what was asked
                 show.err.print(f"[yellow]note:[/] {setup.notes[0]}")
@@ -158,17 +167,28 @@ def execute(
                 prompts=setup,
             )
             searching = None if search is None or first is None else (search, first)
+            record = _spec_record(workload, endpoint, base_url, identity)
             return _run(
-                workload, endpoint, description, headers, db_file, ui, notes, scale, Path(tmp), scrape_s, searching
+                workload,
+                (endpoint.name, record),
+                description,
+                headers,
+                db_file,
+                ui,
+                notes,
+                scale,
+                Path(tmp),
+                scrape_s,
+                searching,
             )
         finally:
-            if emulator is not None:
-                emulator.stop()
+            if started is not None:
+                started.stop()
 
 
 def _run(
     workload: WorkloadSpec,
-    endpoint: EndpointSpec,
+    endpoint: tuple[str, dict[str, Any]],
     description: RunDescription,
     headers: dict[str, str],
     db_file: Path,
@@ -187,8 +207,7 @@ def _run(
         store.begin_run(
             run_id,
             workload.name,
-            endpoint.name,
-            _spec_record(workload, endpoint, description.base_url),
+            *endpoint,
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))

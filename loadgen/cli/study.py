@@ -13,8 +13,8 @@ from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
 from loadgen.cli.run import default_db, execute
-from loadgen.emulator.launch import LaunchError
 from loadgen.hardware.profiles import PREFILL_MODES, model_profile
+from loadgen.launch.background import LaunchError
 from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError

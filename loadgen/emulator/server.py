@@ -90,6 +90,7 @@ class Emulator:
         self.endpoint = endpoint
         self.spec = endpoint.emulate
         self.model_cfg = self.spec.model_profile()
+        self.model = endpoint.model or self.spec.model  # the name it serves: the file's, or the profile's
         self.backend: Backend = build(self.spec)
         self.rng = np.random.default_rng(self.spec.seed)
         self.requests_total = 0
@@ -116,7 +117,7 @@ class Emulator:
 
     async def models(self, _: web.Request) -> web.Response:
         card = {
-            "id": self.endpoint.model,
+            "id": self.model,
             "object": "model",
             "owned_by": "loadgen",
             "max_model_len": self.model_cfg.max_context,
@@ -174,8 +175,8 @@ class Emulator:
             raise BadRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
-        model = body.get("model", self.endpoint.model)
-        if model != self.endpoint.model:
+        model = body.get("model", self.model)
+        if model != self.model:
             raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
         prompt = _prompt(body, chat)
         prompt_tokens = len(prompt)
@@ -242,7 +243,7 @@ class Emulator:
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()),
-            "model": self.endpoint.model,
+            "model": self.model,
         }
         finish = "length" if target == max_tokens else "stop"
         try:

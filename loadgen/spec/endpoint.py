@@ -125,6 +125,21 @@ class EmulateSpec(Strict):
         return model_profile(self.model)
 
 
+class LlamaCppLaunch(Strict):
+    """A real llama.cpp engine (its own C++ server, from the xllamacpp wheel) that loadgen starts for a run."""
+
+    kind: Literal["llamacpp"]
+    model: str | None = None  # a GGUF file (relative to the endpoint file); none: the packaged Gemma-3-270M
+    alias: str | None = None  # the model name it serves; default: the file's name without .gguf
+    threads: PositiveInt = 1  # CPU threads for prefill and decode
+    slots: PositiveInt = 4  # requests decoded together (continuous batching): llama-server's --parallel
+    ctx: PositiveInt = 8192  # KV-cache tokens over all slots (each slot holds ctx / slots): --ctx-size
+    batch: PositiveInt = 2048  # prompt tokens per llama_decode call at most: --batch-size
+    http_threads: PositiveInt = 8  # HTTP threads beyond one per slot, for scrapes and requests that wait
+    slot_save_path: str | None = None  # where POST /slots/{id}?action=save writes KV files (none: disabled)
+    seed: int = 0
+
+
 class PriceSpec(Strict):
     """What the endpoint costs to run, for the capacity table's cost per million output tokens."""
 
@@ -136,20 +151,37 @@ class PriceSpec(Strict):
 class EndpointSpec(Strict):
     name: str
     url: str | None = None
-    model: str = "llama-2-7b"
-    server: Server = "vllm"
+    model: str | None = None  # none: the one the server lists (GET /v1/models), or the emulated model profile
+    server: Server | None = None  # none: detected where the server says, else assumed with a note
     api_key_env: str | None = None
     emulate: EmulateSpec | None = None
+    launch: LlamaCppLaunch | None = None
     price: PriceSpec | None = None
 
     @model_validator(mode="after")
     def _reachable(self) -> EndpointSpec:
-        if self.url is None and self.emulate is None:
-            raise ValueError("give 'url' (a real server) or 'emulate' (the built-in emulator's model)")
+        given = [k for k in ("url", "emulate", "launch") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give one of 'url' (a running server), 'emulate' (the built-in emulator's model) or 'launch' (a "
+                f"real engine loadgen starts), got {' and '.join(given) or 'none'}"
+            )
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         return self
 
     @property
     def emulated(self) -> bool:
+        return self.emulate is not None
+
+    @property
+    def known_server(self) -> str | None:
+        """The family as the file says, or as loadgen knows it because it starts the server itself."""
+        if self.server is not None:
+            return self.server
+        return "emulator" if self.emulate is not None else "llamacpp" if self.launch is not None else None
+
+    @property
+    def started(self) -> bool:
+        """loadgen starts this endpoint's server for a run (the emulator, or an engine it launches)."""
         return self.url is None

@@ -275,7 +275,13 @@ def _absolute_paths(stage: StageSpec, base: Path) -> StageSpec:
 def load_endpoint(path: str | Path) -> EndpointSpec:
     path = Path(path)
     raw, lines = read_yaml(path)
-    return validate(EndpointSpec, raw, str(path), lines)
+    spec = validate(EndpointSpec, raw, str(path), lines)
+    launch = spec.launch
+    if launch is not None and launch.model is not None and not Path(launch.model).is_absolute():
+        # A launched engine's model file is relative to the endpoint file, as a workload's trace is to its own.
+        launch = launch.model_copy(update={"model": str((path.parent / launch.model).resolve())})
+        spec = spec.model_copy(update={"launch": launch})
+    return spec
 
 
 def resolve_endpoint(workload: WorkloadSpec, workload_path: Path, override: str | None = None) -> EndpointSpec:

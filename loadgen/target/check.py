@@ -30,7 +30,7 @@ def _call(ep: Endpoint, path: str, api: str | None = None) -> tuple[int, bytes]:
         raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
 
 
-def _v1_hint(ep: Endpoint) -> str:
+def v1_hint(ep: Endpoint) -> str:
     base = ep.base_url.rstrip("/")
     if urlsplit(base).path.endswith("/v1"):
         return ""
@@ -64,5 +64,5 @@ def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
                 f"the server does not serve model {ep.model!r}; it serves {served} (HTTP {code}: "
                 f"{error_message(body)}; set model: in the workload or endpoint, or --set model={listed[0]})"
             )
-        hint = _v1_hint(ep) if code in (404, 405) else ""
+        hint = v1_hint(ep) if code in (404, 405) else ""
         raise WrongEndpoint(f"POST {PATHS[api]} answered HTTP {code}: {error_message(body)}{hint}")

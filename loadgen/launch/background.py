@@ -1,0 +1,96 @@
+"""One way to start a server for the length of a run, whatever it is (the emulator, a llama.cpp engine).
+
+`python -m loadgen.launch ENDPOINT.yaml` serves the endpoint on a free loopback port and prints one line ending in
+its base URL; `BackgroundServer` starts that child, reads the line and waits until `/health` answers 200. The CLI,
+the tests and the benchmarks all start servers this way.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from loadgen.children import die_with_parent
+from loadgen.launch.engines import missing
+from loadgen.spec.endpoint import EndpointSpec
+
+
+class LaunchError(Exception):
+    pass
+
+
+URL_LINE = re.compile(r"serving (http://\S+/v1)\s*$")
+
+
+class BackgroundServer:
+    """The endpoint's server in a child process on a free loopback port; `url` is its OpenAI base URL. A context
+    manager, or call `stop()`."""
+
+    def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 120.0):
+        """`workdir` is a private folder that outlives the child process (its spec and log go there)."""
+        if endpoint.url is not None:
+            raise LaunchError(f"endpoint {endpoint.name!r} names a url: there is nothing to start")
+        if why := missing(endpoint):
+            raise LaunchError(why)
+        self.what = "the emulator" if endpoint.emulate is not None else f"the {endpoint.launch.kind} engine"  # type: ignore[union-attr]
+        spec_file = workdir / f"{endpoint.name}.endpoint.yaml"
+        spec_file.write_text(yaml.safe_dump(endpoint.model_dump(mode="json")))
+        self.log_path = workdir / f"{endpoint.name}.log"
+        self.log = open(self.log_path, "w+")  # a file, so a chatty child can never block on a pipe
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadgen.launch", str(spec_file)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            preexec_fn=die_with_parent,
+            # Its own session: a terminal's Ctrl-C signals loadgen's process group, and the server must keep
+            # serving through loadgen's grace period; it still dies with loadgen (above) or when stopped.
+            start_new_session=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        match = URL_LINE.search(line)
+        if not match:
+            self.stop()
+            raise LaunchError(f"{self.what} did not start: {(line + self._log_tail()).strip()[-500:]}")
+        self.url = match.group(1)
+        deadline = time.monotonic() + timeout_s
+        while not self._healthy():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise LaunchError(f"{self.what} did not become healthy: {self._log_tail()[-500:]}")
+            time.sleep(0.05)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url.removesuffix("/v1") + "/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,113 @@
+"""Before a run: which server family answers, and which model it serves, where the endpoint file does not say.
+
+Detected where the server says it, never assumed in silence:
+- the family from a route only that family serves: llama.cpp's `GET /props` (ggml-org/llama.cpp
+  tools/server/README.md), TGI's `GET /info` (its `router`; huggingface/text-generation-inference docs,
+  "Info"), SGLang's `GET /get_server_info` (sgl-project/sglang python/sglang/srt/entrypoints/http_server.py)
+  and vLLM's `GET /version` (vllm/entrypoints/openai/api_server.py); then from `/v1/models`'s `owned_by`
+  (llama.cpp: "llamacpp", vLLM: "vllm", loadgen's emulator: "loadgen"). Where none says, vLLM's request options
+  are assumed and the run's note says so.
+- the model from `GET /v1/models`: the one model it lists; several: the run fails with the list.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import dataclass, field
+
+import orjson
+
+from loadgen.spec.redact import redact_url
+from loadgen.target.check import WrongEndpoint, v1_hint
+from loadgen.target.probe import Endpoint, call
+
+ASSUMED_SERVER = "vllm"
+
+# (family, route at the server's root, a key only that family's answer has)
+ROUTES = (
+    ("llamacpp", "/props", "default_generation_settings"),
+    ("tgi", "/info", "router"),
+    ("sglang", "/get_server_info", "tokenizer_path"),
+    ("vllm", "/version", "version"),
+)
+OWNERS = {"llamacpp": "llamacpp", "vllm": "vllm", "sglang": "sglang", "loadgen": "emulator"}
+
+
+class Unidentified(Exception):
+    """The model cannot be settled without the user (none or several listed); the message says what to set."""
+
+
+@dataclass
+class Identity:
+    server: str
+    model: str
+    detected: dict[str, str] = field(default_factory=dict)  # what was detected, and from where
+    notes: list[str] = field(default_factory=list)
+
+
+def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
+    base = ep.base_url.rstrip("/")
+    target = ep.model_copy(update={"base_url": base.removesuffix("/v1")}) if root else ep
+    try:
+        code, body = call(target, url_path)
+        return orjson.loads(body) if code == 200 else None
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+        return None
+
+
+def models(ep: Endpoint) -> tuple[int, list[dict]]:
+    """The status of `GET /models` and the model cards it lists (none where it lists none)."""
+    try:
+        code, body = call(ep, "/models")
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
+    try:
+        data = orjson.loads(body).get("data") if code == 200 else None
+    except (orjson.JSONDecodeError, AttributeError):
+        data = None
+    return code, [m for m in data if isinstance(m, dict) and "id" in m] if isinstance(data, list) else []
+
+
+def detect_server(ep: Endpoint, cards: list[dict]) -> tuple[str, str] | None:
+    """(family, how it was told) where the server says which it is."""
+    for family, route, key in ROUTES:
+        answer = _get_json(ep, route, root=True)
+        if isinstance(answer, dict) and key in answer:
+            return family, f"GET {route}"
+    owners = {OWNERS.get(str(c.get("owned_by"))) for c in cards} - {None}
+    if len(owners) == 1:
+        (family,) = owners
+        return str(family), "GET /v1/models owned_by"
+    return None
+
+
+def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
+    """The family and model this run speaks to: as given, else detected. Raises Unidentified when no model is
+    named and the server lists none, or several."""
+    code, cards = models(ep) if model is None or server is None else (200, [])
+    detected: dict[str, str] = {}
+    notes: list[str] = []
+    if server is None:
+        found = detect_server(ep, cards)
+        if found is None:
+            server = ASSUMED_SERVER
+            notes.append(f"the server did not say which it is: {ASSUMED_SERVER}'s request options were assumed")
+            detected["server"] = "assumed"
+        else:
+            server, detected["server"] = found
+    if model is None:
+        ids = [str(c["id"]) for c in cards]
+        if not ids:
+            answered = "lists none" if code == 200 else f"answered HTTP {code}{v1_hint(ep)}"
+            raise Unidentified(
+                f"the endpoint names no model and GET {redact_url(ep.base_url.rstrip('/'))}/models {answered}: "
+                "set model: in the endpoint or workload"
+            )
+        if len(ids) > 1:
+            raise Unidentified(
+                f"the endpoint names no model and the server serves several: {', '.join(ids)}; "
+                "set model: in the endpoint or workload, or --set model=NAME"
+            )
+        model, detected["model"] = ids[0], "GET /v1/models"
+    return Identity(server=server, model=model, detected=detected, notes=notes)
