@@ -56,3 +56,47 @@ def test_a_wrong_url_fails_fast_with_what_the_server_answered(llamacpp, write, t
         res = loadgen("run", small_workload(write, url), "--db", str(db), timeout=120)
         assert res.returncode == 1 and said in res.stderr, res.stderr
         assert "Traceback" not in res.stderr and not db.exists()
+
+
+PHASES = """
+name: cpu-phases
+endpoint: x
+api: completions
+requests: {prompt_tokens: 16, output_tokens: 16}
+stages:
+  - name: p64
+    phase: prefill
+    load: {arrival: closed, concurrency: 1}
+    requests: {prompt_tokens: 64, output_tokens: 1}
+    stop: {requests: 1}
+  - name: p256
+    phase: prefill
+    load: {arrival: closed, concurrency: 1}
+    requests: {prompt_tokens: 256, output_tokens: 1}
+    stop: {requests: 1}
+  - {name: b1, phase: decode, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}
+  - {name: b4, phase: decode, load: {arrival: closed, concurrency: 4}, stop: {requests: 4}}
+"""
+
+
+def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, tmp_path):
+    """The real engine beside an emulated H100: decode throughput rises with batch while per-user TPOT rises; the
+    seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
+    phases, so there is no split to predict; the report reads the database."""
+    db = tmp_path / "study.duckdb"
+    w = write("phases.yaml", PHASES)
+    h100 = str(ROOT / "endpoints" / "emulated-h100.yaml")
+    res = loadgen("study", str(w), "--endpoints", llamacpp, h100, "--db", str(db), timeout=300)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    (name,) = con.execute("SELECT endpoint FROM runs WHERE spec->>'$.endpoint.server' = 'llamacpp'").fetchone()
+    (b1_tps, b1_tpot), (b4_tps, b4_tpot) = con.execute(
+        "SELECT decode_tokens_per_s, tpot_p50_ms FROM decode WHERE endpoint = ? ORDER BY batch", [name]
+    ).fetchall()
+    assert b4_tps > b1_tps and b4_tpot > b1_tpot
+    out = " ".join(res.stdout.split())
+    assert "no GPU and GroqRack" in out and "as the study" not in out
+    assert "has both the lowest TTFT at the longest prompt and the lowest TPOT at batch 1: no split" in out
+    report = loadgen("report", str(db), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "index.html").exists()

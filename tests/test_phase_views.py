@@ -7,10 +7,7 @@ import orjson
 import pytest
 
 from loadgen.analysis.findings import findings
-from loadgen.hardware.profiles import load_profile
 from loadgen.store import schema
-
-MODEL = load_profile("llama-2-7b")
 
 
 def _db() -> duckdb.DuckDBPyConnection:
@@ -21,7 +18,7 @@ def _db() -> duckdb.DuckDBPyConnection:
 
 
 def _run(con, run_id: str, endpoint: str, engine: str) -> None:
-    spec = {"endpoint": {"name": endpoint, "emulate": {"engine": engine}}}
+    spec = {"endpoint": {"name": endpoint, "emulate": {"engine": engine, "model": "llama-2-7b"}}}
     con.execute(
         "INSERT INTO runs (run_id, workload, endpoint, started_at, status, spec) "
         "VALUES (?, 'w', ?, now(), 'completed', ?)",
@@ -146,7 +143,7 @@ def test_crossover_and_findings_on_phase_pure_figures():
     # GPU: 1 / 10.3 ms = 97 tok/s at batch 1 against the LPU's 250; at batch 4, 4 / 11.25 ms = 356 passes it.
     assert cross[("gpu", "lpu")] == (4, 1, 100)
     assert cross[("lpu", "gpu")] == (1, None, None)
-    f1, f2, f3, f4 = findings(con, MODEL)
+    f1, f2, f3, f4 = findings(con)
     assert f1.holds and "gpu at 100-1000" in f1.short
     assert f2.holds and f2.short.startswith("lpu 4.0 ms")
     assert f3.holds and "passed by gpu at 4" in f3.short
@@ -156,10 +153,10 @@ def test_crossover_and_findings_on_phase_pure_figures():
 def test_findings_say_when_the_measurement_differs_from_the_study():
     # A GroqRack with fast prefill and slow decode: it wins Prefill, the GPU wins Decode.
     con = _phase_db(groq_tpot_ms=20.0, groq_prefill_s_per_token=0.00001)
-    f1, f2, f3, _ = findings(con, MODEL)
+    f1, f2, f3, _ = findings(con)
     assert f1.holds is False and "lpu at 100-1000" in f1.short
     assert f2.holds is False and f2.short.startswith("gpu")
     assert f3.holds is False
     # Only GPUs measured: the GroqRack findings cannot be judged, and say so.
-    f2 = findings(con, MODEL, endpoints=["gpu"])[1]
+    f2 = findings(con, endpoints=["gpu"])[1]
     assert f2.holds is None

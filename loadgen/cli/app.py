@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--overlap", choices=["none", "layerwise"], default="none", help="KV sent whole or by layer")
     dg.add_argument("--load", default="1", help="concurrent requests, comma-separated (default 1)")
     dg.add_argument("--workload", help="use this workload's length mix instead of a grid of lengths")
-    dg.add_argument("--model", default="llama-2-7b", help="model profile for KV bytes per token")
+    dg.add_argument(
+        "--model", help="model profile for KV bytes per token (default: the model both endpoints' runs served)"
+    )
     dg.add_argument(
         "--cached-share",
         type=float,

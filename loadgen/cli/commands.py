@@ -158,6 +158,7 @@ def _endpoint_name(ref: str) -> str:
 
 def cmd_disagg(args: argparse.Namespace) -> int:
     from loadgen.analysis.disagg import Link, Reuse, grid, predict, where_it_wins
+    from loadgen.analysis.findings import pair_model
     from loadgen.analysis.phases import fit
     from loadgen.hardware.profiles import model_profile
 
@@ -167,12 +168,17 @@ def cmd_disagg(args: argparse.Namespace) -> int:
         raise SpecError("--cached-share", f"expected a share from 0 up to (not including) 1, got {args.cached_share}")
     a_name, b_name = _endpoint_name(args.prefill), _endpoint_name(args.decode)
     try:
-        model = model_profile(args.model)
+        model = model_profile(args.model) if args.model else None
     except KeyError:
         raise SpecError("--model", f"unknown model profile {args.model!r}") from None
     except TypeError as e:
         raise SpecError("--model", str(e)) from None
     with _reading(args.db) as con:
+        if model is None:  # the model both sides served, as their runs stored it
+            found = pair_model(con, (a_name, b_name))
+            if isinstance(found, str):
+                raise SpecError("--model", f"{found}: name a model profile with --model")
+            model = found
         # A side keeps a prefix cache when its server reported cached tokens (vLLM, SGLang and the emulated GPUs
         # do; the emulated GroqRack does not).
         caches = {

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
+from loadgen.analysis.findings import TOPIC, Finding, by_prefill_mode, verdict
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
 from loadgen.cli.run import default_db, execute
-from loadgen.hardware.profiles import PREFILL_MODES, model_profile
+from loadgen.hardware.profiles import PREFILL_MODES
 from loadgen.launch.background import LaunchError
 from loadgen.spec import EndpointSpec, SpecError, load_endpoint, load_workload
 from loadgen.spec.redact import redact_url
@@ -77,14 +77,13 @@ def study(args: argparse.Namespace) -> int:
                 raise Failure(str(e)) from None
             if code != 0:
                 return code
-    model = model_profile()
     with reading(db) as con:
         for view, order in VIEWS:
             cur = con.execute(f"SELECT * FROM {view} ORDER BY {order}")
             show.out.print(view, style="bold")
             show.out.print(show.result_table([c[0] for c in cur.description], cur.fetchall()))
         pair = (args.pair[0], args.pair[1]) if args.pair else None
-        per_mode = by_prefill_mode(con, model, pair, links)
+        per_mode = by_prefill_mode(con, pair, links)
     if None in per_mode:
         print_findings(per_mode[None])
         return 0
@@ -96,10 +95,17 @@ def study(args: argparse.Namespace) -> int:
 
 
 def print_findings(found: list[Finding], heading: bool = True) -> None:
+    """The study's findings with their verdicts; where none can be judged (the study compares GPUs with a
+    GroqRack, and these endpoints are not both), only what was measured, under headings that claim nothing."""
+    judged = any(f.holds is not None for f in found)
     if heading:
-        show.out.print("the study's findings, measured", style="bold")
+        title = (
+            "the study's findings, measured" if judged else "measured (no GPU and GroqRack pair to judge the study by)"
+        )
+        show.out.print(title, style="bold")
     for f in found:
-        show.out.print(f"({f.n}) {f.study}: {verdict(f.holds)}", style="bold", highlight=False)
+        line = f"({f.n}) {f.study}: {verdict(f.holds)}" if judged else f"({f.n}) {TOPIC[f.n]}"
+        show.out.print(line, style="bold", highlight=False)
         show.out.print(f"    {f.measured}", highlight=False)
 
 

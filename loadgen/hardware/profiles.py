@@ -100,7 +100,7 @@ def load_profile(name: str, overrides: dict[str, Any] | None = None) -> Strict:
     return KINDS[data["kind"]].model_validate(data)
 
 
-def model_profile(name: str = "llama-2-7b") -> ModelConfig:
+def model_profile(name: str) -> ModelConfig:
     """A model profile by name; KeyError names the profiles there are, TypeError says it is no model's."""
     cfg = load_profile(name)
     if not isinstance(cfg, ModelConfig):

@@ -11,7 +11,6 @@ import duckdb
 import orjson
 
 from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
-from loadgen.hardware.profiles import model_profile
 from loadgen.report import figures
 
 CSS = """
@@ -58,7 +57,7 @@ def _img(path: Path) -> str:
 def _findings(con: duckdb.DuckDBPyConnection, figs: dict[int, Path | None]) -> list[str]:
     """The study's four findings in words, each beside the figure it rests on; per prefill mode where the
     database holds a GroqRack under several."""
-    per_mode = by_prefill_mode(con, model_profile())
+    per_mode = by_prefill_mode(con)
     first: list[Finding] = next(iter(per_mode.values()))
     if all(f.holds is None for f in first):
         return []
