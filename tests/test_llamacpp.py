@@ -3,10 +3,15 @@ Gemma-3-270M, started as a run starts the emulator. The server's own account is 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 import duckdb
 import orjson
 
-from conftest import ROOT, loadgen
+from conftest import COMMAND, INTERRUPTIBLE, ROOT, check_interrupted, loadgen
 
 
 def small_workload(write, endpoint: str, api: str = "completions", n: int = 4, concurrency: int = 2) -> str:
@@ -100,3 +105,69 @@ def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, t
     report = loadgen("report", str(db), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp, write, tmp_path):
+    """Over concurrency, with TPOT within 3x its batch-1 figure: one slot's requests pass, a crowd of 16 fails, so
+    the engine has a capacity between them."""
+    w = write(
+        "search.yaml",
+        f"name: cpu-capacity\nendpoint: {llamacpp}\napi: completions\nseed: 1\n"
+        "load: {arrival: closed, concurrency: 1}\nrequests: {prompt_tokens: 16, output_tokens: 8}\n"
+        "stop: {requests: 8}\nslo: {tpot_ms: 120}\n",
+    )
+    db = tmp_path / "s.duckdb"
+    res = loadgen("search", str(w), "--over", "concurrency", "--db", str(db), "--max-trials", "5", timeout=600)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    hi_pass, lo_fail = con.execute("SELECT highest_passing, lowest_failing FROM capacity").fetchone()
+    assert hi_pass is not None and hi_pass >= 1 and (lo_fail is None or lo_fail > hi_pass)
+
+
+def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_path):
+    """Poisson arrivals far beyond what 4 slots on one thread finish (about 4 a second): the stage ends once the
+    wait for a first token clearly grows. 16 in flight at most, so that what is in flight drains in seconds."""
+    w = write(
+        "sat.yaml",
+        f"name: cpu-saturation\nendpoint: {llamacpp}\napi: completions\n"
+        "load: {arrival: poisson, rate: 20, concurrency: 16}\n"
+        "requests: {prompt_tokens: 16, output_tokens: 8}\n"
+        "stop: {requests: 1000, duration_s: 60, on_saturation: true, saturation_window_s: 6}\n",
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db), timeout=300)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    (ended,) = con.execute("SELECT ended FROM stages").fetchone()
+    assert ended is not None and ended.startswith("saturated at "), ended
+    assert con.execute("SELECT max(end_s) FROM requests").fetchone()[0] < 40
+
+
+def test_ctrl_c_keeps_every_row_with_real_streams_in_flight(write, tmp_path):
+    """A terminal's Ctrl-C signals loadgen's whole process group: the engine it started keeps serving through the
+    grace period, in-flight streams are stored as interrupted with the tokens they had, every planned row is kept."""
+    write("ep.yaml", "name: llamacpp-ctrl-c\nlaunch: {kind: llamacpp, slots: 3, ctx: 6144}\n")
+    w = write("w.yaml", INTERRUPTIBLE)
+    proc = subprocess.Popen(
+        [*COMMAND, "run", str(w), "--db", str(tmp_path / "r.duckdb")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    time.sleep(8)  # the engine's start (about 2 s), the probes, then a few seconds of streams
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "interrupted" in err
+    check_interrupted(tmp_path / "r.duckdb")
+
+
+def test_two_local_workers_share_the_engine(llamacpp, write, tmp_path):
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", small_workload(write, llamacpp, n=8), "--db", str(db), "--workers", "2", timeout=300)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall() == [("ok", 8)]
+    assert con.execute("SELECT count(*) FROM workers").fetchone() == (2,)
