@@ -171,3 +171,29 @@ def test_two_local_workers_share_the_engine(llamacpp, write, tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall() == [("ok", 8)]
     assert con.execute("SELECT count(*) FROM workers").fetchone() == (2,)
+
+
+def test_loadgen_serve_serves_the_engine(write):
+    import urllib.request
+
+    from conftest import served
+
+    ep = write("ep.yaml", "name: served-gemma\nlaunch: {kind: llamacpp, slots: 1, ctx: 2048}\n")
+    with served(ep) as url:
+        with urllib.request.urlopen(url + "/models", timeout=30) as r:
+            assert [m["id"] for m in orjson.loads(r.read())["data"]] == ["gemma-3-270m-q4_k_m"]
+
+
+def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
+    """Where the llamacpp extra is not installed, starting the engine says so in one line with the command."""
+    import importlib.util
+
+    from loadgen.launch import engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "xllamacpp" else real(name))
+    ep = write("ep.yaml", "name: no-engine\nlaunch: {kind: llamacpp}\n")
+    res = loadgen("serve", str(ep), "--port", "0")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "xllamacpp is not installed: pip install 'loadgen[llamacpp]'" in res.stderr
+    assert engines.missing(engines.EndpointSpec(name="emu", url="http://127.0.0.1:1/v1")) is None
