@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from common import Bounds, query, run_loadgen
+
+from loadgen.launch.background import BackgroundServer, LaunchError
+from loadgen.spec import load_endpoint
 
 STREAMS, PROMPT, OUTPUT, ROUNDS = 500, 32, 128, 3
 ENDPOINT = """
@@ -38,10 +39,6 @@ stop: {{requests: {STREAMS * ROUNDS}}}
 """
 
 
-def pinned(core: int):
-    return lambda: os.sched_setaffinity(0, {core})
-
-
 def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("this benchmark needs two cores: one for the emulator, one for loadgen")
@@ -50,22 +47,14 @@ def main() -> None:
         (t / "ep.yaml").write_text(ENDPOINT)
         (t / "w.yaml").write_text(WORKLOAD)
         cores = sorted(os.sched_getaffinity(0))
-        emu = subprocess.Popen(
-            [sys.executable, "-m", "loadgen", "serve", str(t / "ep.yaml"), "--port", "0"],
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=pinned(cores[0]),
-        )
         try:
-            url = re.search(r"http://\S+/v1", emu.stdout.readline() if emu.stdout else "")
-            if url is None:
-                raise SystemExit("the emulator did not start")
+            emu = BackgroundServer(load_endpoint(t / "ep.yaml"), t, cores={cores[0]})
+        except LaunchError as e:
+            raise SystemExit(str(e)) from None
+        with emu:
             os.sched_setaffinity(0, {cores[1]})  # loadgen, a child of this process, runs on the other core
-            run_loadgen(t / "w.yaml", url.group(0), t / "r.duckdb", quiet=True)
-            metrics = urllib.request.urlopen(url.group(0).removesuffix("/v1") + "/metrics").read().decode()
-        finally:
-            emu.terminate()
-            emu.wait()
+            run_loadgen(t / "w.yaml", emu.url, t / "r.duckdb", quiet=True)
+            metrics = urllib.request.urlopen(emu.url.removesuffix("/v1") + "/metrics").read().decode()
         ((tok_s, requests, errors, tpot),) = query(
             t / "r.duckdb", "SELECT output_tokens_per_s, requests, errors, tpot_p50_ms FROM summary"
         )

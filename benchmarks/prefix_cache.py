@@ -26,6 +26,9 @@ from pathlib import Path
 import orjson
 from common import Bounds, query
 
+from loadgen.launch.background import BackgroundServer
+from loadgen.spec import load_endpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT, SHARED, PAIRS, GROQ_PAIRS = 2048, 0.9, 12, 2
 BLOCK = 16
@@ -34,14 +37,6 @@ name: h100-ample-kv
 model: llama-2-7b
 emulate: {engine: gpu, hardware: h100-sxm, hardware_overrides: {memory_bytes: 800.0e9}}
 """
-
-
-def serve(endpoint: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "serve", str(endpoint), "--port", "0"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().split()[-1]
 
 
 def ttft_ms(url: str, words: list[str]) -> tuple[float, int]:
@@ -89,11 +84,9 @@ def pairs(url: str, n: int, tag: str) -> tuple[list[float], list[float], list[in
 def medians(endpoint: str, n: int, tag: str) -> tuple[float, float, list[int]]:
     """On a served emulator of the shipped endpoint file: TTFT p50 of n cold prompts and of their 90%-shared
     follow-ups, and the cached tokens it reported for the follow-ups."""
-    proc, url = serve(ROOT / "endpoints" / f"{endpoint}.yaml")
-    try:
-        cold, warm, cached = pairs(url, n, tag)
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryDirectory() as tmp:
+        with BackgroundServer(load_endpoint(ROOT / "endpoints" / f"{endpoint}.yaml"), Path(tmp)) as served:
+            cold, warm, cached = pairs(served.url, n, tag)
     return statistics.median(cold), statistics.median(warm), cached
 
 

@@ -7,6 +7,7 @@ the tests and the benchmarks all start servers this way.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,12 @@ class LaunchError(Exception):
     pass
 
 
+def _child_setup(cores: set[int] | None) -> None:
+    die_with_parent()
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 URL_LINE = re.compile(r"serving (http://\S+/v1)\s*$")
 
 
@@ -32,8 +39,9 @@ class BackgroundServer:
     """The endpoint's server in a child process on a free loopback port; `url` is its OpenAI base URL. A context
     manager, or call `stop()`."""
 
-    def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 120.0):
-        """`workdir` is a private folder that outlives the child process (its spec and log go there)."""
+    def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 120.0, cores: set[int] | None = None):
+        """`workdir` is a private folder that outlives the child process (its spec and log go there); `cores`
+        pins the server to those CPUs (a benchmark keeps it off the load generator's core)."""
         if endpoint.url is not None:
             raise LaunchError(f"endpoint {endpoint.name!r} names a url: there is nothing to start")
         if why := missing(endpoint):
@@ -48,7 +56,7 @@ class BackgroundServer:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=lambda: _child_setup(cores),
             # Its own session: a terminal's Ctrl-C signals loadgen's process group, and the server must keep
             # serving through loadgen's grace period; it still dies with loadgen (above) or when stopped.
             start_new_session=True,
