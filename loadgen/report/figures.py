@@ -260,7 +260,12 @@ def server_state(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, index: 
     ttft = con.execute(
         "SELECT sent_s, ttft_ms FROM requests WHERE run_id = ? AND ttft_ms IS NOT NULL ORDER BY sent_s", [run_id]
     ).fetchall()
-    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(8, 7), sharex=True, height_ratios=(2, 1.4, 1))
+    # A server that exports no KV-cache gauge (llama.cpp since 2025, TGI) gets no empty panel for it.
+    kv = "kv_usage" in by
+    fig, axes = plt.subplots(
+        3 if kv else 2, 1, figsize=(8, 7 if kv else 5.6), sharex=True, height_ratios=(2, 1.4, 1)[: 3 if kv else 2]
+    )
+    top, mid, low = (*axes, None) if not kv else axes
     if ttft:
         top.plot([r[0] for r in ttft], [r[1] for r in ttft], ".", ms=2.5, color="tab:blue", label="TTFT, at send")
     top.set(ylabel="TTFT (ms)", title=f"Client TTFT and the server's state: {run_id}")
@@ -270,12 +275,13 @@ def server_state(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, index: 
             mid.step(*by[name], where="post", color=color, label=name)
     mid.set(ylabel="requests")
     mid.legend(loc="upper left")
-    if "kv_usage" in by:
+    if low is not None:
         t, v = by["kv_usage"]
         low.plot(t, 100 * v, color="tab:purple", label="KV-cache usage")
         low.legend(loc="upper left")
-    low.set(xlabel="seconds since the run's start", ylabel="KV cache (%)")
-    for ax in (top, mid, low):
+        low.set(ylabel="KV cache (%)")
+    axes[-1].set(xlabel="seconds since the run's start")
+    for ax in axes:
         ax.grid(True, alpha=0.3)
     return _save(fig, out / f"server_state_{index}.png")
 
