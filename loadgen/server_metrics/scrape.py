@@ -22,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 Sample = tuple[float, str, str, float]  # run-clock time, name, labels (JSON), value
 Writer = Callable[[list[Sample]], None]
 INTERVAL_S = 0.25
-# llama.cpp answers /metrics from its main loop, between engine steps: on one CPU thread a step over a full
-# 2,048-token batch takes about 10 s, and a scrape waits that long. A late answer is still a true sample (of the
-# state after that step), so the timeout only guards against a server that never answers.
-TIMEOUT_S = 60.0
+# A busy server may be slow to answer: its HTTP threads may all be taken, or it may build the page on the loop
+# that runs the engine. A late answer is still a true sample (of the state when it was built), so the timeout only
+# guards against a server that never answers; ticks wait for it rather than stack up. (llama.cpp's own server
+# answered within 0.08 s at saturation: benchmarks/llamacpp_scrapes.py.)
+TIMEOUT_S = 30.0
 
 
 def metrics_url(base_url: str) -> str:
@@ -47,8 +48,8 @@ class Sampler:
     the final scrape.
 
     Samples are stamped on the run clock (`elapsed_s`, None before the load starts) when the answer arrived: a
-    server that is slow to answer, such as llama.cpp while it computes a step, composes the page when it gets to
-    it, at the end of the wait. The baseline is taken before the clock starts, as the load is about to start: it
+    server slow to answer has the scrape wait in a queue and builds the page when it gets to it, at the end of the
+    wait rather than its middle. The baseline is taken before the clock starts, as the load is about to start: it
     is stamped 0.0, the load's start, which it stands for (nothing of the run is sent in between). Where the clock
     already runs (a master starts it as workers join, before any stage opens) it gets its true time."""
 
@@ -76,15 +77,16 @@ class Sampler:
         self._greenlet = gevent.spawn(self._loop)
 
     def stop(self) -> None:
-        """End the ticks, let a scrape in flight come back (a late answer still counts), then the final scrape.
-        Call it after the last request has ended."""
+        """End the ticks, let a scrape in flight come back (a late answer still counts), then the final scrape:
+        call it after the last request has ended. A load that never started (Ctrl-C first) needs no final one."""
         if self._stop.is_set():
             return
         self._stop.set()
         if self._greenlet is not None:
             self._greenlet.join(self.timeout_s + 1)
             self._greenlet.kill()
-        self.scrape_once()
+        if self.elapsed_s() is not None:
+            self.scrape_once()
 
     def scrape_once(self) -> bool:
         """Fetch, parse and store one scrape; False once sampling has given up (no page, or not Prometheus)."""
