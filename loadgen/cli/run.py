@@ -218,7 +218,8 @@ def _run(
         samplers: list[Sampler] = []
 
         def sample(clock: Clock) -> None:
-            """The server's metrics, on the run's clock, beside the load (README "Server metrics")."""
+            """The server's metrics, on the run's clock, beside the load (README "Server metrics"). Called once the
+            pre-run probes are done and before the first request: its baseline scrape holds what they cost."""
             if scrape_s > 0:
                 samplers.append(
                     Sampler(
@@ -232,6 +233,7 @@ def _run(
                 samplers[-1].start()
 
         def stop_sampling() -> None:
+            """After the last request has ended: each sampler's final scrape holds all the run's tokens."""
             for sampler in samplers:
                 sampler.stop()
                 if sampler.note:

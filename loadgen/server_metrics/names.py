@@ -2,6 +2,11 @@
 
 One source of truth: the store writes this table into every database (`server_metric_names`), and the
 `server_series` view maps the scraped samples through it.
+
+A series is the sum of every sample mapped to it in a scrape: over label sets (engines, ranks) and over names, so
+a family that exports a figure in parts maps each part (llama.cpp's prompt tokens: processed plus cached). Names
+that stand in for one another across a family's versions are mapped alike; they are never exported together,
+except where the series takes the largest value rather than the sum (`kv_usage`, vLLM's V0 and V1 names).
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ _VLLM_V0 = "vllm-project/vllm vllm/engine/metrics.py (V0; removed by vllm PR 293
 _SGLANG = "sgl-project/sglang python/sglang/srt/metrics/collector.py (--enable-metrics)"
 _TGI = "huggingface/text-generation-inference docs/source/reference/metrics.md"
 _LLAMACPP = "ggml-org/llama.cpp tools/server/README.md, GET /metrics (--metrics)"
+# Since prompt-cache reuse is counted apart, llama.cpp's prompt_tokens_total holds only the tokens it computed:
+# the prompt as sent is that plus prompt_tokens_cached_total (usage.prompt_tokens = processed + cached).
+_LLAMACPP_TOKENS = (
+    "ggml-org/llama.cpp tools/server/server-task.cpp, server_task_result_metrics::to_metrics() "
+    "(prompt_tokens_total: 'processed, excluding cached tokens'; prompt_tokens_cached_total: 'reused from the "
+    "cache'; checked against xllamacpp 2026.10's server)"
+)
+_LLAMACPP_PROMPT = _LLAMACPP_TOKENS + ": the prompt is the sum of the two counters"
+_LLAMACPP_PROMPT_PARTS = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
 
 NAMES: tuple[Name, ...] = (
     Name("running", "vllm", "vllm:num_requests_running", _VLLM_V1),
@@ -54,7 +68,14 @@ NAMES: tuple[Name, ...] = (
     Name("generation_tokens", "tgi", "tgi_request_generated_tokens_sum", _TGI + " (a histogram's sum)"),
     Name("running", "llamacpp", "llamacpp:requests_processing", _LLAMACPP),
     Name("waiting", "llamacpp", "llamacpp:requests_deferred", _LLAMACPP),
-    Name("kv_usage", "llamacpp", "llamacpp:kv_cache_usage_ratio", _LLAMACPP + " (older builds; removed in 2025)"),
-    Name("prompt_tokens", "llamacpp", "llamacpp:prompt_tokens_total", _LLAMACPP),
+    # Current builds export no KV gauge: llama.cpp PR 13660 (May 2025) removed this one as too internal, and
+    # PR 24010, which would add one back, is not merged. Kept for servers built before.
+    Name("kv_usage", "llamacpp", "llamacpp:kv_cache_usage_ratio", _LLAMACPP + " (builds before PR 13660 only)"),
+    *(
+        Name(series, "llamacpp", part, _LLAMACPP_PROMPT)
+        for series in ("prefix_cache_queries", "prompt_tokens")
+        for part in _LLAMACPP_PROMPT_PARTS
+    ),
+    Name("prefix_cache_hits", "llamacpp", "llamacpp:prompt_tokens_cached_total", _LLAMACPP_TOKENS),
     Name("generation_tokens", "llamacpp", "llamacpp:tokens_predicted_total", _LLAMACPP),
 )

@@ -303,7 +303,7 @@ GROUP BY run_id, session
 SERVER_METRICS = """
 CREATE TABLE IF NOT EXISTS server_metrics (
     run_id VARCHAR NOT NULL,
-    t_s DOUBLE NOT NULL,              -- run clock: the middle of the scrape's fetch
+    t_s DOUBLE NOT NULL,              -- run clock: when the scrape's answer came (the baseline: 0)
     name VARCHAR NOT NULL,            -- the sample's name in the exposition text
     labels VARCHAR NOT NULL,          -- its labels as a JSON object, '' when it has none
     value DOUBLE NOT NULL
