@@ -1,8 +1,8 @@
 """Scraping a saturated llama.cpp engine: does a busy engine cost server-metric samples?
 
 llama.cpp answers /metrics from its main loop, between engine steps, so while it computes a long step a scrape
-waits. Here the packaged engine (endpoints/llamacpp-gemma.yaml: Gemma-3-270M, 4 slots, 1 CPU thread) is kept
-saturated by 4 users sending 1,000-token prompts back to back, and the run's own samples say how the sampler
+waits. Here the packaged engine (endpoints/llamacpp-gemma.yaml: Gemma-3-270M, 8 slots, 1 CPU thread) is kept
+saturated by 8 users sending 1,000-token prompts back to back, and the run's own samples say how the sampler
 fared: the gaps between consecutive samples (a gap is the 0.25 s wait plus one fetch, as one scrape is in flight
 at a time), how many fetches took longer than the old 2 s timeout (each of those was a lost sample before), and
 whether the counters' rise from the baseline to the final scrape equals the run's tokens.
@@ -10,8 +10,8 @@ whether the counters' rise from the baseline to the final scrape equals the run'
 Bounds: no scrape failed (the run's note says nothing of server metrics); the counters rise by exactly the run's
 prompt, cached and output tokens; a sample at or before the first send and one after the last end.
 
-    python benchmarks/llamacpp_scrapes.py                  # 4 users, 1,000-token prompts: the slots saturated
-    python benchmarks/llamacpp_scrapes.py --users 16 --prompt 256 --requests 32   # 12 waiting for a slot
+    python benchmarks/llamacpp_scrapes.py                  # 8 users, 1,000-token prompts: the slots saturated
+    python benchmarks/llamacpp_scrapes.py --users 24 --prompt 256 --requests 48   # 16 waiting for a slot
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ SELECT arg_max(value, t_s) - arg_min(value, t_s) FROM server_metrics WHERE name 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=4, help="closed-loop users (the engine has 4 slots)")
+    ap.add_argument("--users", type=int, default=8, help="closed-loop users (the engine has 8 slots)")
     ap.add_argument("--prompt", type=int, default=1000, help="prompt tokens per request")
-    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=16)
     args = ap.parse_args()
     endpoint = HERE.parent / "endpoints" / "llamacpp-gemma.yaml"
     with tempfile.TemporaryDirectory() as tmp:
