@@ -106,7 +106,8 @@ class StreamUser(User):
                     for later in rest:
                         self._cut(d, later, item, r)
                     return
-                convo.add(message, "".join(r.text_parts or ()))
+                answer = "".join(r.text_parts or ())
+                convo.add(message, answer, item.output_tokens, r.usage_completion_tokens, r.server_prompt_tokens)
                 answered_s = r.end_s if r.end_s is not None else d.now_s()
         except BaseException:  # the run stopped: every turn not yet sent is recorded as such
             for later in rest:

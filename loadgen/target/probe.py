@@ -1,5 +1,5 @@
-"""The pre-run step: probe the endpoint (does it take token-ID prompts? how many tokens is a prompt word?) and
-settle how this run's prompts are made, as plain immutable data (`PromptSetup`).
+"""The pre-run step: probe the endpoint (does it take token-ID prompts? how many tokens is a prompt word, and a
+chat message's template?) and settle how this run's prompts are made, as plain immutable data (`PromptSetup`).
 
 The probes are a few tiny non-streaming requests, built like the run's own; none of them lands in the results.
 """
@@ -14,11 +14,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from loadgen.spec.workload import StageSpec
-from loadgen.target.bodies import PATHS, request_body
+from loadgen.target.bodies import PATHS, Message, request_body
 from loadgen.target.prompts import make_prompt
 
 PROBE_WORDS = (64, 512)
 TOLERANCE = 0.01
+# A chat conversation as a session's turn sends it: a system message, then user and assistant in turn.
+PROBE_ROLES = ("system", "user", "assistant", "user", "assistant", "user")
+PROBE_MESSAGE_WORDS = 16
 
 
 class Endpoint(BaseModel):
@@ -31,7 +34,9 @@ class Endpoint(BaseModel):
     model: str
 
 
-def call(ep: Endpoint, path: str, api: str | None = None, prompt: str | list[int] = "") -> tuple[int, bytes]:
+def call(
+    ep: Endpoint, path: str, api: str | None = None, prompt: str | list[int] | list[Message] = ""
+) -> tuple[int, bytes]:
     """GET `path`, or with `api`, POST a one-token, non-streaming request as the run builds them; the status and
     body of the answer, an HTTP error's included. An unreachable endpoint raises URLError or OSError."""
     data = None if api is None else request_body(api, ep.server, ep.model, prompt, 1, stream=False)
@@ -44,7 +49,7 @@ def call(ep: Endpoint, path: str, api: str | None = None, prompt: str | list[int
         return e.code, e.read()
 
 
-def _post(ep: Endpoint, api: str, prompt: str | list[int]) -> tuple[int, dict]:
+def _post(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> tuple[int, dict]:
     try:
         code, body = call(ep, PATHS[api], api, prompt)
         return code, orjson.loads(body) if code == 200 else {}
@@ -63,22 +68,33 @@ def token_prompts_refused(ep: Endpoint) -> str | None:
 
 
 class TextCalibration(BaseModel):
-    """The server's prompt tokens for a text prompt of w words: overhead + per_word x w (from usage)."""
+    """The server's prompt tokens for a text prompt of w words: overhead + per_word x w (from usage); a chat
+    conversation of m messages, w words in all: overhead + per_message x (m - 1) + per_word x w, the chat
+    template's tokens around each message (its role, its delimiters) being per_message."""
 
     model_config = ConfigDict(frozen=True)
-    overhead: float
+    overhead: float  # a one-message prompt's tokens beyond its words (the template's, a start-of-sequence token)
     per_word: float
+    per_message: float = 0.0  # each further message's template tokens (0 for completions: one text)
 
     def words(self, tokens: int) -> int:
         return max(1, round((tokens - self.overhead) / self.per_word))
 
     def part_words(self, tokens: int) -> int:
-        """Words for `tokens` inside a longer prompt (a conversation's message), which pays no overhead."""
-        return max(1, round(tokens / self.per_word))
+        """Words for a message of a conversation `tokens` long as the server counts it, its template included."""
+        return max(1, round((tokens - self.per_message) / self.per_word))
+
+    def template(self, messages: int) -> float:
+        """The tokens a prompt of `messages` messages counts beyond their content."""
+        return self.overhead + self.per_message * (messages - 1)
 
 
 def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
-    code, out = _post(ep, api, make_prompt(words, -words, 0))
+    return _usage(ep, api, make_prompt(words, -words, 0))
+
+
+def _usage(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> int | None:
+    code, out = _post(ep, api, prompt)
     usage = out.get("usage") if isinstance(out, dict) else None
     n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     return n if code == 200 and isinstance(n, int) else None
@@ -107,6 +123,21 @@ def calibrate_text(ep: Endpoint, api: str) -> TextCalibration | None:
     return TextCalibration(overhead=my - slope * mx, per_word=slope) if slope > 0 else cal
 
 
+def calibrate_messages(ep: Endpoint, cal: TextCalibration) -> TextCalibration:
+    """`cal` with the chat template's tokens per further message, from one probe: a conversation of six messages
+    (system, then user and assistant in turn), whose count beyond its words and a one-message prompt's overhead
+    is five messages' templates. Unchanged if the probe gets no count."""
+    messages: list[Message] = [
+        {"role": role, "content": str(make_prompt(PROBE_MESSAGE_WORDS, f"probe:{i}", 0))}
+        for i, role in enumerate(PROBE_ROLES)
+    ]
+    n = _usage(ep, "chat", messages)
+    if n is None:
+        return cal
+    extra = n - cal.overhead - cal.per_word * PROBE_MESSAGE_WORDS * len(PROBE_ROLES)
+    return cal.model_copy(update={"per_message": max(0.0, extra / (len(PROBE_ROLES) - 1))})
+
+
 class PromptSetup(BaseModel):
     """How this run makes prompts on this endpoint, and what the probes found (for the run's note)."""
 
@@ -132,9 +163,12 @@ def prepare(ep: Endpoint, stages: Sequence[StageSpec]) -> PromptSetup:
         if cal is None:
             notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
             continue
+        if api == "chat" and any(s.sessions is not None for s in untokenized if s.api == "chat"):
+            cal = calibrate_messages(ep, cal)  # only conversations have further messages
         calibration[api] = cal
-        if (cal.overhead, cal.per_word) != (0.0, 1.0):
+        if (cal.overhead, cal.per_word, cal.per_message) != (0.0, 1.0, 0.0):
+            each = f", + {cal.per_message:.0f} each further message" if cal.per_message else ""
             notes.append(
-                f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}"
+                f"{api} prompts calibrated on the server: {cal.per_word:.3f} tokens a word + {cal.overhead:.0f}{each}"
             )
     return PromptSetup(text_only=text_only, calibration=calibration, notes=tuple(notes))

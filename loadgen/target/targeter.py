@@ -9,7 +9,7 @@ from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
 from loadgen.target.bodies import PATHS, request_body
 from loadgen.target.conversation import Conversation, Part
-from loadgen.target.probe import PromptSetup
+from loadgen.target.probe import PromptSetup, TextCalibration
 from loadgen.target.prompts import make_prompt
 from loadgen.target.tokenize import PromptTokenizer, tokenizer
 
@@ -56,13 +56,20 @@ class Targeter:
 
     # -- sessions --
 
+    def _calibration(self, stage: StageSpec) -> TextCalibration | None:
+        """How text is sized for this stage: None unless it sends text calibrated on the server."""
+        if not self._text(stage) or self._tokenizer(stage) is not None:
+            return None
+        return self.setup.calibration.get(stage.api)
+
     def _part(self, stage: StageSpec, n_tokens: int, uid: int | str) -> Part:
-        """n tokens of a conversation (a message, a made-up answer, a system prompt), from its own stream."""
+        """n tokens of a conversation (a made-up message or answer, a system prompt), template included, from
+        its own stream."""
         text, tok = self._text(stage), self._tokenizer(stage)
         if text and tok is not None:
             return tok.prompt(n_tokens, uid, self.seed, None)
-        cal = self.setup.calibration.get(stage.api)
-        if text and cal is not None:
+        cal = self._calibration(stage)
+        if cal is not None:
             n_tokens = cal.part_words(n_tokens)
         return make_prompt(n_tokens, uid, self.seed, text)
 
@@ -73,7 +80,8 @@ class Targeter:
         assert turn is not None
         system = None if turn.system is None else self._part(stage, turn.system_tokens, f"system:{turn.system}")
         tok = self._tokenizer(stage)
-        convo = Conversation(stage.api, system, tok.encode if tok is not None and not self._text(stage) else None)
+        encode = tok.encode if tok is not None and not self._text(stage) else None
+        convo = Conversation(stage.api, system, encode, self._calibration(stage))
         for j, (user, answer) in enumerate(turn.made_up):
             key = f"made-up:{item.request_id}:{j}"
             convo.add(self._part(stage, user, f"{key}:user"), self._part(stage, answer, f"{key}:answer"))
@@ -83,5 +91,10 @@ class Targeter:
         """A session's turn: the conversation so far and a new message (returned, to be added with its answer)."""
         assert item.session is not None
         convo.drop(item.session.drop)
-        message = self._part(stage, item.session.user_tokens, item.request_id)
+        if convo.cal is None:
+            message = self._part(stage, item.session.user_tokens, item.request_id)
+        else:
+            # The message takes what the prompt's planned length leaves: the template's tokens (each message's,
+            # and the request's own) are paid from it, so the server counts the prompt as planned.
+            message = make_prompt(convo.message_words(item.prompt_tokens), item.request_id, self.seed)
         return self._target(stage, item, convo.prompt(message)), message

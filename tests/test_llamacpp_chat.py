@@ -1,0 +1,56 @@
+"""Chat prompts on a real engine: llama.cpp's server (its default ChatML template around every message) counts
+each prompt as long as loadgen planned it, a one-message request's and every turn of a session's alike."""
+
+from __future__ import annotations
+
+import duckdb
+
+from conftest import loadgen
+
+BOUND = 0.02  # |server's count / planned - 1|, request by request
+
+STAGES = """
+stages:
+  - name: one-message
+    requests: {prompt_tokens: {dist: uniform, min: 40, max: 300}, output_tokens: 4}
+    stop: {requests: 3}
+  - name: sessions
+    sessions: {turns: 4, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
+               system_prompts: {count: 2, tokens: 64}}
+    stop: {requests: 8}
+  - name: truncated
+    sessions: {turns: 6, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
+               system_prompts: {count: 1, tokens: 48}, max_context: 300, at_context_limit: truncate,
+               steady_state: true}
+    stop: {requests: 8}
+"""
+
+
+def test_chat_prompts_are_as_long_as_planned_as_the_server_counts_them(llamacpp, write, tmp_path):
+    """Sessions with a system prompt, turns resending the server's answers, turns dropped at the context limit
+    and sessions met partway (made-up turns): every prompt within 2% of its plan as the server counts it."""
+    w = write(
+        "w.yaml",
+        f"name: chat-lengths\nendpoint: {llamacpp}\napi: chat\nseed: 5\n"
+        "load: {arrival: closed, concurrency: 2}\n" + STAGES,
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db), "--server-metrics", "0", timeout=300)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    (note,) = con.execute("SELECT note FROM runs").fetchone()
+    assert "each further message" in note  # the template's tokens per message were calibrated
+    rows = con.execute(
+        "SELECT stage, session, turn, prompt_tokens, server_prompt_tokens, status FROM requests ORDER BY request_id"
+    ).fetchall()
+    assert {r[0] for r in rows} == {"one-message", "sessions", "truncated"}
+    assert all(r[5] == "ok" for r in rows), rows
+    off = [r for r in rows if abs(r[4] / r[3] - 1) > BOUND]
+    assert not off, f"(stage, session, turn, planned, counted, status) beyond {BOUND:.0%}: {off}"
+    # What the stages cover: sessions met partway (their first turn sent is not their first), and turns whose
+    # oldest turns left the context (a prompt shorter than the one before it).
+    covered = con.execute(
+        "SELECT bool_or(r.parent_request_id IS NULL AND r.turn > 1), bool_or(r.prompt_tokens < p.prompt_tokens) "
+        "FROM requests r LEFT JOIN requests p ON p.request_id = r.parent_request_id WHERE r.stage = 'truncated'"
+    ).fetchone()
+    assert covered == (True, True)
