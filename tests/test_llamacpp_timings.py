@@ -1,0 +1,184 @@
+"""The server's own account of each request, beside loadgen's, on a real engine (llama.cpp's server, the packaged
+Gemma-3-270M, 1 thread): its `timings` in the stream's last event are stored per request, its output count agrees
+three ways, TTFT contains its prefill time, and a session's later turns find their prefix in its cache.
+
+What the engine really sent is read by `Tee`, a byte relay between loadgen and the engine, in the runs that check
+counts; the runs that time TTFT go direct, so that no relay's delay is in the figures.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import duckdb
+import orjson
+import pytest
+
+from conftest import loadgen
+
+# TTFT - server_prefill_ms at concurrency 1: what the server does outside prompt_ms (parsing the request, applying
+# the chat template, tokenizing, sampling the first token, writing it) plus the loopback hop and loadgen's stamping.
+# Measured on a shared 2-core machine, 8 requests of 64 prompt tokens per run, four runs: completions median
+# 1.0-1.5 ms, max 3.5-8.7 ms; chat median 5.6-10.0 ms, max 16.9-20.9 ms (the template is applied before prompt_ms
+# starts). A first token missed would add a whole decode step (20-50 ms here) to every gap: the median bound
+# catches that; the max bound only gross stalls, since one request in eight may wait on the other tenants.
+GAP_MEDIAN_MS = 15.0
+GAP_MAX_MS = 50.0
+
+
+class Tee:
+    """A TCP relay in front of a server that keeps, in the order they arrive, the last event of every stream
+    (the one with `timings`): the engine's own words, as loadgen received them."""
+
+    def __init__(self, url: str):
+        up = urlsplit(url)
+        self.upstream = (up.hostname or "127.0.0.1", up.port or 80)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}{up.path}"
+        self.finals: list[dict] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, keep: bool) -> None:
+        seen = b""
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if keep:
+                    seen = self._keep(seen + data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _keep(self, seen: bytes) -> bytes:
+        """Keeps the complete `data:` events in `seen` that carry timings; returns what follows the last one."""
+        *events, rest = seen.split(b"\n\n")
+        for event in events:
+            line = event[event.find(b"data: {") :] if b"data: {" in event else b""
+            if b'"timings"' in line:  # chunked framing never splits a llama.cpp event: each is one chunk
+                with self.lock:
+                    self.finals.append(orjson.loads(line[6:]))
+        return rest
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@contextmanager
+def tee(url: str) -> Iterator[Tee]:
+    t = Tee(url)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def workload(write, endpoint: str, api: str, n: int, body: str) -> str:
+    return str(
+        write(
+            f"w-{api}.yaml",
+            f"name: timings-{api}\nendpoint: {endpoint}\napi: {api}\nseed: 3\n"
+            f"load: {{arrival: closed, concurrency: 1}}\n{body}stop: {{requests: {n}}}\n",
+        )
+    )
+
+
+def rows(db, sql: str) -> list[dict]:
+    con = duckdb.connect(str(db), read_only=True)
+    cur = con.execute(sql)
+    names = [d[0] for d in cur.description]
+    out = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    con.close()
+    return out
+
+
+def teed_run(engine: str, write, tmp_path, api: str, n: int, body: str) -> tuple[list[dict], list[dict]]:
+    """Runs the workload through a Tee to the engine: its rows in the order sent, and the last event of each
+    stream as the engine sent it (the same order at concurrency 1)."""
+    db = tmp_path / "r.duckdb"
+    with tee(engine) as t:
+        res = loadgen("run", workload(write, t.url, api, n, body), "--db", str(db), timeout=300)
+        finals = list(t.finals)
+    assert res.returncode == 0, res.stderr
+    got = rows(db, "SELECT * FROM requests ORDER BY sent_s")
+    assert {r["status"] for r in got} == {"ok"} and len(got) == n and len(finals) == n
+    return got, finals
+
+
+REQUESTS = "requests: {prompt_tokens: 64, output_tokens: 8}\n"
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_output_tokens_agree_with_usage_and_the_servers_timings(llamacpp, write, tmp_path, api):
+    """output_tokens = usage.completion_tokens = timings.predicted_n, request by request, and the stored server
+    times are the stream's own; at concurrency 1 the relay sees the streams in the order loadgen sent them."""
+    got, finals = teed_run(llamacpp, write, tmp_path, api, 4, REQUESTS)
+    for r, f in zip(got, finals, strict=True):
+        timings, usage = f["timings"], f["usage"]
+        assert r["output_tokens_source"] == "usage"
+        assert r["output_tokens"] == usage["completion_tokens"] == timings["predicted_n"] == 8
+        assert r["server_prompt_tokens"] == usage["prompt_tokens"] == timings["prompt_n"] + timings["cache_n"]
+        assert r["cached_tokens"] == timings["cache_n"]
+        assert (r["server_prefill_ms"], r["server_decode_ms"]) == (timings["prompt_ms"], timings["predicted_ms"])
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_ttft_contains_the_servers_prefill_and_little_else(llamacpp, write, tmp_path, api):
+    """At concurrency 1 nothing waits before prefill: TTFT is the server's prompt_ms plus its own handling, the
+    loopback and loadgen's stamping, a few milliseconds (GAP_MEDIAN_MS, GAP_MAX_MS)."""
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", workload(write, llamacpp, api, 8, REQUESTS), "--db", str(db), timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = rows(db, "SELECT ttft_ms, server_prefill_ms, server_decode_ms, tpot_ms FROM requests WHERE status = 'ok'")
+    assert len(got) == 8
+    gaps = sorted(r["ttft_ms"] - r["server_prefill_ms"] for r in got)
+    print(f"\n{api}: TTFT - server_prefill_ms median {statistics.median(gaps):.2f} ms, max {gaps[-1]:.2f} ms")
+    assert gaps[0] >= 0 and statistics.median(gaps) < GAP_MEDIAN_MS and gaps[-1] < GAP_MAX_MS, gaps
+
+
+SESSIONS = (
+    "sessions: {turns: 3, think_s: 0, user_tokens: 24, output_tokens: 12,\n"
+    "           system_prompts: {count: 1, tokens: 48}, max_context: 480}\n"
+)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_a_sessions_later_turns_are_cached_by_the_real_prefix_cache(llamacpp, write, tmp_path, api):
+    """cached_tokens is the engine's cache_n; from turn 2 on the engine holds the previous turn's prompt (the
+    conversation so far, resent as it was) but for its last few tokens: for a model with sliding-window attention,
+    as Gemma 3 has, llama.cpp goes back to a context checkpoint it took just before the end of the previous prompt
+    (measured: 5 tokens before, every turn) and reuses none of the answer's tokens."""
+    got, finals = teed_run(llamacpp, write, tmp_path, api, 6, SESSIONS)
+    for r, f in zip(got, finals, strict=True):
+        assert r["cached_tokens"] == f["timings"]["cache_n"] == f["usage"]["prompt_tokens_details"]["cached_tokens"]
+    by_id = {r["request_id"]: r for r in got}
+    for r in got:
+        if r["turn"] > 1:
+            parent = by_id[r["parent_request_id"]]
+            held = parent["server_prompt_tokens"]
+            assert held - 8 <= r["cached_tokens"] <= held, (r, parent)
+    # The cached share is of the prompt as the server counted it: a chat template's tokens are cached too, and
+    # the planned prompt_tokens leave them out (a share of those passed 1 on later turns).
+    share = sum(r["cached_tokens"] for r in got) / sum(r["server_prompt_tokens"] for r in got)
+    (summary,) = rows(tmp_path / "r.duckdb", "SELECT cached_share FROM summary")
+    assert summary["cached_share"] == pytest.approx(share) and share < 1
