@@ -101,6 +101,10 @@ def counts(alias: str = "") -> str:
     return f"{alias + '.' if alias else ''}status = 'ok' AND {measured(alias)}"
 
 
+# A request's prompt as the server counted it, where it said: a cached share is of that (a chat template's tokens,
+# which the planned prompt_tokens leave out, are cached too), else as planned.
+SERVER_PROMPT = "coalesce(server_prompt_tokens, prompt_tokens)"
+
 # A stage's span, over its measured requests: from its first send to its last stream's end.
 SPAN = "max(end_s) - min(sent_s)"
 
@@ -140,7 +144,7 @@ WITH gaps AS (
     count(*) FILTER (WHERE slo_ok) / nullif(count(*), 0) AS slo_share,
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
-        / nullif(sum(prompt_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
+        / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
     {SPAN} AS span_s
     FROM requests
     WHERE {measured()}
@@ -294,7 +298,7 @@ SESSIONS = f"""
 CREATE OR REPLACE VIEW sessions AS
 SELECT run_id, session, count(*) AS turns, max(end_s) - min(sent_s) AS total_s,
        list(CASE WHEN {counts()} THEN ttft_ms END ORDER BY turn, request_id) AS ttft_by_turn_ms,
-       sum(cached_tokens) / nullif(sum(prompt_tokens) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+       sum(cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
 FROM requests
 WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
