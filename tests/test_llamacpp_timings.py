@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import statistics
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -19,7 +20,8 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import loadgen
+from conftest import emulator_in_thread, loadgen
+from loadgen.spec.endpoint import EndpointSpec
 
 # TTFT - server_prefill_ms at concurrency 1: what the server does outside prompt_ms (parsing the request, applying
 # the chat template, tokenizing, sampling the first token, writing it) plus the loopback hop and loadgen's stamping.
@@ -182,3 +184,53 @@ def test_a_sessions_later_turns_are_cached_by_the_real_prefix_cache(llamacpp, wr
     share = sum(r["cached_tokens"] for r in got) / sum(r["server_prompt_tokens"] for r in got)
     (summary,) = rows(tmp_path / "r.duckdb", "SELECT cached_share FROM summary")
     assert summary["cached_share"] == pytest.approx(share) and share < 1
+
+
+def shape(stream: bytes) -> list[tuple]:
+    """What each event of a stream is, without its values (token events collapsed into one): the role event,
+    token events, the finish event, the usage event, and which of usage's and timings' keys it carries."""
+    out: list[tuple] = []
+    for line in stream.split(b"\n\n"):
+        if not line.startswith(b"data: "):
+            continue
+        if line == b"data: [DONE]":
+            out.append(("[DONE]",))
+            continue
+        event = orjson.loads(line[6:])
+        c = event["choices"][0] if event["choices"] else {}
+        delta = c.get("delta")
+        kind = (
+            "usage" if not c else "finish" if c["finish_reason"] else "role" if delta and "role" in delta else "token"
+        )
+        content = None if delta is None else delta.get("content", "absent")
+        said = tuple(sorted(event.get("usage", {}))), tuple(sorted(event.get("timings", {})))
+        sig = (kind, "delta" in c, content is None, *said)
+        if kind != "token" or not out or out[-1] != sig:
+            out.append(sig)
+    return out
+
+
+def post(url: str, path: str, body: dict) -> bytes:
+    req = urllib.request.Request(url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.read()
+
+
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/completions", {"prompt": "one two three four"}),
+        ("/chat/completions", {"messages": [{"role": "user", "content": "one two three four"}]}),
+        ("/chat/completions", {"messages": [{"role": "user", "content": "one two"}], "stream_options": None}),
+    ],
+)
+def test_the_emulators_llamacpp_shape_matches_the_real_engines_streams(llamacpp, path, extra):
+    """Event by event, the emulator in llama.cpp's shape sends what the engine sends: the same kinds of event in
+    the same order (chat's role event, tokens, the finish event, usage with timings), with the same keys."""
+    body = {"max_tokens": 4, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}, **extra}
+    body = {k: v for k, v in body.items() if v is not None}
+    endpoint = EndpointSpec.model_validate(
+        {"name": "e", "emulate": {"engine": "gpu", "hardware": "h100-sxm", "server": "llamacpp"}}
+    )
+    with emulator_in_thread(endpoint) as emulated:
+        assert shape(post(emulated, path, body)) == shape(post(llamacpp, path, body))
