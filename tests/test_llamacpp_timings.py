@@ -1,6 +1,7 @@
 """The server's own account of each request, beside loadgen's, on a real engine (llama.cpp's server, the packaged
 Gemma-3-270M, 1 thread): its `timings` in the stream's last event are stored per request, its output count agrees
-three ways, TTFT contains its prefill time, and a session's later turns find their prefix in its cache.
+three ways, TTFT contains its prefill time, its decode time is loadgen's token span, a session's later turns find
+their prefix in its cache, and the emulator in llama.cpp's shape sends the events the engine sends.
 
 What the engine really sent is read by `Tee`, a byte relay between loadgen and the engine, in the runs that check
 counts; the runs that time TTFT go direct, so that no relay's delay is in the figures.
