@@ -44,7 +44,9 @@ class RequestResult:
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None
     server_prompt_tokens: int | None = None
-    server_cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
+    cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
+    server_prefill_ms: float | None = None  # the server's own prefill time (llama.cpp's timings.prompt_ms)
+    server_decode_ms: float | None = None  # ... and decode time (timings.predicted_ms)
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
     session: int | None = None  # its conversation (a trace's first-turn chat_id), when it belongs to one

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import openai
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, loadgen, served
 from loadgen.emulator.engine import Seq, build
 from loadgen.emulator.prefix import PrefixCache, block_keys
 from loadgen.hardware import perf
@@ -283,6 +285,42 @@ def test_models_health_and_metrics(server):
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",
         "loadgen_emulator_step_release_error_ms",
+    }
+
+
+def test_an_emulator_in_llamacpps_shape_is_detected_and_its_timings_stored_as_the_real_engines(write, tmp_path):
+    """`emulate: {server: llamacpp}` speaks llama.cpp's shape: given only its URL, loadgen detects the family from
+    GET /props, and stores the emulated engine's own timings per request as it stores the real engine's
+    (test_llamacpp_timings.py); its /metrics has llama.cpp's names."""
+    ep = write("ep.yaml", "name: emu-lc\nemulate: {engine: gpu, hardware: h100-sxm, server: llamacpp}\n")
+    db = tmp_path / "r.duckdb"
+    with served(ep) as url:
+        w = write(
+            "w.yaml",
+            f"name: emu-lc\nendpoint: {url}\napi: chat\nload: {{arrival: closed, concurrency: 1}}\n"
+            "requests: {prompt_tokens: 64, output_tokens: 8}\nstop: {requests: 4}\n",
+        )
+        res = loadgen("run", str(w), "--db", str(db))
+        text = urllib.request.urlopen(url.removesuffix("/v1") + "/metrics").read().decode()
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    endpoint = json.loads(con.execute("SELECT spec FROM runs").fetchone()[0])["endpoint"]
+    assert (endpoint["server"], endpoint["detected"]["server"]) == ("llamacpp", "GET /props")
+    rows = con.execute(
+        "SELECT status, output_tokens, ttft_ms, server_prefill_ms, (last_token_s - first_token_s) * 1000, "
+        "server_decode_ms FROM requests"
+    ).fetchall()
+    assert len(rows) == 4
+    for status, output, ttft, prefill, decode_span, decode in rows:
+        assert (status, output) == ("ok", 8) and 0 < prefill <= ttft, rows
+        assert decode == pytest.approx(decode_span, abs=5.0), rows  # the server's and loadgen's clocks agree
+    names = {name for _, name, _, _ in parse(text, 0.0)}
+    assert names >= {
+        "llamacpp:prompt_tokens_total",
+        "llamacpp:prompt_tokens_cached_total",
+        "llamacpp:tokens_predicted_total",
+        "llamacpp:requests_processing",
+        "llamacpp:requests_deferred",
     }
 
 

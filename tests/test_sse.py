@@ -73,6 +73,21 @@ def test_completions_text_and_usage_only_events():
     assert read_chunk(b"[DONE]").done
 
 
+def test_llamacpp_timings_give_the_servers_own_prefill_and_decode_times():
+    """llama.cpp's last event (chat: after the finish event, with `choices: []`; without usage asked for: in the
+    finish event itself) carries its own per-request times; a server without them leaves them unknown."""
+    last = (
+        b'{"choices":[],"usage":{"completion_tokens":5,"prompt_tokens":8,"prompt_tokens_details":{"cached_tokens":3}},'
+        b'"timings":{"cache_n":3,"prompt_n":5,"prompt_ms":74.6,"predicted_n":5,"predicted_ms":79}}'
+    )
+    c = read_chunk(last)
+    assert (c.completion_tokens, c.prompt_tokens, c.cached_tokens) == (5, 8, 3)
+    assert (c.prefill_ms, c.decode_ms) == (74.6, 79.0)
+    finish = b'{"choices":[{"delta":{},"finish_reason":"length"}],"timings":{"prompt_ms":12.5,"predicted_ms":null}}'
+    assert (read_chunk(finish).prefill_ms, read_chunk(finish).decode_ms) == (12.5, None)
+    assert (read_chunk(EXPECTED[3]).prefill_ms, read_chunk(EXPECTED[3]).decode_ms) == (None, None)
+
+
 @pytest.mark.parametrize(
     "payload,reason",
     [

@@ -65,15 +65,44 @@ def test_a_database_from_an_older_loadgen_reads_with_the_current_views(tmp_path)
     db = tmp_path / "old.duckdb"
     store = _written(db)
     # As an older loadgen wrote it: without the columns and the table added since.
-    for column in ("worker", "cached_tokens", "session", "turn", "parent_request_id"):
+    for column in ("worker", "cached_tokens", "session", "turn", "parent_request_id", "server_prefill_ms"):
         store.con.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    store.con.execute("ALTER TABLE events DROP COLUMN itl_ms")
     store.con.execute("DROP TABLE workers")
     store.close()
     with reading(db) as con:
         assert con.execute("SELECT requests, cached_share FROM summary").fetchall() == [(1, None)]
-        assert con.execute("SELECT worker, cached_tokens, session FROM requests").fetchall() == [(0, None, None)]
+        got = con.execute("SELECT worker, cached_tokens, session, server_prefill_ms FROM requests").fetchall()
+        assert got == [(0, None, None, None)]
+        assert con.execute("SELECT itl_p50_ms FROM summary").fetchall() == [(None,)]
         assert con.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM workers").fetchone() == (0,)
+
+
+def test_a_database_from_an_older_loadgen_gains_the_new_columns_when_written_again(tmp_path):
+    """Opening an older database to write: the columns added since are added (old rows read NULL, or the
+    default), and the new run's rows fill them."""
+    db = tmp_path / "old.duckdb"
+    store = _written(db)
+    for column in ("worker", "cached_tokens", "server_prefill_ms", "server_decode_ms"):
+        store.con.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    store.con.execute("ALTER TABLE events DROP COLUMN itl_ms")
+    store.close()
+    store = Store(db)
+    r = RequestResult(
+        request_id=0, stage="s", scheduled_s=0.0, sent_s=0.0, prompt_tokens=16, max_tokens=2, end_s=0.5,
+        event_times=[0.2, 0.3], event_tokens=[1, 1], cached_tokens=8, server_prefill_ms=150.0, server_decode_ms=90.0,
+    )  # fmt: skip
+    store.begin_run("r2", "w", "ep", {"workload": {}}, [_stage()])
+    store.write("r2", [(r, derive(r, SloSpec()))])
+    store.close()
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT run_id, worker, cached_tokens, server_prefill_ms, server_decode_ms FROM requests ORDER BY 1"
+    ).fetchall()
+    assert rows == [("r", 0, None, None, None), ("r2", 0, 8, 150.0, 90.0)]
+    itl = con.execute("SELECT run_id, itl_ms FROM events WHERE idx = 1 ORDER BY 1").fetchall()
+    assert itl == [("r", None), ("r2", pytest.approx(100.0))]
 
 
 def test_geventhttpclient_keeps_its_parsed_body_buffer_and_socket_where_the_client_reads_them():

@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
 import gevent
@@ -42,7 +42,8 @@ class Failed(Exception):
 
 @dataclass(slots=True)
 class _Received:
-    """What the server sent back, gathered while the stream is read."""
+    """What the server sent back, gathered while the stream is read. Every field but `end_s` is the
+    `RequestResult` field of the same name (Attempt.result copies them by name)."""
 
     text_parts: list[str] | None
     http_status: int | None = None
@@ -51,8 +52,13 @@ class _Received:
     event_tokens: list[int] = field(default_factory=list)
     usage_completion_tokens: int | None = None
     server_prompt_tokens: int | None = None
-    server_cached_tokens: int | None = None
+    cached_tokens: int | None = None
+    server_prefill_ms: float | None = None
+    server_decode_ms: float | None = None
     end_s: float | None = None
+
+
+_RECEIVED = tuple(f.name for f in fields(_Received) if f.name != "end_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +91,8 @@ class Attempt:
             status="ok" if failure is None else ("interrupted" if failure.kind == "interrupted" else "error"),
             error=None if failure is None else failure.kind,
             error_detail=None if failure is None else failure.detail,
-            http_status=got.http_status,
             retries=self.retries,
-            retry_after_s=got.retry_after_s,
-            event_times=got.event_times,
-            event_tokens=got.event_tokens,
-            usage_completion_tokens=got.usage_completion_tokens,
-            server_prompt_tokens=got.server_prompt_tokens,
-            server_cached_tokens=got.server_cached_tokens,
-            text_parts=got.text_parts,
+            **{name: getattr(got, name) for name in _RECEIVED},
         )
 
 
@@ -316,7 +315,11 @@ class StreamClient:
                 if c.prompt_tokens is not None:
                     got.server_prompt_tokens = c.prompt_tokens
                 if c.cached_tokens is not None:
-                    got.server_cached_tokens = c.cached_tokens
+                    got.cached_tokens = c.cached_tokens
+                if c.prefill_ms is not None:
+                    got.server_prefill_ms = c.prefill_ms
+                if c.decode_ms is not None:
+                    got.server_decode_ms = c.decode_ms
             if kernel:  # several output events in one late read may have arrived apart: bound that error
                 self.delays.add(read_at - arrived if len(times) - had > 1 else 0.0)
             if not chunk:

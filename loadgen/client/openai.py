@@ -17,6 +17,8 @@ class Chunk:
     completion_tokens: int | None = None  # usage.completion_tokens, when present
     prompt_tokens: int | None = None  # usage.prompt_tokens, when present
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
+    prefill_ms: float | None = None  # timings.prompt_ms: the server's own prefill time (llama.cpp)
+    decode_ms: float | None = None  # timings.predicted_ms: its own decode time
     done: bool = False  # the [DONE] sentinel
     error: str | None = None  # a short reason when the payload is malformed or reports an error
     error_kind: ErrorKind | None = None  # malformed (not what the API sends) | stream_error (the server's error)
@@ -55,7 +57,14 @@ def read_chunk(payload: bytes) -> Chunk:
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         out.cached_tokens = cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+    timings = obj.get("timings")  # llama.cpp's own account, in the last event (with usage, or without it)
+    if isinstance(timings, dict):
+        out.prefill_ms, out.decode_ms = _number(timings.get("prompt_ms")), _number(timings.get("predicted_ms"))
     return out
+
+
+def _number(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
 def error_message(body: bytes) -> str:

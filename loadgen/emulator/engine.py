@@ -10,6 +10,7 @@ the scheduler sleeps until the step ends, and the step's tokens are released tog
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class Seq:
         "keys",
         "answer_keys",
         "cached",
+        "prefill_start_s",
+        "first_token_s",
+        "last_token_s",
         "on_tokens",
         "_waiter",
     )
@@ -53,12 +57,20 @@ class Seq:
         self.done = False
         self.cancelled = False  # the client went away
         self.prefill_s = 0.0  # time spent in steps that prefilled it (for layer-wise KV transfer)
+        # On the engine's clock (the event loop's, time.monotonic): the start of the first step that prefilled it,
+        # and when its first and last tokens were released, for llama.cpp's per-request timings (shapes.py).
+        self.prefill_start_s: float | None = None
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
         # When set, released tokens are handed over at once, within the step's release, instead of waking a
         # waiting handler: the fast path, one call per token instead of a task switch.
         self.on_tokens: Callable[[int], None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def release(self, n: int = 1) -> None:
+        self.last_token_s = time.monotonic()
+        if self.first_token_s is None:
+            self.first_token_s = self.last_token_s
         if self.on_tokens is not None:
             self.on_tokens(n)
         else:
@@ -154,6 +166,9 @@ class Engine:
             # Back-to-back steps start where the last one ended, so neither timer lateness nor the emulator's own
             # work between steps (which the model's per-step overhead already stands for) accumulates.
             end = t + step.duration_s
+            for q, _ in step.prefill:
+                if q.prefill_start_s is None:
+                    q.prefill_start_s = t
             await sleep_until(loop, end)
             self.errors.add(loop.time() - end)
             self.steps_total += 1

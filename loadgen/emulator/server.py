@@ -1,5 +1,6 @@
 """The emulator's HTTP server (aiohttp): OpenAI-compatible completions and chat completions, streaming or not,
-timed by an engine (engine.py); plus /v1/models, /health and Prometheus-style /metrics."""
+timed by an engine (engine.py); plus /v1/models, /health and Prometheus-style /metrics; in the shape of vLLM or of
+llama.cpp (shapes.py; llama.cpp's also answers GET /props)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from loadgen.emulator import shapes
 from loadgen.emulator.engine import Backend, Seq, build, engines
 from loadgen.emulator.prefix import block_keys
+from loadgen.emulator.shapes import OUTPUT_WORDS, EventBytes
 from loadgen.spec.endpoint import EndpointSpec
-
-OUTPUT_WORDS = (" the", " model", " says", " hello", " and", " then", " more", " words")
-
 
 _ANSWER_WORDS = [w.strip() for w in OUTPUT_WORDS]
 
@@ -89,6 +89,7 @@ class Emulator:
         assert endpoint.emulate is not None
         self.endpoint = endpoint
         self.spec = endpoint.emulate
+        self.family = self.spec.server
         self.model_cfg = self.spec.model_profile()
         self.model = endpoint.model or self.spec.model  # the name it serves: the file's, or the profile's
         self.backend: Backend = build(self.spec)
@@ -105,6 +106,8 @@ class Emulator:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        if self.family == "llamacpp":
+            app.router.add_get("/props", self.props)
 
         async def on_startup(_: web.Application) -> None:
             self.backend.start()
@@ -119,7 +122,7 @@ class Emulator:
         card = {
             "id": self.model,
             "object": "model",
-            "owned_by": "loadgen",
+            "owned_by": "llamacpp" if self.family == "llamacpp" else "loadgen",
             "max_model_len": self.model_cfg.max_context,
         }
         return web.Response(body=orjson.dumps({"object": "list", "data": [card]}), content_type="application/json")
@@ -127,32 +130,15 @@ class Emulator:
     async def metrics(self, _: web.Request) -> web.Response:
         es = engines(self.backend)
         errors = [e.errors for e in es]
-        # (name, type, help, value): vLLM V1's names where vLLM has the figure (vllm/v1/metrics/loggers.py).
-        families: list[tuple[str, str, str, str]] = [
-            ("vllm:num_requests_running", "gauge", "Requests in the running batch.", f"{sum(e.running for e in es)}"),
-            ("vllm:num_requests_waiting", "gauge", "Requests waiting.", f"{sum(e.waiting for e in es)}"),
-            ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 1 is full.", f"{max(e.kv_usage() for e in es):.6f}"),
-            ("vllm:prompt_tokens", "counter", "Prefill tokens.", f"{sum(e.prompt_tokens_total for e in es)}"),
-            ("vllm:generation_tokens", "counter", "Generation tokens.", f"{es[-1].generation_tokens_total}"),
-            (
-                "vllm:prefix_cache_queries",
-                "counter",
-                "Prefix-cache queried tokens.",
-                f"{sum(c.queried_tokens for c in self.caches)}",
-            ),
-            (
-                "vllm:prefix_cache_hits",
-                "counter",
-                "Prefix-cache hit tokens.",
-                f"{sum(c.hit_tokens for c in self.caches)}",
-            ),
-            ("loadgen_emulator_requests", "counter", "Requests accepted.", f"{self.requests_total}"),
-            ("loadgen_emulator_steps", "counter", "Engine steps.", f"{sum(e.steps_total for e in es)}"),
+        own = [
+            ("loadgen_emulator_requests_total", "counter", "Requests accepted.", f"{self.requests_total}"),
+            ("loadgen_emulator_steps_total", "counter", "Engine steps.", f"{sum(e.steps_total for e in es)}"),
         ]
         lines = []
-        for name, kind, about, value in families:
-            sample = f"{name}_total" if kind == "counter" else name
-            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{sample} {value}"]
+        for name, kind, about, value in self._families(es) + own:
+            # Prometheus' own clients (vLLM's) declare a counter without its _total; llama.cpp's server with it.
+            meta = name.removesuffix("_total") if kind == "counter" and self.family == "vllm" else name
+            lines += [f"# HELP {meta} {about}", f"# TYPE {meta} {kind}", f"{name} {value}"]
         p50, p99 = (max(x.pct(q) for x in errors) for q in (50, 99))
         lines += [
             "# HELP loadgen_emulator_step_release_error_ms How late engine steps released their tokens.",
@@ -161,6 +147,47 @@ class Emulator:
             f'loadgen_emulator_step_release_error_ms{{quantile="0.99"}} {p99:.4f}',
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    def _families(self, es: list) -> list[tuple[str, str, str, str]]:
+        """(sample name, type, help, value) in the family's names where it has the figure: vLLM V1's
+        (vllm/v1/metrics/loggers.py), or llama.cpp's server's (tools/server, GET /metrics; its help texts)."""
+        running, waiting = f"{sum(e.running for e in es)}", f"{sum(e.waiting for e in es)}"
+        computed = f"{sum(e.prompt_tokens_total for e in es)}"  # prompt tokens prefilled: cached ones excluded
+        hits, generated = f"{sum(c.hit_tokens for c in self.caches)}", f"{es[-1].generation_tokens_total}"
+        if self.family == "llamacpp":
+            return [
+                ("llamacpp:prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached "
+                 "tokens", computed),
+                ("llamacpp:prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache",
+                 hits),
+                ("llamacpp:tokens_predicted_total", "counter", "Number of generation tokens processed", generated),
+                ("llamacpp:requests_processing", "gauge", "Number of requests processing", running),
+                ("llamacpp:requests_deferred", "gauge", "Number of requests deferred", waiting),
+            ]  # fmt: skip
+        return [
+            ("vllm:num_requests_running", "gauge", "Requests in the running batch.", running),
+            ("vllm:num_requests_waiting", "gauge", "Requests waiting.", waiting),
+            ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 1 is full.", f"{max(e.kv_usage() for e in es):.6f}"),
+            ("vllm:prompt_tokens_total", "counter", "Prefill tokens.", computed),
+            ("vllm:generation_tokens_total", "counter", "Generation tokens.", generated),
+            ("vllm:prefix_cache_queries_total", "counter", "Prefix-cache queried tokens.",
+             f"{sum(c.queried_tokens for c in self.caches)}"),
+            ("vllm:prefix_cache_hits_total", "counter", "Prefix-cache hit tokens.", hits),
+        ]  # fmt: skip
+
+    async def props(self, _: web.Request) -> web.Response:
+        """llama.cpp's GET /props, with the keys loadgen (target/identify.py) and llama.cpp's clients read: its
+        generation defaults and context (llama.cpp's is per slot; here the model's), and its slots (here the
+        engine's sequences at most)."""
+        slots = self.spec.serving.max_num_seqs
+        body = {
+            "default_generation_settings": {"n_ctx": self.model_cfg.max_context, "params": {"n_predict": -1}},
+            "total_slots": slots,
+            "model_alias": self.model,
+            "model_path": f"{self.model}.gguf",
+            "build_info": "loadgen emulator",
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=True)
@@ -250,32 +277,26 @@ class Emulator:
             if not body.get("stream"):
                 while await seq.take():
                     pass
-                return self._whole(head, chat, target, finish, self._usage(seq))
+                return self._whole(head, chat, target, finish, seq)
             return await self._stream(request, body, head, chat, seq, finish, fault)
         finally:
             if not seq.done:
                 seq.cancelled = True  # the client went away: the engine frees its place
 
     def _usage(self, seq: Seq) -> dict[str, Any]:
-        """The usage object, once the request is done: with the prompt tokens the prefix cache held, as OpenAI and
-        vLLM report them, where the engine keeps a prefix cache."""
-        usage: dict[str, Any] = {
-            "prompt_tokens": seq.prompt,
-            "completion_tokens": seq.target,
-            "total_tokens": seq.prompt + seq.target,
-        }
-        if self.block:
-            usage["prompt_tokens_details"] = {"cached_tokens": seq.cached}
-        return usage
+        return shapes.usage(self.family, seq, caches=bool(self.block))
 
-    def _whole(self, head: dict, chat: bool, n: int, finish: str, usage: dict) -> web.Response:
+    def _whole(self, head: dict, chat: bool, n: int, finish: str, seq: Seq) -> web.Response:
         text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        out = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
+        out = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [choice]}
+        out["usage"] = self._usage(seq)
+        if self.family == "llamacpp":
+            out["timings"] = shapes.timings(seq)
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def _stream(
@@ -291,10 +312,11 @@ class Emulator:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        events = _EventBytes(head, chat, finish, seq.target)
-        # The first write goes through aiohttp, which sends the headers with it. Like vLLM, a chat stream opens
-        # with a role-only event that carries no text; a completions stream opens with an SSE comment.
-        await resp.write(events.opening())
+        events = EventBytes(self.family, head, chat, finish, seq.target)
+        # The headers went out with prepare(); the first body bytes go through aiohttp, later ones straight to the
+        # transport (_stream_fast). vLLM's shape opens with a role-only chat event, or an SSE comment.
+        if opening := events.opening():
+            await resp.write(opening)
         if fault is None:
             await self._stream_fast(request, seq, events)
             if seq.cancelled:  # the client went away mid-stream
@@ -304,14 +326,15 @@ class Emulator:
             if fault == "drop":
                 return resp
         opts = body.get("stream_options")
-        tail = b"data: " + orjson.dumps({**head, "choices": [], "usage": self._usage(seq)}) + b"\n\n"
-        if not (isinstance(opts, dict) and opts.get("include_usage")) or self.spec.faults.omit_stream_usage:
-            tail = b""
-        await resp.write(tail + b"data: [DONE]\n\n")
+        # llama.cpp's completions streams send usage whether asked or not; chat streams, as vLLM's, only if asked.
+        asked = (isinstance(opts, dict) and bool(opts.get("include_usage"))) or (self.family == "llamacpp" and not chat)
+        usage = self._usage(seq) if asked and not self.spec.faults.omit_stream_usage else None
+        timings = shapes.timings(seq) if self.family == "llamacpp" else None
+        await resp.write(events.closing(usage, timings) + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
-    async def _stream_fast(self, request: web.Request, seq: Seq, events: _EventBytes) -> None:
+    async def _stream_fast(self, request: web.Request, seq: Seq, events: EventBytes) -> None:
         """Tokens are written to the connection as the engine releases them, framed as HTTP chunks here."""
         transport = request.transport
         sent = 0
@@ -329,7 +352,7 @@ class Emulator:
         await seq.finished()
 
     async def _stream_faulty(
-        self, request: web.Request, resp: web.StreamResponse, seq: Seq, events: _EventBytes, fault: str
+        self, request: web.Request, resp: web.StreamResponse, seq: Seq, events: EventBytes, fault: str
     ) -> None:
         """The same stream, token by token from a waiting handler, with the fault knobs applied."""
         f = self.spec.faults
@@ -350,34 +373,6 @@ class Emulator:
                 assert request.transport is not None
                 request.transport.abort()  # the connection drops mid-stream, with no chunked terminator
                 return
-
-
-class _EventBytes:
-    """The SSE events of one response, built once per word: each token then costs a lookup, not a JSON dump."""
-
-    def __init__(self, head: dict, chat: bool, finish: str, target: int):
-        self.head, self.chat, self.target = head, chat, target
-        prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
-        key = b'"delta":{"content":' if chat else b'"text":'
-        close = b"}" if chat else b""
-        self.mid = [prefix + key + orjson.dumps(w) + close + b',"finish_reason":null}]}\n\n' for w in OUTPUT_WORDS]
-        self.last = [
-            prefix + key + orjson.dumps(w) + close + b',"finish_reason":"' + finish.encode() + b'"}]}\n\n'
-            for w in OUTPUT_WORDS
-        ]
-
-    def opening(self) -> bytes:
-        if not self.chat:
-            return b": stream\n\n"
-        role = {
-            **self.head,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        }
-        return b"data: " + orjson.dumps(role) + b"\n\n"
-
-    def tokens(self, start: int, n: int) -> bytes:
-        k = len(OUTPUT_WORDS)
-        return b"".join((self.last if i == self.target - 1 else self.mid)[i % k] for i in range(start, start + n))
 
 
 def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from loadgen.store.schema import counts  # noqa: E402
+from loadgen.store.schema import SERVER_PROMPT, counts  # noqa: E402
 
 DPI = 110
 
@@ -168,7 +168,7 @@ def prefix_reuse(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     requests belong to conversations: TTFT against turn (p50 line, band to p90)."""
     paths = []
     rows = con.execute(
-        "SELECT ru.endpoint, list(r.cached_tokens / r.prompt_tokens ORDER BY r.request_id), "
+        f"SELECT ru.endpoint, list(r.cached_tokens / {SERVER_PROMPT} ORDER BY r.request_id), "
         "list(r.ttft_ms ORDER BY r.request_id) FROM requests r JOIN runs ru USING (run_id) "
         f"WHERE {counts('r')} AND r.cached_tokens IS NOT NULL AND r.ttft_ms IS NOT NULL GROUP BY 1 "
         "HAVING max(r.cached_tokens) > 0 ORDER BY 1"

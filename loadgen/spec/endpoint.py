@@ -87,6 +87,9 @@ class EmulateSpec(Strict):
     """The emulator's performance model: one engine (gpu, groq) or a disaggregated prefill/decode pair."""
 
     engine: Literal["gpu", "groq", "disaggregated"]
+    # The server family whose API shape it speaks: its streams' events, usage and timings, /metrics names and
+    # routes (emulator/shapes.py). The engine's timing is the same under both.
+    server: Literal["vllm", "llamacpp"] = "vllm"
     model: str = "llama-2-7b"
     hardware: str | None = None  # gpu / groq: the profile
     hardware_overrides: dict[str, Any] = Field(default_factory=dict)
@@ -179,7 +182,9 @@ class EndpointSpec(Strict):
         """The family as the file says, or as loadgen knows it because it starts the server itself."""
         if self.server is not None:
             return self.server
-        return "emulator" if self.emulate is not None else "llamacpp" if self.launch is not None else None
+        if self.emulate is not None:  # an emulator in vLLM's shape is the emulator; in another, that family
+            return "emulator" if self.emulate.server == "vllm" else self.emulate.server
+        return "llamacpp" if self.launch is not None else None
 
     @property
     def started(self) -> bool:

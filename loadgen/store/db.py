@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +27,34 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# A requests row is the column's namesake: a derived metric (metrics.Derived), else the result's field or property.
+_DERIVED = {f.name for f in dataclasses.fields(Derived)}
+_UNFILLED = [n for n, _ in schema.REQUEST_COLUMNS[1:] if n not in _DERIVED and not hasattr(RequestResult, n)]
+assert not _UNFILLED, f"requests columns with no RequestResult or Derived namesake: {_UNFILLED}"
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    """The columns `table` has in the connection's database."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' AND table_name = ?",
+        [table],
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path))
-            for ddl in schema.ALL:
+            for ddl in schema.TABLES:
+                self.con.execute(ddl)
+            for table in schema.COLUMNS:  # a database an older loadgen wrote gains the columns added since
+                for name, kind in schema.added_columns(table, _columns(self.con, table)):
+                    self.con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            for ddl in schema.VIEWS:
                 self.con.execute(ddl)
             self.con.execute("DELETE FROM server_metric_names")  # this loadgen's names
             self.con.executemany("INSERT INTO server_metric_names VALUES (?, ?, ?, ?)", list(NAMES))
@@ -140,39 +162,8 @@ class Store:
         ev_t: list[float] = []
         ev_tok: list[int] = []
         for r, d in batch:
-            row = {
-                "request_id": r.request_id,
-                "stage": r.stage,
-                "warmup": r.warmup,
-                "scheduled_s": r.scheduled_s,
-                "sent_s": r.sent_s,
-                "first_token_s": r.first_token_s,
-                "last_token_s": r.last_token_s,
-                "end_s": r.end_s,
-                "prompt_tokens": r.prompt_tokens,
-                "max_tokens": r.max_tokens,
-                "output_tokens": r.output_tokens,
-                "output_tokens_source": r.output_tokens_source,
-                "server_prompt_tokens": r.server_prompt_tokens,
-                "lag_ms": d.lag_ms,
-                "ttft_ms": d.ttft_ms,
-                "ttft_sched_ms": d.ttft_sched_ms,
-                "tpot_ms": d.tpot_ms,
-                "e2e_ms": d.e2e_ms,
-                "slo_ok": d.slo_ok,
-                "status": r.status,
-                "error": r.error,
-                "error_detail": r.error_detail,
-                "http_status": r.http_status,
-                "retries": r.retries,
-                "worker": r.worker,
-                "cached_tokens": r.server_cached_tokens,
-                "session": r.session,
-                "turn": r.turn,
-                "parent_request_id": r.parent_request_id,
-            }
             for name, values in cols.items():
-                values.append(row[name])
+                values.append(getattr(d if name in _DERIVED else r, name))
             n = len(r.event_times)
             ev_req.extend([r.request_id] * n)
             ev_idx.extend(range(n))

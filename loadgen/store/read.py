@@ -51,11 +51,11 @@ def _upgrade(con: duckdb.DuckDBPyConnection) -> None:
         [db],
     ).fetchall():
         have.setdefault(table, set()).add(column)
-    if "requests" in have:
-        missing = [(name, kind) for name, kind in schema.REQUEST_COLUMNS if name not in have["requests"]]
+    for table in schema.COLUMNS:
+        missing = schema.added_columns(table, have[table]) if table in have else []
         if missing:
             extra = ", ".join(f"{_default(kind)} AS {name}" for name, kind in missing)
-            con.execute(f'CREATE TEMP VIEW requests AS SELECT *, {extra} FROM "{db}".main.requests')
+            con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
     if "stages" in have and "ended" not in have["stages"]:
         con.execute(f'CREATE TEMP VIEW stages AS SELECT *, NULL::VARCHAR AS ended FROM "{db}".main.stages')
     for table, ddl in (

@@ -46,20 +46,14 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session", "BIGINT"),  # its conversation (a trace's first-turn chat_id), when it belongs to one
     ("turn", "INTEGER"),  # its turn in the conversation (1: the first)
     ("parent_request_id", "BIGINT"),  # the request whose answer it follows
+    ("server_prefill_ms", "DOUBLE"),  # the server's own prefill time (llama.cpp timings.prompt_ms), else NULL
+    ("server_decode_ms", "DOUBLE"),  # its own decode time (timings.predicted_ms), else NULL
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in REQUEST_COLUMNS)
 )
 
-# Databases written before these columns gain them (their rows: worker 0, cached_tokens unknown).
-REQUESTS_WORKER = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS worker INTEGER DEFAULT 0"
-REQUESTS_CACHED = "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_tokens INTEGER"
-REQUESTS_SESSIONS = (
-    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS session BIGINT; "
-    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS turn INTEGER; "
-    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS parent_request_id BIGINT"
-)
 
 # One row per run and load-generating process: where its clock sat on the run's timeline and how well its own
 # timing held. A single-process run has one row, worker 0, at offset 0.
@@ -86,8 +80,15 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 EVENTS = "CREATE TABLE IF NOT EXISTS events ({})".format(", ".join(f"{name} {kind}" for name, kind in EVENT_COLUMNS))
-# Databases written before inter-token latency was stored: their events have none (NULL), so no ITL figures.
-EVENTS_ITL = "ALTER TABLE events ADD COLUMN IF NOT EXISTS itl_ms DOUBLE"
+
+# The tables whose columns are declared above: a database written before a column was added gains it, as ALTERs
+# derived from the declaration (its old rows read the default, or NULL), so a new column is one line above.
+COLUMNS = {"requests": REQUEST_COLUMNS, "events": EVENT_COLUMNS}
+
+
+def added_columns(table: str, have: set[str]) -> list[tuple[str, str]]:
+    """The declared columns of `table` that a database's table lacks (`have`: the columns it has)."""
+    return [(name, kind) for name, kind in COLUMNS[table] if name not in have]
 
 
 def measured(alias: str = "") -> str:
@@ -99,6 +100,10 @@ def counts(alias: str = "") -> str:
     """The requests that count in every aggregate of latencies and tokens: measured, and ok."""
     return f"{alias + '.' if alias else ''}status = 'ok' AND {measured(alias)}"
 
+
+# A request's prompt as the server counted it, where it said: a cached share is of that (a chat template's tokens,
+# which the planned prompt_tokens leave out, are cached too), else as planned.
+SERVER_PROMPT = "coalesce(server_prompt_tokens, prompt_tokens)"
 
 # A stage's span, over its measured requests: from its first send to its last stream's end.
 SPAN = "max(end_s) - min(sent_s)"
@@ -139,7 +144,7 @@ WITH gaps AS (
     count(*) FILTER (WHERE slo_ok) / nullif(count(*), 0) AS slo_share,
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
-        / nullif(sum(prompt_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
+        / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
     {SPAN} AS span_s
     FROM requests
     WHERE {measured()}
@@ -293,7 +298,7 @@ SESSIONS = f"""
 CREATE OR REPLACE VIEW sessions AS
 SELECT run_id, session, count(*) AS turns, max(end_s) - min(sent_s) AS total_s,
        list(CASE WHEN {counts()} THEN ttft_ms END ORDER BY turn, request_id) AS ttft_by_turn_ms,
-       sum(cached_tokens) / nullif(sum(prompt_tokens) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+       sum(cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
 FROM requests
 WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
@@ -403,22 +408,9 @@ VIEWS = (
     TRIAL_LOADS,
     CAPACITY,
 )
-ALL = (
-    RUNS,
-    REQUESTS,
-    REQUESTS_WORKER,
-    REQUESTS_CACHED,
-    REQUESTS_SESSIONS,
-    EVENTS,
-    EVENTS_ITL,
-    STAGES,
-    STAGES_ENDED,
-    TRIALS,
-    WORKERS,
-    SERVER_METRICS,
-    SERVER_METRIC_NAMES,
-    *VIEWS,
-)
+# Created in this order; a writer adds the columns `added_columns` names between the tables and the views.
+TABLES = (RUNS, REQUESTS, EVENTS, STAGES, STAGES_ENDED, TRIALS, WORKERS, SERVER_METRICS, SERVER_METRIC_NAMES)
+ALL = (*TABLES, *VIEWS)
 
 
 def names(kind: str) -> list[str]:
