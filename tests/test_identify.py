@@ -1,0 +1,75 @@
+"""Which server and which model a run speaks to, where the endpoint file does not say: detected, or said."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from conftest import FAST_ENDPOINT, emulator_in_thread, loadgen
+from loadgen.spec.endpoint import EndpointSpec
+from loadgen.target.identify import identify
+from loadgen.target.probe import Endpoint
+
+EMULATED = EndpointSpec.model_validate(
+    {"name": "e", "emulate": {"engine": "gpu", "hardware": "h100-sxm", "hardware_overrides": {"overhead_ms": 0.2}}}
+)
+
+
+def models_answer(*cards: dict):
+    """A middleware that answers GET /v1/models with these model cards (a server of another family, or several
+    models)."""
+
+    @web.middleware
+    async def answer(request, handler):
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": list(cards)})
+        return await handler(request)
+
+    return answer
+
+
+def test_a_server_that_does_not_say_gets_vllms_options_with_a_note():
+    with emulator_in_thread(EMULATED, models_answer({"id": "llama-2-7b", "owned_by": "someone"})) as url:
+        found = identify(Endpoint(base_url=url, headers={}, server="vllm", model=""), None, None)
+    assert (found.server, found.model) == ("vllm", "llama-2-7b")
+    assert found.detected == {"server": "assumed", "model": "GET /v1/models"}
+    assert found.notes == ["the server did not say which it is: vllm's request options were assumed"]
+
+
+def test_the_emulator_says_what_it_is_and_a_named_model_is_not_asked_for():
+    with emulator_in_thread(EMULATED) as url:
+        found = identify(Endpoint(base_url=url, headers={}, server="vllm", model=""), None, None)
+        named = identify(Endpoint(base_url=url, headers={}, server="vllm", model=""), "sglang", "mine")
+    assert (found.server, found.model, found.detected["server"]) == (
+        "emulator",
+        "llama-2-7b",
+        "GET /v1/models owned_by",
+    )
+    assert (named.server, named.model, named.detected, named.notes) == ("sglang", "mine", {}, [])
+
+
+def test_several_models_and_no_model_named_fail_fast_with_the_list(write, tmp_path):
+    cards = ({"id": "model-a", "owned_by": "vllm"}, {"id": "model-b", "owned_by": "vllm"})
+    with emulator_in_thread(EMULATED, models_answer(*cards)) as url:
+        w = write(
+            "w.yaml",
+            f"name: two\nendpoint: {url}\nrequests: {{prompt_tokens: 8, output_tokens: 2}}\nstop: {{requests: 1}}\n",
+        )
+        res = loadgen("run", str(w), "--db", str(tmp_path / "r.duckdb"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "serves several: model-a, model-b" in res.stderr and "model:" in res.stderr
+    assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_a_run_stores_the_family_and_model_it_was_run_against(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml", "name: one\nendpoint: ep.yaml\nrequests: {prompt_tokens: 8, output_tokens: 2}\nstop: {requests: 1}\n"
+    )
+    db = tmp_path / "r.duckdb"
+    assert loadgen("run", str(w), "--db", str(db)).returncode == 0
+    import duckdb
+
+    (spec,) = duckdb.connect(str(db), read_only=True).execute("SELECT spec FROM runs").fetchone()
+    ep = orjson.loads(spec)["endpoint"]
+    assert (ep["server"], ep["model"], ep["detected"]) == ("emulator", "llama-2-7b", {})
