@@ -67,7 +67,7 @@ PHASES = """
 name: cpu-phases
 endpoint: x
 api: completions
-requests: {prompt_tokens: 16, output_tokens: 16}
+requests: {prompt_tokens: 16, output_tokens: 32}
 stages:
   - name: p64
     phase: prefill
@@ -80,13 +80,13 @@ stages:
     requests: {prompt_tokens: 256, output_tokens: 1}
     stop: {requests: 1}
   - {name: b1, phase: decode, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}
-  - {name: b4, phase: decode, load: {arrival: closed, concurrency: 4}, stop: {requests: 4}}
+  - {name: b8, phase: decode, load: {arrival: closed, concurrency: 8}, stop: {requests: 8}}
 """
 
 
 def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, tmp_path):
-    """The real engine beside an emulated H100: decode throughput rises with batch while per-user TPOT rises; the
-    seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
+    """The real engine beside an emulated H100: decode throughput at batch 8 is above batch 1's while per-user TPOT
+    rises; the seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
     phases, so there is no split to predict; the report reads the database."""
     db = tmp_path / "study.duckdb"
     w = write("phases.yaml", PHASES)
@@ -95,10 +95,13 @@ def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, t
     assert res.returncode == 0, res.stderr
     con = duckdb.connect(str(db), read_only=True)
     (name,) = con.execute("SELECT endpoint FROM runs WHERE spec->>'$.endpoint.server' = 'llamacpp'").fetchone()
-    (b1_tps, b1_tpot), (b4_tps, b4_tpot) = con.execute(
+    (b1_tps, b1_tpot), (b8_tps, b8_tpot) = con.execute(
         "SELECT decode_tokens_per_s, tpot_p50_ms FROM decode WHERE endpoint = ? ORDER BY batch", [name]
     ).fetchall()
-    assert b4_tps > b1_tps and b4_tpot > b1_tpot
+    # Measured on this engine with 128-token answers (README "A real engine"): 41 tok/s at batch 1, 74 at batch 8;
+    # with these 32-token answers 1.17x to 1.25x over three runs.
+    # batches 2 to 6 decode no faster than batch 1 on one thread, so the test compares 1 with 8.
+    assert b8_tps > 1.1 * b1_tps and b8_tpot > 2 * b1_tpot
     out = " ".join(res.stdout.split())
     assert "no GPU and GroqRack" in out and "as the study" not in out
     assert "has both the lowest TTFT at the longest prompt and the lowest TPOT at batch 1: no split" in out
