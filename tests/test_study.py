@@ -11,27 +11,8 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import ROOT, chromium, loadgen
+from conftest import MINI_STUDY, ROOT, chromium, loadgen
 
-STUDY = """
-name: mini-study
-endpoint: x
-api: completions
-requests: {prompt_tokens: 32, output_tokens: 16}
-stages:
-  - name: p128
-    phase: prefill
-    load: {arrival: closed, concurrency: 1}
-    requests: {prompt_tokens: 128, output_tokens: 1}
-    stop: {requests: 2}
-  - name: p512
-    phase: prefill
-    load: {arrival: closed, concurrency: 1}
-    requests: {prompt_tokens: 512, output_tokens: 1}
-    stop: {requests: 2}
-  - {name: b1, phase: decode, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}
-  - {name: b8, phase: decode, load: {arrival: closed, concurrency: 8}, stop: {requests: 8}}
-"""
 # A GroqRack made faster (pipelined prefill would not reproduce the study; keep token-serial, shorter hops).
 GROQ = """
 name: mini-groq
@@ -42,7 +23,7 @@ emulate: {engine: groq, hardware: groqrack-72, hardware_overrides: {hop_latency_
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
-    (tmp / "w.yaml").write_text(STUDY)
+    (tmp / "w.yaml").write_text(MINI_STUDY)
     (tmp / "groq.yaml").write_text(GROQ)
     db = tmp / "study.duckdb"
     res = loadgen(
