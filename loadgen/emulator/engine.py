@@ -3,6 +3,7 @@ the scheduler sleeps until the step ends, and the step's tokens are released tog
 
 - `GpuEngine`: vLLM-like continuous batching (max sequences, max batched tokens, chunked prefill or
   prefill-first steps), with a KV cache of fixed capacity; requests queue while it is full.
+- `FittedEngine`: the same loop, its step time fitted from a measured server (a twin, `loadgen calibrate`).
 - `GroqEngine`: no batching; one request at a time in arrival order.
 - `Disaggregated`: prefill on one engine, the KV cache over a link, decode on another.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from loadgen.emulator.prefix import PrefixCache
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
-from loadgen.spec.endpoint import EmulateSpec, EngineSpec, LinkSpec, Serving
+from loadgen.spec.endpoint import EmulateSpec, EngineSpec, FittedSpec, LinkSpec, Serving
 
 
 class Seq:
@@ -234,10 +235,21 @@ class Engine:
 
 class GpuEngine(Engine):
     def __init__(self, hw: GpuHardware, model: ModelConfig, serving: Serving, prefill_only: bool = False):
-        super().__init__(model)
-        self.hw, self.serving = hw, serving
+        self.hw = hw
+        self._batching(model, serving, perf.gpu_kv_capacity_tokens(hw, model, serving.gpu_memory_utilization))
         self.prefill_only = prefill_only  # the prefill side of a disaggregated pair keeps no decode KV
-        self.kv_capacity = perf.gpu_kv_capacity_tokens(hw, model, serving.gpu_memory_utilization)
+
+    def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
+        return perf.gpu_step_s(
+            self.hw, self.model, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding]
+        )
+
+    def _batching(self, model: ModelConfig, serving: Serving, kv_capacity: int) -> None:
+        """The continuous-batching state every batching engine shares, whatever times its steps."""
+        super().__init__(model)
+        self.serving = serving
+        self.prefill_only = False
+        self.kv_capacity = kv_capacity
         self.kv_used = 0
         self.queue: deque[Seq] = deque()  # not yet admitted
         self.admitted: list[Seq] = []  # holding KV: prefilling or decoding
@@ -325,10 +337,7 @@ class GpuEngine(Engine):
                 decoding = []
         if not prefill and not decoding:
             return None
-        duration = perf.gpu_step_s(
-            self.hw, self.model, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding]
-        )
-        return Step(duration, prefill, decoding)
+        return Step(self.step_s(prefill, decoding), prefill, decoding)
 
     def hand_off(self, seq: Seq) -> None:
         """Remove the sequence and free its KV cache, without finishing it (it goes on elsewhere)."""
@@ -347,6 +356,33 @@ class GpuEngine(Engine):
 
     def kv_usage(self) -> float:
         return self.kv_used / self.kv_capacity if self.kv_capacity else 0.0
+
+
+class FittedEngine(GpuEngine):
+    """A twin of a measured server: the GPU engine's continuous batching (slots, chunked prompts riding with the
+    decodes, as llama.cpp batches), its steps timed by fitted figures (perf.fitted_step_s), and each request
+    reaching the engine `request_ms` after it arrived (the server's HTTP and tokenizing, fitted too)."""
+
+    # Without a measured KV capacity, admission is bounded by the slots alone.
+    UNBOUNDED_KV = 1 << 40
+
+    def __init__(self, fitted: FittedSpec, model: ModelConfig):
+        self.fitted = fitted
+        self._batching(model, fitted.serving(), fitted.kv_tokens or self.UNBOUNDED_KV)
+
+    def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
+        f = self.fitted
+        return perf.fitted_step_s(
+            f.decode_step_ms, f.prefill_step_ms, f.prefill_ms_per_token, sum(n for _, n in prefill), len(decoding)
+        )
+
+    def submit(self, seq: Seq) -> None:
+        if self.fitted.request_ms <= 0:
+            return super().submit(seq)
+        asyncio.get_running_loop().call_later(self.fitted.request_ms / 1000.0, super().submit, seq)
+
+    def kv_usage(self) -> float:
+        return 0.0 if self.fitted.kv_tokens is None else super().kv_usage()
 
 
 class GroqEngine(Engine):
@@ -475,6 +511,9 @@ def build(spec: EmulateSpec) -> Backend:
         return Disaggregated(
             make_engine(spec.prefill, model, prefill_only=True), make_engine(spec.decode, model), spec.link
         )
+    if spec.engine == "fitted":
+        assert spec.fitted is not None
+        return FittedEngine(spec.fitted, model)
     return make_engine(spec.single(), model)
 
 

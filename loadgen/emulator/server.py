@@ -179,7 +179,8 @@ class Emulator:
         """llama.cpp's GET /props, with the keys loadgen (target/identify.py) and llama.cpp's clients read: its
         generation defaults and context (llama.cpp's is per slot; here the model's), and its slots (here the
         engine's sequences at most)."""
-        slots = self.spec.serving.max_num_seqs
+        fitted = self.spec.fitted
+        slots = fitted.slots if fitted is not None else self.spec.serving.max_num_seqs
         body = {
             "default_generation_settings": {"n_ctx": self.model_cfg.max_context, "params": {"n_predict": -1}},
             "total_slots": slots,

@@ -12,11 +12,19 @@ chip in turn, so one token's latency is chips x (stage compute + hop) + host ove
 token of one request; prefill is every prompt token through the whole pipeline in turn (token-serial), the
 prompt's tokens streamed back to back through the pipeline (pipelined), or, for a graph compiled for a static
 input shape, the compiled length streamed whatever the prompt (padded).
+Fitted (a twin of a measured server, `loadgen calibrate`): an empirical step, every figure fitted,
+    step = decode(sequences decoded)                       piecewise-linear through fitted (batch, ms) points
+         + prefill_step + prefill_per_token x prompt tokens, in a step that holds prefill work
+and request_ms per request before it reaches the engine (the server's HTTP and tokenizing: client TTFT less the
+server's own prefill time). decode() is a per-batch table where it predicts the left-out batches better than a
+line a + b x sequences (the roofline's form at fixed context), else that line; context is not a term, since the
+study's decode stages all run at one context, which cannot tell it apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Mapping, Sequence
 
 from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
 
@@ -37,6 +45,32 @@ def gpu_step_s(
     seqs = len(prefill) + len(decode_contexts)
     overhead = (hw.overhead_ms + hw.overhead_per_seq_ms * seqs + (hw.prefill_overhead_ms if prefill else 0.0)) / 1000.0
     return linear + attn_flops / flops + kv_read / bw + overhead
+
+
+def piecewise(x: float, points: Mapping[int, float]) -> float:
+    """Linear between the points, and beyond the ends along the nearest two (never below zero)."""
+    xs = sorted(points)
+    if len(xs) == 1:
+        return points[xs[0]]
+    i = max(min(bisect.bisect_left(xs, x), len(xs) - 1), 1)
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = points[x0], points[x1]
+    return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0)
+
+
+def fitted_step_s(
+    decode_step_ms: Mapping[int, float],
+    prefill_step_ms: float,
+    prefill_ms_per_token: float,
+    prefill_tokens: int,
+    decoding: int,
+) -> float:
+    """One step of a fitted engine (spec FittedSpec's figures): `prefill_tokens` prompt tokens computed,
+    `decoding` sequences decoded."""
+    ms = piecewise(decoding, decode_step_ms) if decoding else 0.0
+    if prefill_tokens:
+        ms += prefill_step_ms + prefill_ms_per_token * prefill_tokens
+    return ms / 1000.0
 
 
 def gpu_kv_capacity_tokens(hw: GpuHardware, m: ModelConfig, memory_utilization: float) -> int:

@@ -83,10 +83,49 @@ class FaultSpec(Strict):
     omit_stream_usage: bool = False  # no usage in streams, even when asked
 
 
-class EmulateSpec(Strict):
-    """The emulator's performance model: one engine (gpu, groq) or a disaggregated prefill/decode pair."""
+class Calibration(Strict):
+    """Where a fitted engine's figures come from (`loadgen calibrate`): its source, what it measured, how well
+    the fit reproduces each measured stage. Descriptive: the engine's timing reads only FittedSpec's figures."""
 
-    engine: Literal["gpu", "groq", "disaggregated"]
+    database: str
+    endpoint: str
+    run_ids: list[str]
+    prompt_tokens: tuple[int, int]  # the measured range, smallest and largest prompt
+    batches: tuple[int, int]  # ... and sequences decoded together
+    timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
+    decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
+    stages: list[dict[str, Any]] = Field(default_factory=list)  # per stage: measured, fitted, error
+
+
+class FittedSpec(Strict):
+    """A twin's step time, fitted from a measured server (hardware/perf.py `fitted_step_s`), and its limits."""
+
+    prefill_ms_per_token: float = Field(ge=0)
+    prefill_step_ms: float = Field(default=0.0, ge=0)  # fixed cost of a step that holds prefill work
+    request_ms: float = Field(default=0.0, ge=0)  # per request before it reaches the engine (HTTP, tokenizing)
+    # Step time (ms) against the sequences decoded in it, linear between the points and beyond the last two.
+    decode_step_ms: dict[PositiveInt, float] = Field(min_length=1)
+    slots: PositiveInt  # requests served together (llama.cpp's --parallel, vLLM's max_num_seqs); more wait
+    batch_tokens: PositiveInt = 2048  # prompt and decode tokens in one step at most (llama.cpp's --batch-size)
+    kv_tokens: PositiveInt | None = None  # KV-cache tokens over all slots; none: unbounded
+    max_context: PositiveInt | None = None  # prompt plus output per request at most (llama.cpp: ctx / slots)
+    calibration: Calibration | None = None
+
+    def serving(self) -> Serving:
+        """The continuous-batching loop's knobs: llama.cpp puts decode tokens and prompt chunks in one batch."""
+        return Serving(
+            max_num_seqs=self.slots,
+            max_num_batched_tokens=self.batch_tokens,
+            chunked_prefill=True,
+            enable_prefix_caching=False,
+        )
+
+
+class EmulateSpec(Strict):
+    """The emulator's performance model: one engine (gpu, groq, or fitted from a measured server: a twin) or a
+    disaggregated prefill/decode pair."""
+
+    engine: Literal["gpu", "groq", "fitted", "disaggregated"]
     # The server family whose API shape it speaks: its streams' events, usage and timings, /metrics names and
     # routes (emulator/shapes.py). The engine's timing is the same under both.
     server: Literal["vllm", "llamacpp"] = "vllm"
@@ -97,6 +136,7 @@ class EmulateSpec(Strict):
     prefill: EngineSpec | None = None  # disaggregated
     decode: EngineSpec | None = None
     link: LinkSpec | None = None
+    fitted: FittedSpec | None = None  # fitted: its figures (loadgen calibrate writes them)
     eos_mean_tokens: PositiveFloat = 256.0  # mean natural length when a request does not ask for ignore_eos
     seed: int = 0
     faults: FaultSpec = FaultSpec()
@@ -106,6 +146,9 @@ class EmulateSpec(Strict):
         if self.engine == "disaggregated":
             if self.prefill is None or self.decode is None or self.link is None:
                 raise ValueError("engine 'disaggregated' needs 'prefill', 'decode' and 'link'")
+        elif self.engine == "fitted":
+            if self.fitted is None:
+                raise ValueError("engine 'fitted' needs 'fitted' (its figures: loadgen calibrate writes them)")
         elif self.hardware is None:
             raise ValueError(f"engine '{self.engine}' needs 'hardware' (one of: {', '.join(profile_names())})")
         else:
@@ -119,13 +162,16 @@ class EmulateSpec(Strict):
         return self
 
     def single(self) -> EngineSpec:
-        assert self.hardware is not None and self.engine != "disaggregated"
+        assert self.hardware is not None and self.engine in ("gpu", "groq")
         return EngineSpec(
             engine=self.engine, hardware=self.hardware, hardware_overrides=self.hardware_overrides, serving=self.serving
         )
 
     def model_profile(self) -> ModelConfig:
-        return model_profile(self.model)
+        m = model_profile(self.model)
+        if self.fitted is not None and self.fitted.max_context is not None:
+            return m.model_copy(update={"max_context": self.fitted.max_context})
+        return m
 
 
 class LlamaCppLaunch(Strict):
