@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the gain map (PNG) here; `loadgen report` shows it if it is reports/<db>/disagg_gain.png",
     )
 
+    cb = sub.add_parser("calibrate", help="fit a twin of a measured server from a study database: an endpoint file")
+    cb.add_argument("db", help="results database with the endpoint's prefill and decode stages (loadgen study)")
+    cb.add_argument("--endpoint", required=True, help="the measured endpoint (its name in runs.endpoint)")
+    cb.add_argument("--out", required=True, help="the twin's endpoint file to write (YAML)")
+    cb.add_argument("--slots", type=int, help="requests the server serves together, where its stored spec does not say")
+
     q = sub.add_parser("query", help="run SQL over a results database and print a table")
     q.add_argument("db", help="results database")
 

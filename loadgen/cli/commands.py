@@ -152,6 +152,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from loadgen.calibrate.fit import NotEnough, fit
+    from loadgen.calibrate.twin import twin_endpoint
+
+    with _reading(args.db) as con:
+        try:
+            fitted, rows = fit(con, args.endpoint, str(args.db), args.slots)
+        except NotEnough as e:
+            raise SpecError(args.db, str(e)) from None
+        data = twin_endpoint(con, args.endpoint, fitted)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False, width=120))
+
+    def pct(e: float | None) -> str:
+        return "-" if e is None else f"{e:+.1%}"
+
+    table = [
+        (
+            r.stage.stage,
+            r.stage.batch,
+            round(r.stage.prompt),
+            r.stage.ttft_ms,
+            r.ttft_ms,
+            pct(r.ttft_error),
+            r.stage.tpot_ms if r.tpot_error is not None else None,
+            r.tpot_ms if r.tpot_error is not None else None,
+            pct(r.tpot_error),
+        )
+        for r in rows
+    ]
+    cols = ["stage", "batch", "prompt", "TTFT p50 ms", "twin", "error", "TPOT p50 ms", "twin", "error"]
+    show.out.print(show.result_table(cols, table))
+    f = fitted
+    steps = ", ".join(f"{b}: {ms:g}" for b, ms in f.decode_step_ms.items())
+    assert f.calibration is not None
+    show.out.print(
+        f"step = decode(sequences) + {f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x prompt tokens "
+        f"(with prefill); decode ms at {steps} ({f.calibration.decode_form}); {f.request_ms:g} ms per request; "
+        f"{f.slots} slots; fitted from the {f.calibration.timings}'s timings",
+        highlight=False,
+    )
+    show.out.print(f"twin: {out} (loadgen run WORKLOAD --endpoint {out})", highlight=False)
+    return 0
+
+
 def _endpoint_name(ref: str) -> str:
     return load_endpoint(ref).name if ref.endswith((".yaml", ".yml")) else ref
 
@@ -403,6 +449,7 @@ COMMANDS = {
     "report": cmd_report,
     "compare": cmd_compare,
     "disagg": cmd_disagg,
+    "calibrate": cmd_calibrate,
     "trace": cmd_trace,
 }
 

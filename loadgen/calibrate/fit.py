@@ -1,0 +1,158 @@
+"""Fit a twin's step time (spec FittedSpec, hardware/perf.py `fitted_step_s`) from one endpoint's study runs.
+
+- Prefill: a line through the `phase: prefill` stages one request at a time, ms = prefill_step + per_token x
+  prompt, weighted by 1/ms so that short prompts count as much as long ones. The server's own prompt time
+  (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is
+  HTTP and tokenizing, the twin's `request_ms`. At one request at a time a fixed cost per step and one per
+  request cannot be told apart, so the step's holds both.
+- Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
+  a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
+  schedules itself. A per-batch table or a line through it, whichever predicts the batches left out better.
+- Each stage is then replayed on the fitted engine (simulate.py), and its TTFT and TPOT p50 set beside the
+  measured ones: the fit's residuals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from loadgen.calibrate.measured import Stage, endpoint_spec, measured
+from loadgen.calibrate.simulate import replay
+from loadgen.hardware.perf import piecewise
+from loadgen.spec.endpoint import Calibration, FittedSpec
+
+
+class NotEnough(Exception):
+    """The database lacks what the fit needs; the message says which stages to add."""
+
+
+@dataclass
+class Row:
+    """One measured stage beside the twin's replay of it."""
+
+    stage: Stage
+    ttft_ms: float
+    tpot_ms: float | None
+
+    @property
+    def ttft_error(self) -> float:
+        return self.ttft_ms / self.stage.ttft_ms - 1
+
+    @property
+    def tpot_error(self) -> float | None:
+        if self.tpot_ms is None or not self.stage.tpot_ms:
+            return None
+        return self.tpot_ms / self.stage.tpot_ms - 1
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope), least squares in relative error; the intercept never below zero."""
+    slope, intercept = np.polyfit(x, y, 1, w=1 / np.maximum(y, 1e-9))
+    if intercept < 0:  # through the origin instead
+        slope, intercept = float(np.sum(x * y / y**2) / np.sum(x * x / y**2)), 0.0
+    return float(intercept), float(slope)
+
+
+def _loo(xs: np.ndarray, ys: np.ndarray, form: str) -> float | None:
+    """Mean relative error predicting each point from the others (None below three points)."""
+    if len(xs) < 3:
+        return None
+    errs = []
+    for i in range(len(xs)):
+        keep = np.arange(len(xs)) != i
+        if form == "table":
+            guess = piecewise(float(xs[i]), dict(zip(xs[keep].astype(int).tolist(), ys[keep].tolist(), strict=True)))
+        else:
+            a, b = _line(xs[keep], ys[keep])
+            guess = a + b * xs[i]
+        errs.append(abs(guess / ys[i] - 1))
+    return float(np.mean(errs))
+
+
+def fit(
+    con: duckdb.DuckDBPyConnection, endpoint: str, database: str, slots: int | None = None
+) -> tuple[FittedSpec, list[Row]]:
+    stages = measured(con, endpoint)
+    if not stages:
+        raise NotEnough(f"no measured requests of endpoint {endpoint!r}")
+    prefill = [s for s in stages if s.phase == "prefill" and s.batch == 1]
+    decode = [s for s in stages if s.phase == "decode" and (s.itl_ms or s.tpot_ms)]
+    missing = []
+    if len({round(s.prompt) for s in prefill}) < 2:
+        missing.append(
+            "prefill stages (phase: prefill, concurrency 1, output_tokens 1) at 2 or more prompt lengths, e.g. 64 "
+            f"and 1024 tokens (it has {len(prefill)})"
+        )
+    if len({s.batch for s in decode}) < 2:
+        missing.append(
+            "decode stages (phase: decode, closed concurrency N) at 2 or more batches, e.g. 1 and 8 "
+            f"(it has {len(decode)})"
+        )
+    spec = endpoint_spec(con, endpoint)
+    launch = spec.get("launch") or {}
+    slots = slots or launch.get("slots")
+    if slots is None:
+        missing.append("nothing says the server's slots: give --slots N (llama.cpp's --parallel, vLLM's max_num_seqs)")
+    if missing:
+        raise NotEnough(f"the database cannot calibrate {endpoint!r}: add " + "; and ".join(missing))
+
+    server = all(s.prefill_ms is not None for s in prefill)
+    px = np.array([s.prompt for s in prefill])
+    py = np.array([s.prefill_ms if server else s.ttft_ms for s in prefill], dtype=float)
+    prefill_step_ms, per_token = _line(px, py)
+    request_ms = float(np.median([s.ttft_ms - s.prefill_ms for s in prefill])) if server else 0.0
+
+    by_batch: dict[int, list[float]] = {}
+    for s in decode:
+        by_batch.setdefault(s.batch, []).append(float(s.itl_ms or s.tpot_ms or 0.0))
+    bx = np.array(sorted(by_batch), dtype=float)
+    by = np.array([np.median(by_batch[int(b)]) for b in bx])
+    loo = {form: _loo(bx, by, form) for form in ("table", "line")}
+    if loo["line"] is not None and loo["table"] is not None and loo["line"] < loo["table"]:
+        a, b = _line(bx, by)
+        table = {int(bx[0]): a + b * bx[0], int(bx[-1]): a + b * bx[-1]}
+        form = "line"
+    else:
+        table = {int(x): float(y) for x, y in zip(bx, by, strict=True)}
+        form = "table"
+    said = ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for k, v in loo.items())
+
+    ctx = launch.get("ctx")
+    fitted = FittedSpec(
+        prefill_ms_per_token=round(per_token, 4),
+        prefill_step_ms=round(prefill_step_ms, 3),
+        request_ms=round(max(request_ms, 0.0), 3),
+        decode_step_ms={k: round(v, 3) for k, v in table.items()},
+        slots=slots,
+        batch_tokens=launch.get("batch", 2048),
+        kv_tokens=ctx,
+        max_context=ctx // slots if ctx else None,  # llama.cpp splits its context among the slots
+    )
+    rows = [Row(s, *replay(fitted, s)) for s in stages]
+    calibration = Calibration(
+        database=database,
+        endpoint=endpoint,
+        run_ids=sorted({s.run_id for s in stages}),
+        prompt_tokens=(int(min(s.prompt for s in stages)), int(max(s.prompt for s in stages))),
+        batches=(int(min(s.batch for s in stages)), int(max(s.batch for s in stages))),
+        timings="server" if server else "client",
+        decode_form=f"{form} (leave-one-out mean error: {said})",
+        stages=[
+            {
+                "stage": r.stage.stage,
+                "batch": r.stage.batch,
+                "prompt_tokens": round(r.stage.prompt),
+                "ttft_p50_ms": [round(r.stage.ttft_ms, 2), round(r.ttft_ms, 2)],
+                "tpot_p50_ms": None
+                if r.tpot_error is None
+                else [round(r.stage.tpot_ms or 0, 2), round(r.tpot_ms or 0, 2)],
+                "ttft_error": round(r.ttft_error, 4),
+                "tpot_error": None if r.tpot_error is None else round(r.tpot_error, 4),
+            }
+            for r in rows
+        ],
+    )
+    return fitted.model_copy(update={"calibration": calibration}), rows

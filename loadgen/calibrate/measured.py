@@ -1,0 +1,47 @@
+"""What a study database measured of one endpoint, per stage: the figures the fit reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import orjson
+
+
+@dataclass
+class Stage:
+    run_id: str
+    stage: str
+    phase: str | None
+    batch: int
+    requests: int
+    prompt: float  # median prompt tokens
+    output: float  # median output tokens
+    ttft_ms: float  # client TTFT p50
+    tpot_ms: float | None  # client TPOT p50
+    prefill_ms: float | None  # the server's own prompt time p50 (None: it sends none)
+    itl_ms: float | None  # median gap between streamed tokens
+
+
+_STAGES = """
+SELECT r.run_id, r.stage, any_value(s.phase), any_value(s.concurrency), count(*),
+       median(r.prompt_tokens), median(r.output_tokens), median(r.ttft_ms), median(r.tpot_ms),
+       median(r.server_prefill_ms),
+       (SELECT median(e.itl_ms) FROM events e JOIN requests q USING (run_id, request_id)
+         WHERE q.run_id = r.run_id AND q.stage = r.stage AND q.status = 'ok' AND NOT q.warmup)
+FROM requests r JOIN runs USING (run_id) LEFT JOIN stages s USING (run_id, stage)
+WHERE runs.endpoint = ? AND r.status = 'ok' AND NOT r.warmup AND r.ttft_ms IS NOT NULL
+GROUP BY r.run_id, r.stage ORDER BY min(r.sent_s)
+"""
+
+
+def measured(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[Stage]:
+    return [Stage(*row) for row in con.execute(_STAGES, [endpoint]).fetchall()]
+
+
+def endpoint_spec(con: duckdb.DuckDBPyConnection, endpoint: str) -> dict:
+    """The endpoint as its latest run stored it (runs.spec)."""
+    row = con.execute(
+        "SELECT spec FROM runs WHERE endpoint = ? ORDER BY started_at DESC LIMIT 1", [endpoint]
+    ).fetchone()
+    return (orjson.loads(row[0]).get("endpoint") or {}) if row else {}

@@ -1,0 +1,22 @@
+"""The twin's endpoint file: the fitted engine, served in the measured server's shape and model name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from loadgen.calibrate.measured import endpoint_spec
+from loadgen.spec.endpoint import FittedSpec
+
+
+def twin_endpoint(con: duckdb.DuckDBPyConnection, endpoint: str, fitted: FittedSpec) -> dict[str, Any]:
+    spec = endpoint_spec(con, endpoint)
+    family = spec.get("server") or ("llamacpp" if spec.get("launch") else None)
+    emulate: dict[str, Any] = {"engine": "fitted", "server": "llamacpp" if family == "llamacpp" else "vllm"}
+    emulate["fitted"] = fitted.model_dump(mode="json", exclude_none=True)
+    out: dict[str, Any] = {"name": f"{endpoint}-twin"}
+    if spec.get("model"):
+        out["model"] = spec["model"]  # the name the measured server served, so that workloads naming it run
+    out["emulate"] = emulate
+    return out
