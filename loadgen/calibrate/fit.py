@@ -1,6 +1,6 @@
 """Fit a twin's step time (spec FittedSpec, hardware/perf.py `fitted_step_s`) from one endpoint's study runs.
 
-- Prefill: a line through the `phase: prefill` stages one request at a time, ms = prefill_step + per_token x
+- Prefill: a line through the stages one request at a time (`phase: prefill`, and `decode` at batch 1), ms = prefill_step + per_token x
   prompt, weighted by 1/ms so that short prompts count as much as long ones. The server's own prompt time
   (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is
   HTTP and tokenizing, the twin's `request_ms`. At one request at a time a fixed cost per step and one per
@@ -78,7 +78,8 @@ def fit(
     stages = measured(con, endpoint)
     if not stages:
         raise NotEnough(f"no measured requests of endpoint {endpoint!r}")
-    prefill = [s for s in stages if s.phase == "prefill" and s.batch == 1]
+    # Every stage one request at a time measures a prefill alone: a decode stage's first tokens too.
+    prefill = [s for s in stages if s.phase in ("prefill", "decode") and s.batch == 1]
     decode = [s for s in stages if s.phase == "decode" and (s.itl_ms or s.tpot_ms)]
     missing = []
     if len({round(s.prompt) for s in prefill}) < 2:
@@ -111,7 +112,8 @@ def fit(
     bx = np.array(sorted(by_batch), dtype=float)
     by = np.array([np.median(by_batch[int(b)]) for b in bx])
     loo = {form: _loo(bx, by, form) for form in ("table", "line")}
-    if loo["line"] is not None and loo["table"] is not None and loo["line"] < loo["table"]:
+    # On a tie the line: fewer figures, and it extrapolates as a roofline at fixed context would.
+    if loo["line"] is not None and loo["table"] is not None and loo["line"] <= loo["table"] + 1e-9:
         a, b = _line(bx, by)
         table = {int(bx[0]): a + b * bx[0], int(bx[-1]): a + b * bx[-1]}
         form = "line"

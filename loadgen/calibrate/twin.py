@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import duckdb
@@ -15,7 +16,9 @@ def twin_endpoint(con: duckdb.DuckDBPyConnection, endpoint: str, fitted: FittedS
     family = spec.get("server") or ("llamacpp" if spec.get("launch") else None)
     emulate: dict[str, Any] = {"engine": "fitted", "server": "llamacpp" if family == "llamacpp" else "vllm"}
     emulate["fitted"] = fitted.model_dump(mode="json", exclude_none=True)
-    out: dict[str, Any] = {"name": f"{endpoint}-twin"}
+    # A server measured by its URL is named by it; the twin's name becomes a file name when it is served.
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", endpoint.removeprefix("http://").removeprefix("https://")).strip("-.")
+    out: dict[str, Any] = {"name": f"{safe}-twin"}
     if spec.get("model"):
         out["model"] = spec["model"]  # the name the measured server served, so that workloads naming it run
     out["emulate"] = emulate
