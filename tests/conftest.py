@@ -22,7 +22,7 @@ COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "loadge
 # Commands that send no load and return at once run in this process (a child process adds only its start-up);
 # run, ui and study patch the standard library for gevent, so they run in a child, as a user's; a test serves an
 # emulator with served(), so `serve` here only ever refuses its options.
-IN_PROCESS = ("validate", "query", "report", "compare", "disagg", "trace", "serve")
+IN_PROCESS = ("validate", "query", "report", "compare", "disagg", "calibrate", "trace", "serve")
 
 
 def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:

@@ -10,8 +10,11 @@ import yaml
 
 from conftest import MINI_STUDY, loadgen
 from loadgen.calibrate.fit import fit
+from loadgen.calibrate.measured import Stage
+from loadgen.calibrate.simulate import replay
 from loadgen.hardware.perf import piecewise
 from loadgen.spec import load_endpoint
+from loadgen.spec.endpoint import FittedSpec
 
 # The truth the synthetic database is made from: prefill 10 ms a step + 2 ms a token, 5 ms before the engine.
 STEP_MS, PER_TOKEN_MS, REQUEST_MS = 10.0, 2.0, 5.0
@@ -134,3 +137,22 @@ def test_a_twin_of_the_real_engine_serves_its_figures(llamacpp, write, tmp_path)
     ).fetchone()
     assert family == "llamacpp"
     assert ttft == pytest.approx(measured_ttft, rel=0.2) and tpot == pytest.approx(measured_tpot, rel=0.2)
+
+
+def test_slots_bound_the_twin_and_requests_beyond_them_wait():
+    """Four users on two slots: the second pair's prefills wait for the first pair's answers (replayed on the
+    fitted engine's own scheduler, on a virtual clock)."""
+    fitted = FittedSpec(prefill_ms_per_token=1.0, decode_step_ms={1: 10.0, 2: 10.0}, slots=2)
+    stage = Stage("r", "s", "decode", batch=4, requests=4, prompt=10, output=11, ttft_ms=1, tpot_ms=1, prefill_ms=None,
+                  itl_ms=None)  # fmt: skip
+    ttft, tpot = replay(fitted, stage)
+    # Both slots prefill together (20 ms); the waiting pair starts after 20 + 10 x 10 ms of decode, and prefills.
+    assert tpot == pytest.approx(10.0) and ttft == pytest.approx((20 + 140) / 2)
+    wide, _ = replay(fitted.model_copy(update={"slots": 4}), stage)
+    assert wide == pytest.approx(40)
+
+
+def test_a_fitted_engine_needs_its_figures(write):
+    ep = write("ep.yaml", "name: t\nemulate: {engine: fitted}\n")
+    res = loadgen("validate", str(write("w.yaml", "name: w\nendpoint: ep.yaml\nstop: {requests: 1}\n")))
+    assert res.returncode == 2 and "engine 'fitted' needs 'fitted'" in res.stderr, (ep, res.stderr)

@@ -1,10 +1,10 @@
 """Fit a twin's step time (spec FittedSpec, hardware/perf.py `fitted_step_s`) from one endpoint's study runs.
 
-- Prefill: a line through the stages one request at a time (`phase: prefill`, and `decode` at batch 1), ms = prefill_step + per_token x
-  prompt, weighted by 1/ms so that short prompts count as much as long ones. The server's own prompt time
-  (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is
-  HTTP and tokenizing, the twin's `request_ms`. At one request at a time a fixed cost per step and one per
-  request cannot be told apart, so the step's holds both.
+- Prefill: a line through the stages one request at a time (`phase: prefill`, and `decode` at batch 1),
+  ms = prefill_step + per_token x prompt, weighted by 1/ms so that short prompts count as much as long ones. The
+  server's own prompt time (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap
+  between the two is HTTP and tokenizing, the twin's `request_ms`. One request at a time, a fixed cost per step
+  and one per request inside the server cannot be told apart, so `prefill_step_ms` holds both.
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
   schedules itself. A per-batch table or a line through it, whichever predicts the batches left out better.
