@@ -156,3 +156,29 @@ def test_a_fitted_engine_needs_its_figures(write):
     ep = write("ep.yaml", "name: t\nemulate: {engine: fitted}\n")
     res = loadgen("validate", str(write("w.yaml", "name: w\nendpoint: ep.yaml\nstop: {requests: 1}\n")))
     assert res.returncode == 2 and "engine 'fitted' needs 'fitted'" in res.stderr, (ep, res.stderr)
+
+
+def test_a_run_beyond_the_calibration_says_so(tmp_path, write):
+    """Prompts shorter than any measured, and (open loop) more sequences than the measured batches: the run's note
+    names both; a stage inside the range is not named."""
+    db = synthetic(tmp_path / "s.duckdb", {1: 20.0, 4: 50.0}, prefill=(64, 256))
+    twin = tmp_path / "twin.yaml"
+    assert loadgen("calibrate", str(db), "--endpoint", "real", "--out", str(twin)).returncode == 0
+    w = write(
+        "w.yaml",
+        f"name: beyond\nendpoint: {twin}\napi: completions\nrequests: {{prompt_tokens: 16, output_tokens: 4}}\n"
+        "stages:\n"
+        "  - {name: short, load: {arrival: closed, concurrency: 1}, stop: {requests: 2}}\n"
+        "  - {name: inside, load: {arrival: closed, concurrency: 4}, requests: {prompt_tokens: 64},\n"
+        "     stop: {requests: 4}}\n"
+        "  - {name: open, load: {arrival: poisson, rate: 20}, requests: {prompt_tokens: 64}, stop: {requests: 2}}\n",
+    )
+    res = loadgen("run", str(w), "--db", str(tmp_path / "r.duckdb"))
+    assert res.returncode == 0, res.stderr
+    (note,) = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True).execute("SELECT note FROM runs").fetchone()
+    assert "stage short: the twin predicts beyond its calibration: prompts of 16-16 tokens (measured 32-256)" in note
+    assert (
+        "stage open: the twin predicts beyond its calibration: up to 8 sequences decoded together (measured 1-4)"
+        in note
+    )
+    assert "stage inside" not in note

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from loadgen.calibrate.bounds import beyond
 from loadgen.capacity.trials import SearchJob, Trials, trial_stage
 from loadgen.cli import show
 from loadgen.cli.failure import Failure
@@ -112,6 +113,7 @@ def execute(
         tokenizer(path)  # a missing or bad tokenizer file is an input error before anything runs
     skipped = {name: c.bad_rows for name, c in check_traces(workload).items() if c.bad_rows}
     notes = [f"stage {name}: skipped {bad} malformed trace rows (on_bad_rows: skip)" for name, bad in skipped.items()]
+    notes += beyond(workload.stages, endpoint)
     for note in notes:
         show.err.print(note, highlight=False)
     if scale.expect and any(s.stop.on_saturation for s in workload.stages):
