@@ -47,9 +47,10 @@ class BackgroundServer:
         if why := missing(endpoint):
             raise LaunchError(why)
         self.what = "the emulator" if endpoint.emulate is not None else f"the {endpoint.launch.kind} engine"  # type: ignore[union-attr]
-        spec_file = workdir / f"{endpoint.name}.endpoint.yaml"
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", endpoint.name)  # a name may be a URL
+        spec_file = workdir / f"{stem}.endpoint.yaml"
         spec_file.write_text(yaml.safe_dump(endpoint.model_dump(mode="json")))
-        self.log_path = workdir / f"{endpoint.name}.log"
+        self.log_path = workdir / f"{stem}.log"
         self.log = open(self.log_path, "w+")  # a file, so a chatty child can never block on a pipe
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loadgen.launch", str(spec_file)],
