@@ -186,7 +186,9 @@ def preview_table(previews: Sequence[Preview]) -> Table:
 def _load(over: str, v: float | None) -> str:
     if v is None:
         return "-"
-    return f"{v:,.0f} users" if over == "concurrency" else f"{v:,.4g} req/s"
+    if over == "concurrency":
+        return f"{v:,.0f} user{'' if round(v) == 1 else 's'}"
+    return f"{v:,.4g} req/s"
 
 
 def trials_table(run_id: str, over: str, target: float, rows: Sequence[Sequence[Any]], verdict: str) -> Table:
