@@ -107,7 +107,7 @@ def test_terminal_panel_shows_the_current_stage_figures():
         text = out.getvalue()
         panel.update(progress(stage="", done=20))  # after the last stage: still its figures
         assert "main: 20/20 done" in out.getvalue()[len(text) :]
-    assert "main: 7/20 done, 3 in flight, 4 s" in text
+    assert "main: run 7/20 done, 3 in flight, 4 s" in text
     assert "TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms" in text and "TPOT 10.5 / 10.9 / 11.0 ms" in text
     assert "ITL 9.5 / 9.9 / 10.0 ms" in text and "E2E p50 345.6 ms" in text and "out tok/s 812.3" in text
     assert "goodput 6.2 req/s" in text and "lag p99 1.2 ms" in text and "timing bound 0.3 ms" in text
@@ -124,7 +124,7 @@ def test_without_a_terminal_the_panel_prints_plain_lines_now_and_then():
         panel.update(progress(stage="two", done=9))  # a new stage: a line at once
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "\x1b" not in out.getvalue()
-    assert lines[0].startswith("main: 7/20 done, 3 in flight, 4 s | TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms")
+    assert lines[0].startswith("main: run 7/20 done, 3 in flight, 4 s | TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms")
     assert lines[1].startswith("two: 9/20 done")
 
 
@@ -137,5 +137,5 @@ def test_a_run_without_a_terminal_logs_plain_lines_of_the_current_stage(write, t
     )
     res = loadgen("run", str(w), "--db", str(tmp_path / "r.duckdb"))
     assert res.returncode == 0, res.stderr
-    lines = re.findall(r"^main: \d+/25 done, \d+ in flight, \d+ s \| TTFT p50/p90/p99 .*$", res.stderr, re.M)
+    lines = re.findall(r"^main: run \d+/25 done, \d+ in flight, \d+ s \| TTFT p50/p90/p99 .*$", res.stderr, re.M)
     assert lines and "\x1b[" not in res.stderr, res.stderr  # lines for a log, no escape codes

@@ -30,9 +30,10 @@ def _pcts(row: dict[str, Any], name: str) -> str:
 
 
 def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
-    """A stage's figures, as lines: the run's progress, then what the database holds of the stage so far."""
+    """A stage's figures, as lines: the whole run's progress (requests done of all it plans), then what the
+    database holds of the stage so far (its requests outside warm-up, as the summary counts them)."""
     done = f"{p.done}" + (f"/{p.planned}" if p.planned else "")
-    head = f"{stage or '-'}: {done} done, {p.in_flight} in flight, {p.elapsed_s:,.0f} s"
+    head = f"{stage or '-'}: run {done} done, {p.in_flight} in flight, {p.elapsed_s:,.0f} s"
     row = s.stage(stage) or {}
     errors = s.errors.get(stage, {})
     by_class = ", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
@@ -42,7 +43,8 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
         f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {_ms(row.get('output_tokens_per_s'))}   "
         f"req/s {_ms(row.get('requests_per_s'))}   goodput {_ms(row.get('goodput_rps'))} req/s   "
         f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
-        f"requests {row.get('requests', 0)}   errors {row.get('errors', 0)}   not sent {row.get('not_sent', 0)}"
+        f"stage stored: requests {row.get('requests', 0)} (warm-up left out)   errors {row.get('errors', 0)}   "
+        f"not sent {row.get('not_sent', 0)}"
         + (f"   by class: {by_class}" if by_class else ""),
     ]
 
