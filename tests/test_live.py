@@ -106,7 +106,7 @@ def test_terminal_panel_shows_the_current_stage_figures():
         panel.update(progress())
         text = out.getvalue()
         panel.update(progress(stage="", done=20))  # after the last stage: still its figures
-        assert "main: 20/20 done" in out.getvalue()[len(text) :]
+        assert "main: run 20/20 done" in out.getvalue()[len(text) :]
     assert "main: run 7/20 done, 3 in flight, 4 s" in text
     assert "TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms" in text and "TPOT 10.5 / 10.9 / 11.0 ms" in text
     assert "ITL 9.5 / 9.9 / 10.0 ms" in text and "E2E p50 345.6 ms" in text and "out tok/s 812.3" in text
@@ -125,7 +125,7 @@ def test_without_a_terminal_the_panel_prints_plain_lines_now_and_then():
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "\x1b" not in out.getvalue()
     assert lines[0].startswith("main: run 7/20 done, 3 in flight, 4 s | TTFT p50/p90/p99 20.5 / 20.9 / 21.0 ms")
-    assert lines[1].startswith("two: 9/20 done")
+    assert lines[1].startswith("two: run 9/20 done")
 
 
 def test_a_run_without_a_terminal_logs_plain_lines_of_the_current_stage(write, tmp_path):
