@@ -233,14 +233,16 @@ def run_timeline(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, limit: 
     ax.set(
         xlabel="seconds since the run's start",
         ylabel="output events per second",
-        title="Throughput and requests in flight over time",
+        title=f"Throughput and requests in flight over time: {run_id}",
     )
     ax2 = ax.twinx()
+    ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # requests come whole
     starts = np.array([r[0] for r in rows])
     ends = np.array([r[2] for r in rows])
     inflight = [(np.sum((starts <= t) & (ends > t))) for t in edges[:-1]]
     ax2.step(edges[:-1], inflight, where="post", color="tab:purple", label="in flight")
     ax2.set_ylabel("requests in flight")
+    ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
     return [timeline, _save(fig, out / "throughput_inflight.png")]
@@ -274,6 +276,7 @@ def server_state(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, index: 
         if name in by:
             mid.step(*by[name], where="post", color=color, label=name)
     mid.set(ylabel="requests")
+    mid.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     mid.legend(loc="upper left")
     if low is not None:
         t, v = by["kv_usage"]
