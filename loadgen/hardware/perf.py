@@ -16,9 +16,11 @@ Fitted (a twin of a measured server, `loadgen calibrate`): an empirical step, ev
     step = decode(sequences decoded)                       piecewise-linear through fitted (batch, ms) points
          + prefill_step + prefill_per_token x prompt tokens, in a step that holds prefill work
 and request_ms per request before it reaches the engine (the server's HTTP and tokenizing: client TTFT less the
-server's own prefill time). decode() is a per-batch table where it predicts the left-out batches better than a
-line a + b x sequences (the roofline's form at fixed context), else that line; context is not a term, since the
-study's decode stages all run at one context, which cannot tell it apart.
+server's own prefill time), of which an idle engine spends the last gather_ms gathering arrivals before it plans
+a step (requests sent together are prefilled in one step, as llama.cpp does). decode() is a per-batch table
+where it predicts the left-out batches better than a line a + b x sequences (the roofline's form at fixed
+context), else that line; context is not a term, since the study's decode stages all run at one context, which
+cannot tell it apart.
 """
 
 from __future__ import annotations
