@@ -3,6 +3,8 @@ database lacks, and, calibrated from the real engine, serves a run whose figures
 
 from __future__ import annotations
 
+import asyncio
+
 import duckdb
 import orjson
 import pytest
@@ -12,12 +14,15 @@ from conftest import MINI_STUDY, loadgen
 from loadgen.calibrate.fit import fit
 from loadgen.calibrate.measured import Stage
 from loadgen.calibrate.simulate import replay
+from loadgen.emulator.engine import FittedEngine, Seq
 from loadgen.hardware.perf import piecewise
+from loadgen.hardware.profiles import model_profile
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import FittedSpec
 
 # The truth the synthetic database is made from: prefill 10 ms a step + 2 ms a token, 5 ms before the engine.
 STEP_MS, PER_TOKEN_MS, REQUEST_MS = 10.0, 2.0, 5.0
+GATHER_MS = 0.5  # a decode stage's users send this far apart, and the server prefills them together
 
 
 def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 256, 1024), slots: int | None = 8):
@@ -27,7 +32,8 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
     con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, phase VARCHAR, concurrency INT)")
     con.execute(
         "CREATE TABLE requests (run_id VARCHAR, request_id INT, stage VARCHAR, status VARCHAR, warmup BOOL, "
-        "sent_s DOUBLE, prompt_tokens INT, output_tokens INT, ttft_ms DOUBLE, tpot_ms DOUBLE, server_prefill_ms DOUBLE)"
+        "sent_s DOUBLE, prompt_tokens INT, output_tokens INT, ttft_ms DOUBLE, tpot_ms DOUBLE, "
+        "server_prefill_ms DOUBLE, first_token_s DOUBLE)"
     )
     con.execute("CREATE TABLE events (run_id VARCHAR, request_id INT, idx INT, itl_ms DOUBLE)")
     launch = {"kind": "llamacpp", "slots": slots, "ctx": 4096, "batch": 2048} if slots else None
@@ -39,17 +45,18 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
         for _ in range(3):
             server = STEP_MS + PER_TOKEN_MS * p
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?)",
-                [rid, f"p{p}", rid, p, server + REQUEST_MS, server],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?, ?)",
+                [rid, f"p{p}", rid, p, server + REQUEST_MS, server, rid + (server + REQUEST_MS) / 1000],
             )
             rid += 1
     for b, ms in decode.items():
         con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?)", [f"b{b}", b])
         server = STEP_MS + PER_TOKEN_MS * 32  # at batch 1; beyond it TTFT is not what the fit reads
-        for _ in range(b):
+        wave = rid
+        for i in range(b):  # sent GATHER_MS apart, all prefilled in one step
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, 32, 16, ?, ?, ?)",
-                [rid, f"b{b}", rid, server + REQUEST_MS, ms, server],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, 32, 16, ?, ?, ?, ?)",
+                [rid, f"b{b}", wave + i * GATHER_MS / 1000, server + REQUEST_MS, ms, server, wave + 0.5],
             )
             con.executemany("INSERT INTO events VALUES ('r1', ?, ?, ?)", [(rid, i, ms) for i in range(1, 16)])
             rid += 1
@@ -65,6 +72,7 @@ def test_the_fit_recovers_the_truth(tmp_path):
     assert f.prefill_step_ms == pytest.approx(STEP_MS, abs=0.01)
     assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-3)
     assert f.request_ms == pytest.approx(REQUEST_MS)
+    assert f.gather_ms == pytest.approx(GATHER_MS * 7)  # the widest wave batched: 8 users' sends
     assert (f.slots, f.kv_tokens, f.max_context) == (8, 4096, 512)
     assert f.calibration is not None and f.calibration.decode_form.startswith("line")
     assert f.calibration.timings == "server" and f.calibration.prompt_tokens == (32, 1024)
@@ -182,3 +190,37 @@ def test_a_run_beyond_the_calibration_says_so(tmp_path, write):
         in note
     )
     assert "stage inside" not in note
+
+
+def test_an_idle_twin_gathers_requests_sent_together():
+    """Two requests reaching an idle twin 1 ms apart: with gather_ms 3 both are prefilled in its first step (as
+    llama.cpp prefilled a closed loop's users together); without, the second waits for the first's prefill. A lone
+    request's TTFT is the same either way: the gathering is part of request_ms."""
+
+    async def first_tokens(gather_ms: float, gap_s: float, n: int = 2) -> list[float]:
+        f = FittedSpec(prefill_ms_per_token=1.0, decode_step_ms={1: 5.0, 2: 5.0}, slots=2, request_ms=4.0,
+                       gather_ms=gather_ms)  # fmt: skip
+        engine = FittedEngine(f, model_profile("llama-2-7b"))
+        engine.start()
+        loop = asyncio.get_running_loop()
+        t0, firsts = loop.time(), []
+        seqs = []
+        for i in range(n):
+            seq = Seq(40, 1)
+            seq.on_tokens = lambda _n: firsts.append((loop.time() - t0) * 1000)
+            engine.submit(seq)
+            seqs.append(seq)
+            if i < n - 1:
+                await asyncio.sleep(gap_s)
+        for seq in seqs:
+            await seq.finished()
+        engine._task.cancel()
+        return firsts
+
+    together = asyncio.run(first_tokens(3.0, 0.001))
+    apart = asyncio.run(first_tokens(0.0, 0.001))
+    # Together: one 80-token step after 4 ms; apart: 40 tokens, then the second's 40 after it.
+    assert together[1] - together[0] == pytest.approx(0, abs=1.0) and together[0] == pytest.approx(84, abs=3)
+    assert apart[1] - apart[0] == pytest.approx(40, abs=3)
+    (lone,) = asyncio.run(first_tokens(3.0, 0, n=1))
+    assert lone == pytest.approx(44, abs=3)

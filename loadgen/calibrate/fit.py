@@ -8,6 +8,11 @@
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
   schedules itself. A per-batch table or a line through it, whichever predicts the batches left out better.
+- Gathering: requests sent together (a closed loop's users whose answers ended in one step) reach the server
+  a fraction of a millisecond apart, and llama.cpp prefills them in one step; the twin's idle engine waits
+  `gather_ms` for more before it plans a step: the widest spread of sends the server was seen to prefill
+  together (a lower bound of its window). Without it a twin prefills the first alone, and two users who stay in
+  step on the server drift apart on the twin (TTFT 40% low at 2 users).
 - Each stage is then replayed on the fitted engine (simulate.py), and its TTFT and TPOT p50 set beside the
   measured ones: the fit's residuals.
 """
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from loadgen.calibrate.measured import Stage, endpoint_spec, measured
+from loadgen.calibrate.measured import Stage, batched_spread_ms, endpoint_spec, measured
 from loadgen.calibrate.simulate import replay
 from loadgen.hardware.perf import piecewise
 from loadgen.spec.endpoint import Calibration, FittedSpec
@@ -123,10 +128,12 @@ def fit(
     said = ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for k, v in loo.items())
 
     ctx = launch.get("ctx")
+    gather = batched_spread_ms(con, endpoint)
     fitted = FittedSpec(
         prefill_ms_per_token=round(per_token, 4),
         prefill_step_ms=round(prefill_step_ms, 3),
         request_ms=round(max(request_ms, 0.0), 3),
+        gather_ms=round(gather or 0.0, 2),
         decode_step_ms={k: round(v, 3) for k, v in table.items()},
         slots=slots,
         batch_tokens=launch.get("batch", 2048),

@@ -39,6 +39,29 @@ def measured(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[Stage]:
     return [Stage(*row) for row in con.execute(_STAGES, [endpoint]).fetchall()]
 
 
+_FIRST_TOKENS = """
+SELECT r.run_id, r.stage, r.sent_s, r.first_token_s FROM requests r JOIN runs USING (run_id)
+WHERE runs.endpoint = ? AND r.status = 'ok' AND r.first_token_s IS NOT NULL ORDER BY r.run_id, r.stage, r.first_token_s
+"""
+
+
+def batched_spread_ms(con: duckdb.DuckDBPyConnection, endpoint: str, same_step_s: float = 0.002) -> float | None:
+    """The widest spread of sends among requests whose first tokens came in one step (within `same_step_s` of
+    each other: steps take tens of ms): how far apart requests may reach the server and still be prefilled
+    together, at least. None where no step holds two first tokens."""
+    widest = None
+    group: list[tuple] = []
+    for row in [*con.execute(_FIRST_TOKENS, [endpoint]).fetchall(), None]:
+        if row is not None and group and row[:2] == group[-1][:2] and row[3] - group[-1][3] <= same_step_s:
+            group.append(row)
+            continue
+        if len(group) > 1:
+            spread = (max(g[2] for g in group) - min(g[2] for g in group)) * 1000
+            widest = spread if widest is None else max(widest, spread)
+        group = [row]
+    return widest
+
+
 def endpoint_spec(con: duckdb.DuckDBPyConnection, endpoint: str) -> dict:
     """The endpoint as its latest run stored it (runs.spec)."""
     row = con.execute(

@@ -368,6 +368,7 @@ class FittedEngine(GpuEngine):
 
     def __init__(self, fitted: FittedSpec, model: ModelConfig):
         self.fitted = fitted
+        self._gathering = False
         self._batching(model, fitted.serving(), fitted.kv_tokens or self.UNBOUNDED_KV)
 
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
@@ -377,9 +378,31 @@ class FittedEngine(GpuEngine):
         )
 
     def submit(self, seq: Seq) -> None:
-        if self.fitted.request_ms <= 0:
+        # The gathering is part of the request's fixed cost (measured TTFT less the server's prompt time), not
+        # more: a lone request's TTFT is the same with and without it.
+        ms = self.fitted.request_ms - min(self.fitted.gather_ms, self.fitted.request_ms)
+        if ms <= 0:
+            return self._arrive(seq)
+        asyncio.get_running_loop().call_later(ms / 1000.0, self._arrive, seq)
+
+    def idle(self) -> bool:
+        return not self.admitted and not self.queue
+
+    def _arrive(self, seq: Seq) -> None:
+        """The request reaches the engine; an idle one gathers what arrives within `gather_ms` before it plans a
+        step."""
+        if self._gathering:
+            self._enqueue(seq)
+            return
+        if self.fitted.gather_ms <= 0 or not self.idle():
             return super().submit(seq)
-        asyncio.get_running_loop().call_later(self.fitted.request_ms / 1000.0, super().submit, seq)
+        self._enqueue(seq)
+        self._gathering = True
+        asyncio.get_running_loop().call_later(self.fitted.gather_ms / 1000.0, self._gathered)
+
+    def _gathered(self) -> None:
+        self._gathering = False
+        self._wake.set()
 
     def kv_usage(self) -> float:
         return 0.0 if self.fitted.kv_tokens is None else super().kv_usage()

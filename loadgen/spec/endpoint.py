@@ -103,6 +103,9 @@ class FittedSpec(Strict):
     prefill_ms_per_token: float = Field(ge=0)
     prefill_step_ms: float = Field(default=0.0, ge=0)  # fixed cost of a step that holds prefill work
     request_ms: float = Field(default=0.0, ge=0)  # per request before it reaches the engine (HTTP, tokenizing)
+    # An idle engine waits this long after a request reaches it before it plans a step, so that requests sent
+    # together are prefilled together (llama.cpp sets up each task on its one loop before it builds the batch).
+    gather_ms: float = Field(default=0.0, ge=0)
     # Step time (ms) against the sequences decoded in it, linear between the points and beyond the last two.
     decode_step_ms: dict[PositiveInt, float] = Field(min_length=1)
     slots: PositiveInt  # requests served together (llama.cpp's --parallel, vLLM's max_num_seqs); more wait
