@@ -44,8 +44,7 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
         f"req/s {_ms(row.get('requests_per_s'))}   goodput {_ms(row.get('goodput_rps'))} req/s   "
         f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
         f"stage stored: requests {row.get('requests', 0)} (warm-up left out)   errors {row.get('errors', 0)}   "
-        f"not sent {row.get('not_sent', 0)}"
-        + (f"   by class: {by_class}" if by_class else ""),
+        f"not sent {row.get('not_sent', 0)}" + (f"   by class: {by_class}" if by_class else ""),
     ]
 
 

@@ -37,23 +37,23 @@ def v1_hint(ep: Endpoint) -> str:
     return f" (did you mean {redact_url(base)}/v1?)"
 
 
-def _listed(ep: Endpoint) -> list[str]:
-    """The models GET /models lists (none where it lists none, or is not there)."""
+def models(ep: Endpoint) -> tuple[int, list[dict]]:
+    """The status of `GET /models` and the model cards it lists (none where it lists none, or is not an OpenAI
+    model list: the real request decides). A refused API key or an unreachable endpoint raises WrongEndpoint."""
     code, body = _call(ep, "/models")
     if code in (401, 403):
         raise WrongEndpoint(f"GET /models answered HTTP {code} ({error_message(body)}): the server refused the API key")
-    if code != 200:
-        return []
     try:
-        return [str(m.get("id")) for m in orjson.loads(body).get("data", []) if isinstance(m, dict)]
+        data = orjson.loads(body).get("data") if code == 200 else None
     except (orjson.JSONDecodeError, AttributeError):
-        return []  # not an OpenAI model list: the real request decides
+        data = None
+    return code, [m for m in data if isinstance(m, dict) and "id" in m] if isinstance(data, list) else []
 
 
 def check_endpoint(ep: Endpoint, apis: Sequence[str]) -> None:
     """Raise WrongEndpoint unless one real, one-token request on every api the run uses is answered. When it is
     refused, the line says why as well as the server can tell: the models it lists, or the path's /v1."""
-    listed = _listed(ep)
+    listed = [str(m["id"]) for m in models(ep)[1]]
     for api in apis:
         code, body = _call(ep, PATHS[api], api)
         if not 400 <= code < 500 or code == 429:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from loadgen.spec.redact import redact_url
-from loadgen.target.check import WrongEndpoint, v1_hint
+from loadgen.target.check import models, v1_hint
 from loadgen.target.probe import Endpoint, call
 
 ASSUMED_SERVER = "vllm"
@@ -53,20 +53,6 @@ def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
         return orjson.loads(body) if code == 200 else None
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
         return None
-
-
-def models(ep: Endpoint) -> tuple[int, list[dict]]:
-    """The status of `GET /models` and the model cards it lists (none where it lists none)."""
-    try:
-        code, body = call(ep, "/models")
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
-    try:
-        data = orjson.loads(body).get("data") if code == 200 else None
-    except (orjson.JSONDecodeError, AttributeError):
-        data = None
-    return code, [m for m in data if isinstance(m, dict) and "id" in m] if isinstance(data, list) else []
 
 
 def detect_server(ep: Endpoint, cards: list[dict]) -> tuple[str, str] | None:
