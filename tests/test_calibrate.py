@@ -60,8 +60,25 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
             )
             con.executemany("INSERT INTO events VALUES ('r1', ?, ?, ?)", [(rid, i, ms) for i in range(1, 16)])
             rid += 1
+    for col in ("session BIGINT", "parent_request_id BIGINT", "server_prompt_tokens INT", "cached_tokens INT"):
+        con.execute(f"ALTER TABLE requests ADD COLUMN {col}")
     con.close()
     return path
+
+
+def conversations(path, turns: list[tuple[int, int]]) -> None:
+    """Add to a synthetic database conversation turns (the previous prompt, the cached tokens of the next)."""
+    con = duckdb.connect(str(path))
+    for n, (prev, cached) in enumerate(turns):
+        rid = 1000 + 2 * n
+        for i, (prompt, hit, parent) in enumerate([(prev, 0, None), (prev + 60, cached, rid)]):
+            con.execute(
+                "INSERT INTO requests (run_id, request_id, stage, status, warmup, sent_s, prompt_tokens, output_tokens, "
+                "ttft_ms, session, parent_request_id, server_prompt_tokens, cached_tokens) "
+                "VALUES ('r1', ?, 'talk', 'ok', false, ?, ?, 16, 100, ?, ?, ?, ?)",
+                [rid + i, 500 + rid + i, prompt - 3, n, parent, prompt, hit],
+            )
+    con.close()
 
 
 def test_the_fit_recovers_the_truth(tmp_path):
@@ -86,6 +103,22 @@ def test_the_fit_recovers_the_truth(tmp_path):
     f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
     assert f.calibration is not None and f.calibration.decode_form.startswith("table")
     assert f.decode_step_ms == bent
+
+
+def test_the_prompt_cache_is_what_the_conversations_found(tmp_path):
+    """llama.cpp keeps a turn's prompt per slot: the twin's slot keeps the median of what the turns that found
+    their previous turn found, relative to it (here 5 tokens short); a turn whose slot another conversation took
+    (only its 100-token system prompt found) does not count. The conversations' requests are no stage to replay."""
+    db = synthetic(tmp_path / "talk.duckdb", {1: 20.0, 8: 90.0})
+    conversations(db, [(225, 220), (270, 265), (387, 382), (300, 296), (271, 100)])
+    f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.prompt_cache is not None and (f.prompt_cache.kind, f.prompt_cache.kept_offset) == ("slots", -5)
+    assert f.calibration is not None and "median of 4 conversation turns" in f.calibration.prompt_cache
+    assert "talk" not in [r.stage.stage for r in rows]
+    bare = synthetic(tmp_path / "bare.duckdb", {1: 20.0, 8: 90.0})
+    f, _ = fit(duckdb.connect(str(bare), read_only=True), "real", str(bare))
+    assert f.prompt_cache is not None and f.prompt_cache.kept_offset == 0
+    assert f.calibration is not None and "no conversation measured" in f.calibration.prompt_cache
 
 
 def test_a_database_without_enough_stages_says_which_to_add(tmp_path):

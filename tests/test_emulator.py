@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, loadgen, served
 from loadgen.emulator.engine import Seq, build
-from loadgen.emulator.prefix import PrefixCache, block_keys
+from loadgen.emulator.prefix import PrefixCache, SlotCache, block_keys
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import load_profile
 from loadgen.launch.background import BackgroundServer
@@ -148,6 +148,34 @@ def test_prefix_cache_keys_blocks_by_their_whole_prefix_and_evicts_the_least_rec
     assert cache.lookup(a, 40) == 32 and cache.lookup(a, 32) == 31  # the last prompt token is always computed
     cache.insert(block_keys(list(range(100, 132)), 16))  # two more blocks: the oldest (a's first) goes
     assert cache.lookup(a, 40) == 0 and (cache.queried_tokens, cache.hit_tokens) == (40 * 3 + 32, 32 + 31)
+
+
+def test_slot_cache_reuses_a_conversation_until_another_prompt_takes_its_slot():
+    """As the llama.cpp engine showed it (two slots here): a next turn finds its previous prompt less 5 tokens;
+    a new conversation with the same system prompt takes the idle slot it shares most with, and the conversation
+    whose slot it was then finds only the system prompt."""
+
+    def seq(tokens: list[int], answer: int = 10) -> Seq:
+        keys = block_keys(tokens + [-1] * (answer - 1), 1)
+        return Seq(len(tokens), answer, keys[: len(tokens)], keys)
+
+    system, other = list(range(100)), list(range(1000, 1100))
+    cache = SlotCache(slots=2, kept_offset=-5)
+    first = seq(system + list(range(200, 250)))  # a conversation's first turn: nothing cached
+    assert cache.admitted(first) == 0
+    cache.retired(first)
+    second = seq(system + list(range(200, 250)) + [-1] * 9 + list(range(300, 340)))  # its next turn
+    assert cache.admitted(second) == 150 - 5
+    cache.retired(second)
+    elsewhere = seq(other + list(range(400, 450)))  # shares nothing: the least recently used slot, untouched
+    assert cache.admitted(elsewhere) == 0
+    cache.retired(elsewhere)
+    rival = seq(system + list(range(500, 550)))  # the same system prompt: the conversation's slot
+    assert cache.admitted(rival) == 100
+    cache.retired(rival)
+    third = seq(system + list(range(200, 250)) + [-1] * 9 + list(range(300, 340)) + [-1] * 9 + [7])
+    assert cache.admitted(third) == 100  # its turns are gone: the system prompt only
+    assert (cache.queried_tokens, cache.hit_tokens) == (150 + 199 + 150 + 150 + 209, 145 + 100 + 100)
 
 
 def test_cached_prefixes_skip_prefill_and_a_kv_transfer_the_decode_side_holds():

@@ -24,10 +24,18 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from loadgen.calibrate.measured import Stage, batched_spread_ms, endpoint_spec, measured
+from loadgen.calibrate.measured import (
+    Stage,
+    batched_spread_ms,
+    cached_any,
+    endpoint_spec,
+    family,
+    measured,
+    resent_turns,
+)
 from loadgen.calibrate.simulate import replay
 from loadgen.hardware.perf import piecewise
-from loadgen.spec.endpoint import Calibration, FittedSpec
+from loadgen.spec.endpoint import Calibration, FittedSpec, PromptCacheSpec
 
 
 class NotEnough(Exception):
@@ -75,6 +83,29 @@ def _loo(xs: np.ndarray, ys: np.ndarray, form: str) -> float | None:
             guess = a + b * xs[i]
         errs.append(abs(guess / ys[i] - 1))
     return float(np.mean(errs))
+
+
+def prompt_cache(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict) -> tuple[PromptCacheSpec | None, str]:
+    """The twin's prompt cache and a line saying how it was chosen. llama.cpp caches per slot: what a slot keeps
+    of a request (its prompt, plus or less `kept_offset`) is the median over the conversation turns that found
+    their previous turn (more than half its prompt cached) of cached less that prompt. Another server that
+    reported cached tokens: by blocks, as vLLM (16 tokens, vLLM's default: the data cannot tell the size)."""
+    if family(spec) == "llamacpp":
+        turns = resent_turns(con, endpoint)
+        found = [cached - prev for prev, cached in turns if cached > prev / 2]
+        if not found:
+            return PromptCacheSpec(kind="slots"), (
+                "per slot (llama.cpp); no conversation measured, so a slot is assumed to keep its whole prompt "
+                "(measure a sessions workload to fit it)"
+            )
+        offset = int(np.median(found))
+        return PromptCacheSpec(kind="slots", kept_offset=offset), (
+            f"per slot (llama.cpp): a slot keeps its prompt {offset:+d} tokens (median of {len(found)} "
+            f"conversation turns that found their previous turn, of {len(turns)})"
+        )
+    if cached_any(con, endpoint):
+        return PromptCacheSpec(kind="blocks"), "by blocks of 16 tokens (vLLM's automatic prefix caching, assumed)"
+    return None, "none: the server reported no prompt tokens reused"
 
 
 def fit(
@@ -129,6 +160,7 @@ def fit(
 
     ctx = launch.get("ctx")
     gather = batched_spread_ms(con, endpoint)
+    cache, cache_said = prompt_cache(con, endpoint, spec)
     fitted = FittedSpec(
         prefill_ms_per_token=round(per_token, 4),
         prefill_step_ms=round(prefill_step_ms, 3),
@@ -139,6 +171,7 @@ def fit(
         batch_tokens=launch.get("batch", 2048),
         kv_tokens=ctx,
         max_context=ctx // slots if ctx else None,  # llama.cpp splits its context among the slots
+        prompt_cache=cache,
     )
     rows = [Row(s, *replay(fitted, s)) for s in stages]
     calibration = Calibration(
@@ -149,6 +182,7 @@ def fit(
         batches=(int(min(s.batch for s in stages)), int(max(s.batch for s in stages))),
         timings="server" if server else "client",
         decode_form=f"{form} (leave-one-out mean error: {said})",
+        prompt_cache=cache_said,
         stages=[
             {
                 "stage": r.stage.stage,

@@ -10,6 +10,8 @@ import orjson
 
 @dataclass
 class Stage:
+    """A stage of independent requests (a conversation's turns are read apart, by `resent_turns`)."""
+
     run_id: str
     stage: str
     phase: str | None
@@ -30,7 +32,7 @@ SELECT r.run_id, r.stage, any_value(s.phase), any_value(s.concurrency), count(*)
        (SELECT median(e.itl_ms) FROM events e JOIN requests q USING (run_id, request_id)
          WHERE q.run_id = r.run_id AND q.stage = r.stage AND q.status = 'ok' AND NOT q.warmup)
 FROM requests r JOIN runs USING (run_id) LEFT JOIN stages s USING (run_id, stage)
-WHERE runs.endpoint = ? AND r.status = 'ok' AND NOT r.warmup AND r.ttft_ms IS NOT NULL
+WHERE runs.endpoint = ? AND r.status = 'ok' AND NOT r.warmup AND r.ttft_ms IS NOT NULL AND r.session IS NULL
 GROUP BY r.run_id, r.stage ORDER BY min(r.sent_s)
 """
 
@@ -62,9 +64,36 @@ def batched_spread_ms(con: duckdb.DuckDBPyConnection, endpoint: str, same_step_s
     return widest
 
 
+def family(spec: dict) -> str | None:
+    """The server family a stored endpoint was (detected, or named), llama.cpp where loadgen launched it."""
+    return spec.get("server") or ("llamacpp" if spec.get("launch") else None)
+
+
 def endpoint_spec(con: duckdb.DuckDBPyConnection, endpoint: str) -> dict:
     """The endpoint as its latest run stored it (runs.spec)."""
     row = con.execute(
         "SELECT spec FROM runs WHERE endpoint = ? ORDER BY started_at DESC LIMIT 1", [endpoint]
     ).fetchone()
     return (orjson.loads(row[0]).get("endpoint") or {}) if row else {}
+
+
+_TURNS = """
+SELECT coalesce(p.server_prompt_tokens, p.prompt_tokens), r.cached_tokens
+FROM requests r JOIN runs USING (run_id) JOIN requests p ON p.run_id = r.run_id AND p.request_id = r.parent_request_id
+WHERE runs.endpoint = ? AND r.status = 'ok' AND p.status = 'ok' AND r.cached_tokens IS NOT NULL
+"""
+
+
+def resent_turns(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[tuple[int, int]]:
+    """(the previous turn's prompt as the server counted it, the cached tokens the next turn found) for every
+    conversation turn that followed another."""
+    return [(int(a), int(b)) for a, b in con.execute(_TURNS, [endpoint]).fetchall()]
+
+
+def cached_any(con: duckdb.DuckDBPyConnection, endpoint: str) -> bool:
+    """Whether the server reported any prompt tokens reused."""
+    row = con.execute(
+        "SELECT count(*) FROM requests r JOIN runs USING (run_id) WHERE runs.endpoint = ? AND r.cached_tokens > 0",
+        [endpoint],
+    ).fetchone()
+    return bool(row and row[0])

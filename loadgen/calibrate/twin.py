@@ -7,14 +7,13 @@ from typing import Any
 
 import duckdb
 
-from loadgen.calibrate.measured import endpoint_spec
+from loadgen.calibrate.measured import endpoint_spec, family
 from loadgen.spec.endpoint import FittedSpec
 
 
 def twin_endpoint(con: duckdb.DuckDBPyConnection, endpoint: str, fitted: FittedSpec) -> dict[str, Any]:
     spec = endpoint_spec(con, endpoint)
-    family = spec.get("server") or ("llamacpp" if spec.get("launch") else None)
-    emulate: dict[str, Any] = {"engine": "fitted", "server": "llamacpp" if family == "llamacpp" else "vllm"}
+    emulate: dict[str, Any] = {"engine": "fitted", "server": "llamacpp" if family(spec) == "llamacpp" else "vllm"}
     emulate["fitted"] = fitted.model_dump(mode="json", exclude_none=True)
     # A server measured by its URL is named by it; the twin's name becomes a file name when it is served.
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", endpoint.removeprefix("http://").removeprefix("https://")).strip("-.")

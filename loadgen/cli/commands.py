@@ -192,7 +192,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"step = decode(sequences) + {f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x prompt tokens "
         f"(with prefill); decode ms at {steps} ({f.calibration.decode_form}); {f.request_ms:g} ms per request; "
         f"an idle engine gathers arrivals for {f.gather_ms:g} ms; {f.slots} slots; "
-        f"fitted from the {f.calibration.timings}'s timings",
+        f"fitted from the {f.calibration.timings}'s timings; prompt cache: {f.calibration.prompt_cache}",
         highlight=False,
     )
     show.out.print(f"twin: {out} (loadgen run WORKLOAD --endpoint {out})", highlight=False)

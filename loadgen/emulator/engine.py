@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadgen.emulator.prefix import PrefixCache
+from loadgen.emulator.prefix import PrefixCache, SlotCache
 from loadgen.hardware import perf
 from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
 from loadgen.spec.endpoint import EmulateSpec, EngineSpec, FittedSpec, LinkSpec, Serving
@@ -255,7 +255,9 @@ class GpuEngine(Engine):
         self.admitted: list[Seq] = []  # holding KV: prefilling or decoding
         self.reserved: dict[int, int] = {}
         blocks = self.kv_capacity // serving.block_size
-        self.cache = PrefixCache(blocks, serving.block_size) if serving.enable_prefix_caching else None
+        self.cache: PrefixCache | SlotCache | None = (
+            PrefixCache(blocks, serving.block_size) if serving.enable_prefix_caching else None
+        )
 
     def _need(self, seq: Seq) -> int:
         return seq.prompt + (0 if self.prefill_only else seq.target)
@@ -278,17 +280,16 @@ class GpuEngine(Engine):
         self.reserved[id(seq)] = need
         self.admitted.append(seq)
         if self.cache is not None and seq.prefilled < seq.prompt:
-            seq.cached = seq.prefilled = self.cache.lookup(seq.keys, seq.prompt)
+            seq.cached = seq.prefilled = self.cache.admitted(seq)
         return seq
 
     def cache_prefix(self, seq: Seq) -> None:
         if self.cache is not None:
-            self.cache.insert(seq.keys)
+            self.cache.prefilled(seq)
 
     def retire(self, seq: Seq) -> None:
-        # Like vLLM, the blocks its answer filled are cached too, so that a conversation's next turn finds them.
-        if self.cache is not None and not seq.cancelled and seq.generated >= seq.target:
-            self.cache.insert(seq.answer_keys)
+        if self.cache is not None:
+            self.cache.retired(seq)
         super().retire(seq)
 
     def _drop_cancelled(self) -> None:
@@ -370,6 +371,9 @@ class FittedEngine(GpuEngine):
         self.fitted = fitted
         self._gathering = False
         self._batching(model, fitted.serving(), fitted.kv_tokens or self.UNBOUNDED_KV)
+        pc = fitted.prompt_cache
+        if pc is not None and pc.kind == "slots":
+            self.cache = SlotCache(fitted.slots, pc.similarity, pc.kept_offset)
 
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
         f = self.fitted

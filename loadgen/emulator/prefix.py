@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loadgen.emulator.engine import Seq
 
 
 def block_keys(tokens: Sequence[object], block: int) -> list[int]:
@@ -53,6 +57,19 @@ class PrefixCache:
         while len(self.blocks) > self.capacity:
             self.blocks.popitem(last=False)
 
+    # The engine's three moments (SlotCache has the same):
+    def admitted(self, seq: Seq) -> int:
+        """Its prompt tokens found cached."""
+        return self.lookup(seq.keys, seq.prompt)
+
+    def prefilled(self, seq: Seq) -> None:
+        self.insert(seq.keys)
+
+    def retired(self, seq: Seq) -> None:
+        # Like vLLM, the blocks its answer filled are cached too, so that a conversation's next turn finds them.
+        if not seq.cancelled and seq.generated >= seq.target:
+            self.insert(seq.answer_keys)
+
     def holds(self, keys: Sequence[int]) -> int:
         """Leading blocks of `keys` already here, without counting a query (a KV transfer's check)."""
         n = 0
@@ -61,3 +78,71 @@ class PrefixCache:
                 break
             n += 1
         return n
+
+
+class SlotCache:
+    """llama.cpp's prompt cache, as its server keeps it and the packaged engine showed it: per slot.
+
+    Each slot holds the KV of the last prompt it served. A request takes the idle slot whose held prompt shares the
+    longest prefix with its own, where that prefix is more than `similarity` of its prompt (llama.cpp's
+    --slot-prompt-similarity, 0.1 by default), else the least recently used idle slot; its cached tokens are the
+    prefix it shares with that slot (at most all but its last token). What a slot keeps of a request is its
+    prompt and `kept_offset` tokens more (negative: fewer): on Gemma-3 with its chat template, a conversation's
+    next turn found its previous prompt less 5 tokens, never the answer (a sliding-window model restores from a
+    checkpoint a few tokens before the prompt's end). Another request with the same system prompt that takes the
+    slot overwrites the conversation, which then finds only the system prompt.
+
+    Keys are per token (`block_keys(tokens, 1)`): two prompts share a prefix of n tokens where their n-th keys are
+    equal. The server's RAM prompt cache (--cache-ram) is not modelled: the engine's data showed no conversation
+    restored from it after its slot was taken.
+    """
+
+    block = 1
+
+    def __init__(self, slots: int, similarity: float = 0.1, kept_offset: int = 0):
+        self.similarity, self.kept_offset = similarity, kept_offset
+        self.held: list[Sequence[int]] = [() for _ in range(slots)]
+        self.used = [0] * slots  # when each slot was last taken (a counter): the least recently used goes first
+        self.owner: dict[int, int] = {}  # id(seq) -> its slot
+        self.clock = 0
+        self.queried_tokens = 0
+        self.hit_tokens = 0
+
+    @staticmethod
+    def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+        """Leading tokens two prompts share: a key stands for its whole prefix, so equal keys at n mean equal up
+        to n, and a binary search finds where they part."""
+        lo, hi = 0, min(len(a), len(b))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if a[mid - 1] == b[mid - 1]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def admitted(self, seq: Seq) -> int:
+        """The request takes an idle slot; returns its prompt tokens found cached there."""
+        keys, prompt = seq.keys, seq.prompt
+        busy = set(self.owner.values())
+        idle = [s for s in range(len(self.held)) if s not in busy]
+        shared = {s: self._shared(self.held[s], keys) for s in idle}
+        best = max(idle, key=lambda s: (shared[s], -self.used[s]))
+        if shared[best] <= self.similarity * prompt:
+            best = min(idle, key=lambda s: self.used[s])
+        self.clock += 1
+        self.used[best] = self.clock
+        self.owner[id(seq)] = best
+        cached = min(shared[best], prompt - 1)
+        self.queried_tokens += prompt
+        self.hit_tokens += cached
+        return cached
+
+    def prefilled(self, seq: Seq) -> None:
+        """Nothing to do: the slot already holds it."""
+
+    def retired(self, seq: Seq) -> None:
+        """The request is done (or gone): its slot keeps its prompt, `kept_offset` tokens more or fewer."""
+        slot = self.owner.pop(id(seq), None)
+        if slot is not None:
+            self.held[slot] = seq.answer_keys[: max(seq.prompt + self.kept_offset, 0)]

@@ -94,7 +94,18 @@ class Calibration(Strict):
     batches: tuple[int, int]  # ... and sequences decoded together
     timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
     decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
+    prompt_cache: str = ""  # the prompt cache chosen, and from what
     stages: list[dict[str, Any]] = Field(default_factory=list)  # per stage: measured, fitted, error
+
+
+class PromptCacheSpec(Strict):
+    """How a twin's server reuses prompts it has seen (emulator/prefix.py): per slot as llama.cpp (`SlotCache`),
+    or by blocks of tokens as vLLM's automatic prefix caching (`PrefixCache`)."""
+
+    kind: Literal["slots", "blocks"]
+    similarity: float = Field(default=0.1, ge=0, le=1)  # slots: llama.cpp's --slot-prompt-similarity
+    kept_offset: int = 0  # slots: what a slot keeps of a request, in tokens beyond its prompt (negative: fewer)
+    block_size: PositiveInt = 16  # blocks: the unit of reuse
 
 
 class FittedSpec(Strict):
@@ -112,6 +123,7 @@ class FittedSpec(Strict):
     batch_tokens: PositiveInt = 2048  # prompt and decode tokens in one step at most (llama.cpp's --batch-size)
     kv_tokens: PositiveInt | None = None  # KV-cache tokens over all slots; none: unbounded
     max_context: PositiveInt | None = None  # prompt plus output per request at most (llama.cpp: ctx / slots)
+    prompt_cache: PromptCacheSpec | None = None  # none: every prompt computed whole
     calibration: Calibration | None = None
 
     def serving(self) -> Serving:
@@ -120,7 +132,8 @@ class FittedSpec(Strict):
             max_num_seqs=self.slots,
             max_num_batched_tokens=self.batch_tokens,
             chunked_prefill=True,
-            enable_prefix_caching=False,
+            enable_prefix_caching=self.prompt_cache is not None and self.prompt_cache.kind == "blocks",
+            block_size=self.prompt_cache.block_size if self.prompt_cache is not None else 16,
         )
 
 
