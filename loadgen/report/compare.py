@@ -56,18 +56,15 @@ class Row:
 
 @dataclass
 class _Side:
-    runs: list[str]
     figures: dict[str | None, dict[str, float | None]]  # stage (None: whole run) -> metric column -> value
     stages: list[str]  # in the order they started
     values: dict[str, dict[str | None, np.ndarray]]  # metric -> stage (None: whole run) -> the requests' values
 
 
 def _side(con: duckdb.DuckDBPyConnection, who: str, side: str) -> _Side:
+    """`who`'s figures, stages and values in `con`: a run, or an endpoint's runs pooled."""
     runs = [
-        r
-        for (r,) in con.execute(
-            "SELECT run_id FROM runs WHERE run_id = ? OR endpoint = ? ORDER BY started_at", [who, who]
-        ).fetchall()
+        r for (r,) in con.execute("SELECT run_id FROM runs WHERE run_id = ? OR endpoint = ?", [who, who]).fetchall()
     ]
     if not runs:
         raise NotComparable(side, f"no run or endpoint named {who!r}")
@@ -104,7 +101,7 @@ def _side(con: duckdb.DuckDBPyConnection, who: str, side: str) -> _Side:
         ).fetchall()
         values[metric] = {stage: np.array(v, dtype=float) for stage, v in by_stage}
         values[metric][None] = np.concatenate([np.array(v, dtype=float) for _, v in by_stage] or [np.array([])])
-    return _Side(runs, figures, sorted(starts, key=lambda s: (starts[s] is None, starts[s] or 0)), values)
+    return _Side(figures, sorted(starts, key=lambda s: (starts[s] is None, starts[s] or 0)), values)
 
 
 def _interval(rng: np.random.Generator, va: np.ndarray, vb: np.ndarray) -> Callable[[int], tuple[float, float]] | None:
