@@ -174,10 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("db", help="results database")
     rp.add_argument("--out", help="folder (default: reports/<database name>/)")
 
-    cp = sub.add_parser("compare", help="compare two runs or endpoints: p50/p90 deltas with bootstrap intervals")
-    cp.add_argument("db", help="results database")
-    cp.add_argument("a", help="run ID or endpoint name")
-    cp.add_argument("b", help="run ID or endpoint name")
+    cp = sub.add_parser(
+        "compare",
+        help="compare two runs or endpoints (a measured run and its twin's): p50/p90 per stage, the error B/A - 1 "
+        "and bootstrap intervals",
+    )
+    cp.add_argument("db", help="results database (A's, and B's unless --b-db)")
+    cp.add_argument("a", help="run ID or endpoint name (e.g. the measured server's run)")
+    cp.add_argument("b", help="run ID or endpoint name (e.g. its twin's run of the same workload)")
+    cp.add_argument("--b-db", metavar="DB", help="look B up in this results database (default: DB)")
+    cp.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
 
     dg = sub.add_parser("disagg", help="predict prefill on A with decode on B over a link, against A or B alone")
     dg.add_argument("db", help="results database with prefill and decode measurements of both endpoints")

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import itertools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,27 +128,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loadgen.report.compare import compare
+    from loadgen.report.compare import NotComparable, compare_runs, tabulate
 
-    with _reading(args.db) as con:
+    b_db = args.b_db or args.db
+    same = Path(b_db).absolute() == Path(args.db).absolute()
+    table = args.format == "table"
+    info = show.out if table else show.err  # CSV and JSON keep stdout for the data alone
+
+    def note(said: str) -> None:
+        info.print(f"[yellow]note:[/] {said}", highlight=False)
+
+    with _reading(args.db) as con_a, nullcontext(con_a) if same else _reading(b_db) as con_b:
         try:
-            deltas = compare(con, args.a, args.b)
-        except KeyError as e:
-            raise SpecError(args.db, f"no run or endpoint named {e.args[0]!r}") from None
-    rows = [
-        (
-            d.metric,
-            f"p{d.quantile}",
-            d.a,
-            d.b,
-            d.delta,
-            f"[{d.low:,.2f}, {d.high:,.2f}]",
-            f"{d.delta / d.a:+.1%}" if d.a else "-",
-        )
-        for d in deltas
-    ]
-    show.out.print(f"B - A, with 95% bootstrap intervals; A = {args.a}, B = {args.b}", highlight=False)
-    show.out.print(show.result_table(["metric", "quantile", "A", "B", "B - A", "95% interval", "change"], rows))
+            rows = compare_runs(con_a, args.a, con_b, args.b, said=note)
+        except NotComparable as e:
+            raise SpecError(args.db if e.side == "a" else b_db, str(e)) from None
+    where = "" if same else f" in {args.db}"
+    info.print(
+        f"A = {args.a}{where}, B = {args.b}{'' if same else f' in {b_db}'}; error = B/A - 1 (B against A: a twin's "
+        "prediction against its measured server); 95% bootstrap intervals of B - A",
+        highlight=False,
+    )
+    show.emit(*tabulate(rows, args.format), args.format)
     return 0
 
 

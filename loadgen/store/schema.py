@@ -114,15 +114,15 @@ def _pcts(col: str, name: str, qs: tuple[int, ...], only_ok: bool = True) -> str
     return ",\n    ".join(f"quantile_cont({col}, {q / 100}){where} AS {name}_p{q}_ms" for q in qs)
 
 
-def _summary(view: str, keys: str) -> str:
-    """The summary's figures over the measured requests of each group of `keys`: per stage (`summary`) and per
-    run (`run_summary`, every stage together). Rates are over the group's span (SPAN). Inter-token latencies are
-    the gaps between streamed events of the requests that count."""
+def summary_select(keys: str, requests: str = "requests") -> str:
+    """The summary's figures over the measured requests of each group of `keys`, as a query: per stage
+    (`summary`) and per run (`run_summary`, every stage together). Rates are over the group's span (SPAN).
+    Inter-token latencies are the gaps between streamed events of the requests that count. `requests`: the table
+    (or a CTE of its rows, with all its columns) to read the requests from."""
     return f"""
-CREATE OR REPLACE VIEW {view} AS
 WITH gaps AS (
     SELECT {keys}, {_pcts("itl_ms", "itl", (50, 90, 99), only_ok=False)}
-    FROM events JOIN requests USING (run_id, request_id)
+    FROM events JOIN {requests} USING (run_id, request_id)
     WHERE {counts()} AND itl_ms IS NOT NULL
     GROUP BY {keys}
 ), measured AS (
@@ -146,13 +146,22 @@ WITH gaps AS (
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
         / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
     {SPAN} AS span_s
-    FROM requests
+    FROM {requests}
     WHERE {measured()}
     GROUP BY {keys}
 )
 SELECT m.*, g.itl_p50_ms, g.itl_p90_ms, g.itl_p99_ms
 FROM measured m LEFT JOIN gaps g USING ({keys})
 """
+
+
+def _summary(view: str, keys: str) -> str:
+    return f"\nCREATE OR REPLACE VIEW {view} AS{summary_select(keys)}"
+
+
+def pooled_rate(rate: str, span: str = "span_s") -> str:
+    """Several groups' rates, each over its own span (SPAN), as one: their counts over their spans together."""
+    return f"sum({rate} * {span}) / nullif(sum({span}), 0)"
 
 
 # One row per run and stage: its measured requests; and one per run, every stage together.
@@ -250,7 +259,7 @@ CREATE OR REPLACE VIEW decode AS
 WITH {_busy("decode", _DECODE_KEYS, "first_token_s", "last_token_s", "r.output_tokens - 1", _DECODES).strip()},
 stage_rates AS (
     SELECT ru.endpoint, st.concurrency AS batch,
-           sum(s.output_tokens_per_s * s.span_s) / nullif(sum(s.span_s), 0) AS stage_tokens_per_s
+           {pooled_rate("s.output_tokens_per_s", "s.span_s")} AS stage_tokens_per_s
     FROM summary s JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
     WHERE st.phase = 'decode'
     GROUP BY ALL
