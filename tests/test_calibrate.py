@@ -73,8 +73,8 @@ def conversations(path, turns: list[tuple[int, int]]) -> None:
         rid = 1000 + 2 * n
         for i, (prompt, hit, parent) in enumerate([(prev, 0, None), (prev + 60, cached, rid)]):
             con.execute(
-                "INSERT INTO requests (run_id, request_id, stage, status, warmup, sent_s, prompt_tokens, output_tokens, "
-                "ttft_ms, session, parent_request_id, server_prompt_tokens, cached_tokens) "
+                "INSERT INTO requests (run_id, request_id, stage, status, warmup, sent_s, prompt_tokens, "
+                "output_tokens, ttft_ms, session, parent_request_id, server_prompt_tokens, cached_tokens) "
                 "VALUES ('r1', ?, 'talk', 'ok', false, ?, ?, 16, 100, ?, ?, ?, ?)",
                 [rid + i, 500 + rid + i, prompt - 3, n, parent, prompt, hit],
             )
