@@ -60,7 +60,13 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
             )
             con.executemany("INSERT INTO events VALUES ('r1', ?, ?, ?)", [(rid, i, ms) for i in range(1, 16)])
             rid += 1
-    for col in ("session BIGINT", "parent_request_id BIGINT", "server_prompt_tokens INT", "cached_tokens INT"):
+    for col in (
+        "session BIGINT",
+        "parent_request_id BIGINT",
+        "server_prompt_tokens INT",
+        "cached_tokens INT",
+        "end_s DOUBLE",
+    ):
         con.execute(f"ALTER TABLE requests ADD COLUMN {col}")
     con.close()
     return path
@@ -257,3 +263,26 @@ def test_an_idle_twin_gathers_requests_sent_together():
     assert apart[1] - apart[0] == pytest.approx(40, abs=3)
     (lone,) = asyncio.run(first_tokens(3.0, 0, n=1))
     assert lone == pytest.approx(44, abs=3)
+
+
+def test_a_cache_hit_costs_what_the_lone_hits_measured(tmp_path):
+    """Lone prefills from a cached prefix that took 40 ms + 0.25 ms a cached token beyond the prefill line: the fit
+    finds both; the twin's step charges them to the step where such a prefill starts, and only there."""
+    from loadgen.calibrate.fit import cache_hit_cost
+    from loadgen.hardware.perf import fitted_step_s
+
+    hits = [(n, c, STEP_MS + PER_TOKEN_MS * n + 40 + 0.25 * c) for n, c in ((60, 200), (80, 400), (50, 300))]
+    ms, per_token, said = cache_hit_cost(hits, STEP_MS, PER_TOKEN_MS)
+    assert (ms, per_token) == (pytest.approx(40), pytest.approx(0.25)) and "3 lone ones" in said
+    assert cache_hit_cost(hits[:2], STEP_MS, PER_TOKEN_MS)[:2] == (0.0, 0.0)  # too few to tell
+    f = FittedSpec(
+        prefill_ms_per_token=1.0, decode_step_ms={1: 5.0}, slots=2, cache_hit_ms=40, cache_hit_ms_per_token=0.25
+    )
+    engine = FittedEngine(f, model_profile("llama-2-7b"))
+    hit = Seq(260, 4)
+    hit.cached = hit.prefilled = 200
+    chunk = [(hit, 60)]
+    assert engine.step_s(chunk, []) == pytest.approx((60 + 40 + 50) / 1000)
+    hit.prefilled = 230  # a later chunk of the same prompt: no second charge
+    assert engine.step_s([(hit, 30)], []) == pytest.approx(30 / 1000)
+    assert fitted_step_s({1: 5.0}, 0.0, 1.0, 60, 0) == pytest.approx(0.06)  # no hit: the prefill line alone

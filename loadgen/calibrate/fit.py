@@ -30,6 +30,7 @@ from loadgen.calibrate.measured import (
     cached_any,
     endpoint_spec,
     family,
+    lone_hits,
     measured,
     resent_turns,
 )
@@ -108,6 +109,29 @@ def prompt_cache(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict) -> t
     return None, "none: the server reported no prompt tokens reused"
 
 
+def cache_hit_cost(
+    hits: list[tuple[int, int, float]], prefill_step_ms: float, per_token: float
+) -> tuple[float, float, str]:
+    """(ms, ms per cached token, a line): what a prefill from a cached prefix costs beyond its computed tokens'
+    share of the prefill line, a line through the lone such prefills' residuals against their cached tokens (both
+    figures at least zero). On the packaged llama.cpp engine it is far from nothing (tens of ms, and more as
+    more is cached): restoring the slot's state is work too."""
+    if len(hits) < 3:
+        return 0.0, 0.0, f"no cost of a cache hit fitted ({len(hits)} lone prefills from a cached prefix, 3 needed)"
+    cached = np.array([c for _, c, _ in hits], dtype=float)
+    rest = np.array([ms - prefill_step_ms - per_token * n for n, _, ms in hits])
+    slope, intercept = np.polyfit(cached, rest, 1) if len(set(cached)) > 1 else (0.0, float(np.mean(rest)))
+    if slope < 0:
+        slope, intercept = 0.0, float(np.mean(rest))
+    if intercept < 0:
+        slope, intercept = max(float(np.sum(cached * rest) / np.sum(cached * cached)), 0.0), 0.0
+    said = (
+        f"a prefill from a cached prefix costs {intercept:.1f} ms + {slope:.3f} ms a cached token more "
+        f"({len(hits)} lone ones)"
+    )
+    return max(float(intercept), 0.0), float(slope), said
+
+
 def fit(
     con: duckdb.DuckDBPyConnection, endpoint: str, database: str, slots: int | None = None
 ) -> tuple[FittedSpec, list[Row]]:
@@ -161,11 +185,14 @@ def fit(
     ctx = launch.get("ctx")
     gather = batched_spread_ms(con, endpoint)
     cache, cache_said = prompt_cache(con, endpoint, spec)
+    hit_ms, hit_per_token, hit_said = cache_hit_cost(lone_hits(con, endpoint), prefill_step_ms, per_token)
     fitted = FittedSpec(
         prefill_ms_per_token=round(per_token, 4),
         prefill_step_ms=round(prefill_step_ms, 3),
         request_ms=round(max(request_ms, 0.0), 3),
         gather_ms=round(gather or 0.0, 2),
+        cache_hit_ms=round(hit_ms, 2),
+        cache_hit_ms_per_token=round(hit_per_token, 4),
         decode_step_ms={k: round(v, 3) for k, v in table.items()},
         slots=slots,
         batch_tokens=launch.get("batch", 2048),
@@ -182,7 +209,7 @@ def fit(
         batches=(int(min(s.batch for s in stages)), int(max(s.batch for s in stages))),
         timings="server" if server else "client",
         decode_form=f"{form} (leave-one-out mean error: {said})",
-        prompt_cache=cache_said,
+        prompt_cache=f"{cache_said}; {hit_said}",
         stages=[
             {
                 "stage": r.stage.stage,

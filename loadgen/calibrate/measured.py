@@ -97,3 +97,18 @@ def cached_any(con: duckdb.DuckDBPyConnection, endpoint: str) -> bool:
         [endpoint],
     ).fetchone()
     return bool(row and row[0])
+
+
+_LONE_HITS = """
+SELECT coalesce(r.server_prompt_tokens, r.prompt_tokens) - r.cached_tokens, r.cached_tokens, r.server_prefill_ms
+FROM requests r JOIN runs USING (run_id)
+WHERE runs.endpoint = ? AND r.status = 'ok' AND r.cached_tokens > 0 AND r.server_prefill_ms IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM requests o WHERE o.run_id = r.run_id AND o.request_id <> r.request_id
+                  AND o.sent_s < r.first_token_s AND o.end_s > r.sent_s)
+"""
+
+
+def lone_hits(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[tuple[int, int, float]]:
+    """(prompt tokens computed, cached, the server's prompt time in ms) of every request that found part of its
+    prompt cached and had the server to itself until its first token: its prefill alone, with nothing batched."""
+    return [(int(a), int(b), float(c)) for a, b, c in con.execute(_LONE_HITS, [endpoint]).fetchall()]

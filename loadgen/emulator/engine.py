@@ -377,8 +377,17 @@ class FittedEngine(GpuEngine):
 
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
         f = self.fitted
+        hits = [q.cached for q, _ in prefill if q.cached and q.prefilled == q.cached]  # their first chunk
         return perf.fitted_step_s(
-            f.decode_step_ms, f.prefill_step_ms, f.prefill_ms_per_token, sum(n for _, n in prefill), len(decoding)
+            f.decode_step_ms,
+            f.prefill_step_ms,
+            f.prefill_ms_per_token,
+            sum(n for _, n in prefill),
+            len(decoding),
+            len(hits),
+            sum(hits),
+            f.cache_hit_ms,
+            f.cache_hit_ms_per_token,
         )
 
     def submit(self, seq: Seq) -> None:

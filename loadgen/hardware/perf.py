@@ -15,6 +15,7 @@ input shape, the compiled length streamed whatever the prompt (padded).
 Fitted (a twin of a measured server, `loadgen calibrate`): an empirical step, every figure fitted,
     step = decode(sequences decoded)                       piecewise-linear through fitted (batch, ms) points
          + prefill_step + prefill_per_token x prompt tokens, in a step that holds prefill work
+         + cache_hit + cache_hit_per_token x cached tokens, per prefill starting in it from a cached prefix
 and request_ms per request before it reaches the engine (the server's HTTP and tokenizing: client TTFT less the
 server's own prefill time), of which an idle engine spends the last gather_ms gathering arrivals before it plans
 a step (requests sent together are prefilled in one step, as llama.cpp does). decode() is a per-batch table
@@ -70,12 +71,17 @@ def fitted_step_s(
     prefill_ms_per_token: float,
     prefill_tokens: int,
     decoding: int,
+    hits: int = 0,
+    hit_tokens: int = 0,
+    cache_hit_ms: float = 0.0,
+    cache_hit_ms_per_token: float = 0.0,
 ) -> float:
     """One step of a fitted engine (spec FittedSpec's figures): `prefill_tokens` prompt tokens computed,
-    `decoding` sequences decoded."""
+    `decoding` sequences decoded, and `hits` prefills starting in it from a cached prefix of `hit_tokens` in all."""
     ms = piecewise(decoding, decode_step_ms) if decoding else 0.0
     if prefill_tokens:
         ms += prefill_step_ms + prefill_ms_per_token * prefill_tokens
+    ms += cache_hit_ms * hits + cache_hit_ms_per_token * hit_tokens
     return ms / 1000.0
 
 

@@ -117,6 +117,10 @@ class FittedSpec(Strict):
     # An idle engine waits this long after a request reaches it before it plans a step, so that requests sent
     # together are prefilled together (llama.cpp sets up each task on its one loop before it builds the batch).
     gather_ms: float = Field(default=0.0, ge=0)
+    # A prefill that starts from a cached prefix costs this much more, and this much per cached token (llama.cpp
+    # restoring a slot's or its RAM cache's state: measured, not assumed).
+    cache_hit_ms: float = Field(default=0.0, ge=0)
+    cache_hit_ms_per_token: float = Field(default=0.0, ge=0)
     # Step time (ms) against the sequences decoded in it, linear between the points and beyond the last two.
     decode_step_ms: dict[PositiveInt, float] = Field(min_length=1)
     slots: PositiveInt  # requests served together (llama.cpp's --parallel, vLLM's max_num_seqs); more wait
