@@ -286,3 +286,22 @@ def test_a_cache_hit_costs_what_the_lone_hits_measured(tmp_path):
     hit.prefilled = 230  # a later chunk of the same prompt: no second charge
     assert engine.step_s([(hit, 30)], []) == pytest.approx(30 / 1000)
     assert fitted_step_s({1: 5.0}, 0.0, 1.0, 60, 0) == pytest.approx(0.06)  # no hit: the prefill line alone
+
+
+def test_a_conversation_beyond_the_measured_context_is_named(tmp_path, write):
+    from loadgen.calibrate.bounds import beyond
+    from loadgen.spec import load_workload
+
+    db = synthetic(tmp_path / "s.duckdb", {1: 20.0, 4: 50.0})
+    twin = tmp_path / "twin.yaml"
+    assert loadgen("calibrate", str(db), "--endpoint", "real", "--out", str(twin)).returncode == 0
+    w = write(
+        "w.yaml",
+        f"name: long\nendpoint: {twin}\napi: chat\nload: {{arrival: closed, concurrency: 1}}\nstop: {{requests: 4}}\n"
+        "sessions: {turns: 3, max_context: 4096}\n",
+    )
+    stages = load_workload(w)[0].stages
+    assert beyond(stages, load_endpoint(twin)) == [
+        "stage main: the twin predicts beyond its calibration: conversations of up to 4096 tokens of context "
+        "(measured up to 1025)"
+    ]

@@ -1,5 +1,5 @@
 """What a run asks of a twin beyond what its calibration measured: a fit is a guess outside its data, so the run's
-note says where (prompt lengths, sequences decoded together)."""
+note says where (prompt lengths, sequences decoded together, a conversation's context)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def beyond(stages: tuple[StageSpec, ...] | list[StageSpec], endpoint: EndpointSp
         batch = min(s.load.users, fitted.slots) if s.load.arrival == "closed" else fitted.slots
         if batch > c.batches[1]:
             said.append(f"up to {batch} sequences decoded together (measured {c.batches[0]}-{c.batches[1]})")
+        if s.sessions is not None and c.contexts is not None and s.sessions.max_context > c.contexts[1]:
+            said.append(
+                f"conversations of up to {s.sessions.max_context} tokens of context (measured up to {c.contexts[1]})"
+            )
         if said:
             notes.append(f"stage {s.name}: the twin predicts beyond its calibration: {', '.join(said)}")
     return notes

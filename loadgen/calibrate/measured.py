@@ -112,3 +112,15 @@ def lone_hits(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[tuple[int, 
     """(prompt tokens computed, cached, the server's prompt time in ms) of every request that found part of its
     prompt cached and had the server to itself until its first token: its prefill alone, with nothing batched."""
     return [(int(a), int(b), float(c)) for a, b, c in con.execute(_LONE_HITS, [endpoint]).fetchall()]
+
+
+def contexts(con: duckdb.DuckDBPyConnection, endpoint: str) -> tuple[int, int] | None:
+    """The smallest and largest context (prompt as the server counted it, plus answer) of any measured request,
+    conversations' turns included."""
+    row = con.execute(
+        "SELECT min(coalesce(server_prompt_tokens, prompt_tokens) + output_tokens), "
+        "max(coalesce(server_prompt_tokens, prompt_tokens) + output_tokens) FROM requests r JOIN runs USING (run_id) "
+        "WHERE runs.endpoint = ? AND r.status = 'ok'",
+        [endpoint],
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row and row[0] is not None else None

@@ -92,6 +92,7 @@ class Calibration(Strict):
     run_ids: list[str]
     prompt_tokens: tuple[int, int]  # the measured range, smallest and largest prompt
     batches: tuple[int, int]  # ... and sequences decoded together
+    contexts: tuple[int, int] | None = None  # ... and prompt plus answer of any request, conversations' included
     timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
     decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
     prompt_cache: str = ""  # the prompt cache chosen, and from what
