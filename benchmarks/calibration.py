@@ -13,7 +13,7 @@ workloads the fit never saw (issue 23).
    run (no bound: the floor under any twin's error on this machine). Bounds (the issue's): TTFT, TPOT and E2E
    p50 within 15%, p90 within 25%; capacity within 20%.
 
-The engine's figures need the machine otherwise idle (README "A real engine: llama.cpp"); even so, on a shared
+The engine's figures need the machine otherwise idle (docs/endpoints.md, "A real engine"); even so, on a shared
 virtual machine a p90 of a few requests moves by 10-40% from one run to the next (the engine slows for seconds
 at a time), which the "engine again" rows show. It takes about 16 minutes.
 

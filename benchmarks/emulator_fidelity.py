@@ -1,4 +1,4 @@
-"""The emulator against HARDWARE.md's measured vLLM rows, and the study's shape, all through `loadgen run`.
+"""The emulator against docs/hardware.md's measured vLLM rows, and the study's shape, all through `loadgen run`.
 
 Within 15% for A100 and H100: TPOT at batch 1, decode tokens/s at batch 16, 32 and 64 (input = output = 128,
 a batch of requests sent together), and the TTFT of 16 concurrent 1024-token prompts (until all 16 have their
@@ -93,7 +93,7 @@ def main() -> None:
         a100_80.write_text(yaml.safe_dump(A100_80GB))
         res["emulated-a100-80gb"] = run("emulated-a100-80gb", SHORT_STAGES, t, a100_80)
 
-    b = Bounds("emulator fidelity against HARDWARE.md (vLLM rows) and the study's shape")
+    b = Bounds("emulator fidelity against docs/hardware.md (vLLM rows) and the study's shape")
     print(f"  {'endpoint':<16} {'figure':<26} {'emulated':>10} {'measured':>10} {'error':>8}")
     for ep, meas in MEASURED.items():
         r = res[ep]

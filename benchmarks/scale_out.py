@@ -8,7 +8,7 @@ over 8 s is noisy; the same rule for both settings). Bound: 2 workers hold >= 1.
 
 Printed beside it: each process's CPU share (master, workers, server) over the load and the share of that time
 it was runnable but waiting for a CPU (both from /proc/PID/task/*/schedstat, sampled every 0.25 s); loadgen's
-client CPU per streamed token; the master's CPU per row received: the inputs of the README's capacity model.
+client CPU per streamed token; the master's CPU per row received: the inputs of docs/benchmarks.md's capacity model.
 
     python benchmarks/scale_out.py
 """

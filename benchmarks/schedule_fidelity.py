@@ -7,7 +7,7 @@ Bounds: p99 lag_ms (actual send - scheduled send) <= 5 ms; achieved send rate wi
 
 The emulated H100 schedules with chunked prefill (vLLM's default since its V1 engine), so prefills ride along
 with decode steps. With prefill-first steps instead, every arrival pauses all decodes, about 70 requests are in
-flight and each step's tokens reach loadgen as one burst: the p99 lag was then 6-8 ms here (see the README).
+flight and each step's tokens reach loadgen as one burst: the p99 lag was then 6-8 ms here (see docs/benchmarks.md).
 
     python benchmarks/schedule_fidelity.py
 """

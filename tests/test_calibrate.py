@@ -104,7 +104,7 @@ def test_the_fit_recovers_the_truth(tmp_path):
     for r in rows[:3]:
         assert r.ttft_error == pytest.approx(0, abs=1e-3), r.stage.stage
 
-    bent = {1: 23.0, 2: 48.0, 4: 93.0, 8: 109.0}  # measured on the packaged engine (README "A real engine")
+    bent = {1: 23.0, 2: 48.0, 4: 93.0, 8: 109.0}  # measured on the packaged engine (docs/endpoints.md, "A real engine")
     db = synthetic(tmp_path / "bent.duckdb", bent)
     f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
     assert f.calibration is not None and f.calibration.decode_form.startswith("table")

@@ -45,7 +45,7 @@ def test_kv_cache_sizes_follow_the_model_config():
     gqa = M.model_copy(update={"kv_heads": 8})
     assert gqa.kv_bytes_per_token == 128 * 1024  # grouped-query attention shrinks the cache
     cap = perf.gpu_kv_capacity_tokens(H100, M, 0.9)
-    assert 100_000 < cap < 125_000  # HARDWARE.md: ~110-120k cached tokens on 80 GB
+    assert 100_000 < cap < 125_000  # docs/hardware.md: ~110-120k cached tokens on 80 GB
 
 
 def test_groqrack_decode_and_prefill_modes():
@@ -72,7 +72,7 @@ def test_a_step_with_prefill_work_pays_the_prefill_overhead():
 
 def test_kv_transfer_whole_and_layerwise():
     whole = perf.kv_transfer_s(M, 512, 100, 0.01, 0.0, False, 0.05)
-    assert whole == pytest.approx(256 * 2**20 * 8 / 100e9 + 1e-5)  # HARDWARE.md: 21.5 ms
+    assert whole == pytest.approx(256 * 2**20 * 8 / 100e9 + 1e-5)  # docs/hardware.md: 21.5 ms
     layerwise = perf.kv_transfer_s(M, 512, 100, 0.01, 0.0, True, 0.05)
     assert layerwise < whole and layerwise >= whole / 32
 

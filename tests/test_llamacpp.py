@@ -88,7 +88,7 @@ def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, t
     (b1_tps, b1_tpot), (b8_tps, b8_tpot) = con.execute(
         "SELECT decode_tokens_per_s, tpot_p50_ms FROM decode WHERE endpoint = ? ORDER BY batch", [name]
     ).fetchall()
-    # Measured on this engine (README "A real engine"): batch 8 decodes 1.6-1.7x batch 1's tokens/s with these
+    # Measured on this engine (docs/endpoints.md): batch 8 decodes 1.6-1.7x batch 1's tokens/s with these
     # 32-token answers (three runs); batches 2 to 4 decode no faster than batch 1, so the test compares 1 with 8.
     assert b8_tps > 1.3 * b1_tps and b8_tpot > 2 * b1_tpot
     out = " ".join(res.stdout.split())

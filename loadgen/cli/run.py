@@ -220,7 +220,7 @@ def _run(
         samplers: list[Sampler] = []
 
         def sample(clock: Clock) -> None:
-            """The server's metrics, on the run's clock, beside the load (README "Server metrics"). Called once the
+            """The server's metrics, on the run's clock, beside the load (docs/metrics.md). Called once the
             pre-run probes are done and before the first request: its baseline scrape holds what they cost."""
             if scrape_s > 0:
                 samplers.append(

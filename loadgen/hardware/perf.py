@@ -1,6 +1,6 @@
 """How long each piece of work takes on a platform: the hardware performance models, as pure functions.
 
-GPU (a roofline with efficiency factors, as HARDWARE.md's fit): one engine step processes the new tokens of
+GPU (a roofline with efficiency factors, as docs/hardware.md's fit): one engine step processes the new tokens of
 every sequence in the batch at once,
     step = max(weights / (eff_bw x BW), 2 x params x tokens / (eff_c x peak))        the linear layers
          + causal attention FLOPs of the prefill chunks / (eff_c x peak)             prefill attention

@@ -8,7 +8,7 @@ import numpy as np
 
 
 class SessionTurn(NamedTuple):
-    """A session's turn: the conversation so far, then `user_tokens` of new message (README "Sessions")."""
+    """A session's turn: the conversation so far, then `user_tokens` of new message (docs/sessions.md)."""
 
     user_tokens: int
     think_s: float  # from the answer it follows to its send; 0 for a session's first turn sent

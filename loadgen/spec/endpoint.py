@@ -78,7 +78,7 @@ class FaultSpec(Strict):
     stall_rate: float = Field(default=0.0, ge=0, le=1)
     stall_first_ms: float = Field(default=0.0, ge=0)  # a stalled request waits this long before its first token
     stall_between_ms: float = Field(default=0.0, ge=0)  # ... and this long before its last token
-    # Quirks of real servers (llama.cpp's OpenAI server has both), to test that loadgen copes:
+    # Quirks of real servers (llama-cpp-python's refused token-ID prompts), to test that loadgen copes:
     reject_token_prompts: bool = False  # token-ID prompts answered 422
     omit_stream_usage: bool = False  # no usage in streams, even when asked
 

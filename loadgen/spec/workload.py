@@ -1,4 +1,4 @@
-"""The workload file's schema (see README "Workload file")."""
+"""The workload file's schema (docs/workloads.md)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ class SessionsSpec(Strict):
     system_prompts: SystemPromptsSpec = SystemPromptsSpec()
     max_context: PositiveInt = 4096  # prompt + output tokens a turn may use (the model's context)
     at_context_limit: Literal["end", "truncate"] = "end"  # end the session, or drop its oldest turns
-    steady_state: bool = False  # start with sessions already partway through (README "Sessions")
+    steady_state: bool = False  # start with sessions already partway through (docs/sessions.md)
 
 
 # Tokens per `hash_ids` block, as each format's publisher defines them: Mooncake's 512-token blocks

@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMPTZ,
     status VARCHAR NOT NULL,          -- running | completed | interrupted | failed
     spec JSON NOT NULL,               -- resolved workload and endpoint, without secrets
-    client_delay_p99_ms DOUBLE,       -- bound on loadgen's own stamping error (p99), see README
+    client_delay_p99_ms DOUBLE,       -- bound on loadgen's own stamping error (p99), see docs/metrics.md
     note VARCHAR
 )"""
 
@@ -313,7 +313,7 @@ WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
 """
 
-# The server's own Prometheus samples, taken during the run (README "Server metrics"): every sample as scraped.
+# The server's own Prometheus samples, taken during the run (docs/metrics.md): every sample as scraped.
 SERVER_METRICS = """
 CREATE TABLE IF NOT EXISTS server_metrics (
     run_id VARCHAR NOT NULL,

@@ -8,7 +8,7 @@ With text calibrated on the server, it also keeps an account of its content's to
 so that each new message takes what the planned prompt leaves once the template and the context are paid for
 (`message_words`). The server's count of each prompt sent corrects the account, so that an estimate's error (an
 answer re-tokenized, a role's template) does not pile up over the turns. An answer that ended before its planned
-length is not made up for: the plan assumes answers as long as asked for (README "Sessions"), and a server that
+length is not made up for: the plan assumes answers as long as asked for (docs/sessions.md), and a server that
 cannot be asked for exact lengths gives prompts that much shorter.
 """
 

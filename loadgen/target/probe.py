@@ -58,7 +58,7 @@ def _post(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> tu
 
 
 def token_prompts_refused(ep: Endpoint) -> str | None:
-    """Whether the server refuses token-ID prompts but takes text (llama.cpp's OpenAI servers do: 422 or 500).
+    """Whether the server refuses token-ID prompts but takes text (llama-cpp-python's server did: 422).
     Returns the refusal's HTTP status, or None."""
     code, _ = _post(ep, "completions", [1000, 1001, 1002, 1003])
     if code < 400 or code == 429:
