@@ -16,6 +16,14 @@
   box.style.cssText = "display:none;position:absolute;left:0;right:0;flex-wrap:wrap;gap:16px;padding:0 40px;" +
     "font:12px sans-serif;";
   document.body.appendChild(box);
+  // The tab's table has 20 columns: compact cells, so that it fits a window 1,280 px wide, and beyond that it
+  // scrolls inside its card (the scrollbar under the table), never past the page's edge. Only while the LLM tab
+  // is open: Locust's own tabs keep their look.
+  const style = document.createElement("style");
+  style.textContent =
+    "body.loadgen-llm #root .MuiTableContainer-root{overflow-x:auto;max-width:100%}" +
+    "body.loadgen-llm #root .MuiTableCell-root{padding:6px 8px;font-size:13px}";
+  document.head.appendChild(style);
 
   const onTab = () => new URLSearchParams(window.location.search).get("tab") === TAB;
   const fmt = (v) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
@@ -66,6 +74,7 @@
   // Below the tab's table (Locust's page is React's; this box stays outside its tree).
   function place() {
     box.style.display = onTab() ? "flex" : "none";
+    document.body.classList.toggle("loadgen-llm", onTab());
     const tables = document.querySelectorAll("#root table");
     const above = tables.length ? tables[tables.length - 1].getBoundingClientRect().bottom : 120;
     box.style.top = `${above + window.scrollY + 24}px`;
