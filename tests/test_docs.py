@@ -243,6 +243,8 @@ def test_the_readme_is_a_front_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 250
     assert readme.startswith("# loadgen\n\n```bash\npip install . && loadgen run workloads/chat.yaml")
-    assert "pip install '.[test]' && pytest" in readme.split("```")[1]  # the test command CI runs (.ci/run)
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install '.[test]' && pytest" in ci
+    # The set-up block's second line is the test command, which CI runs as written (.ci/run).
+    setup = readme.split("```")[1].splitlines()
+    tests = setup[2].split("#")[0].strip()
+    assert "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
