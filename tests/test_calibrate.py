@@ -33,7 +33,7 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
     con.execute(
         "CREATE TABLE requests (run_id VARCHAR, request_id INT, stage VARCHAR, status VARCHAR, warmup BOOL, "
         "sent_s DOUBLE, prompt_tokens INT, output_tokens INT, ttft_ms DOUBLE, tpot_ms DOUBLE, "
-        "server_prefill_ms DOUBLE, first_token_s DOUBLE)"
+        "server_prefill_ms DOUBLE, first_token_s DOUBLE, last_token_s DOUBLE)"
     )
     con.execute("CREATE TABLE events (run_id VARCHAR, request_id INT, idx INT, itl_ms DOUBLE)")
     launch = {"kind": "llamacpp", "slots": slots, "ctx": 4096, "batch": 2048} if slots else None
@@ -45,18 +45,19 @@ def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 25
         for _ in range(3):
             server = STEP_MS + PER_TOKEN_MS * p
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?, ?)",
-                [rid, f"p{p}", rid, p, server + REQUEST_MS, server, rid + (server + REQUEST_MS) / 1000],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?, ?, ?)",
+                [rid, f"p{p}", rid, p, server + REQUEST_MS, server, *[rid + (server + REQUEST_MS) / 1000] * 2],
             )
             rid += 1
     for b, ms in decode.items():
         con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?)", [f"b{b}", b])
         server = STEP_MS + PER_TOKEN_MS * 32  # at batch 1; beyond it TTFT is not what the fit reads
         wave = rid
+        last = wave + 0.5 + 15 * ms / 1000
         for i in range(b):  # sent GATHER_MS apart, all prefilled in one step
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, 32, 16, ?, ?, ?, ?)",
-                [rid, f"b{b}", wave + i * GATHER_MS / 1000, server + REQUEST_MS, ms, server, wave + 0.5],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, 32, 16, ?, ?, ?, ?, ?)",
+                [rid, f"b{b}", wave + i * GATHER_MS / 1000, server + REQUEST_MS, ms, server, wave + 0.5, last],
             )
             con.executemany("INSERT INTO events VALUES ('r1', ?, ?, ?)", [(rid, i, ms) for i in range(1, 16)])
             rid += 1

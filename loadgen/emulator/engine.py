@@ -359,9 +359,10 @@ class GpuEngine(Engine):
 
 
 class FittedEngine(GpuEngine):
-    """A twin of a measured server: the GPU engine's continuous batching (slots, chunked prompts riding with the
-    decodes, as llama.cpp batches), its steps timed by fitted figures (perf.fitted_step_s), and each request
-    reaching the engine `request_ms` after it arrived (the server's HTTP and tokenizing, fitted too)."""
+    """A twin of a measured server: the GPU engine's continuous batching (slots; prompt chunks riding with the
+    decodes, as llama.cpp batches, or prefill-first steps, as the calibration chose), its steps timed by fitted
+    figures (perf.fitted_step_s), and each request reaching the engine `request_ms` after it arrived (the
+    server's HTTP and tokenizing, fitted too)."""
 
     # Without a measured KV capacity, admission is bounded by the slots alone.
     UNBOUNDED_KV = 1 << 40
@@ -374,7 +375,14 @@ class FittedEngine(GpuEngine):
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
         f = self.fitted
         return perf.fitted_step_s(
-            f.decode_step_ms, f.prefill_step_ms, f.prefill_ms_per_token, sum(n for _, n in prefill), len(decoding)
+            f.decode_step_ms,
+            f.prefill_step_ms,
+            f.prefill_ms_per_token,
+            [(n, q.prefilled) for q, n in prefill],
+            [q.prompt + q.generated for q in decoding],
+            f.prefill_floor_tokens,
+            f.prefill_ms_per_pair,
+            f.decode_ms_per_context_token,
         )
 
     def submit(self, seq: Seq) -> None:
