@@ -402,11 +402,14 @@ class FittedEngine(GpuEngine):
         if self._gathering:
             self._enqueue(seq)
             return
-        if self.fitted.gather_ms <= 0 or not self.idle():
+        # At most request_ms: a lone request's TTFT is request_ms plus its prefill (a twin fitted from the
+        # client's timings has no request_ms, its HTTP time inside the prefill's, and gathers nothing).
+        gather_ms = min(self.fitted.gather_ms, self.fitted.request_ms)
+        if gather_ms <= 0 or not self.idle():
             return super().submit(seq)
         self._enqueue(seq)
         self._gathering = True
-        asyncio.get_running_loop().call_later(self.fitted.gather_ms / 1000.0, self._gathered)
+        asyncio.get_running_loop().call_later(gather_ms / 1000.0, self._gathered)
 
     def _gathered(self) -> None:
         self._gathering = False

@@ -128,7 +128,8 @@ class FittedSpec(Strict):
     calibration: Calibration | None = None
 
     def serving(self) -> Serving:
-        """The continuous-batching loop's knobs: llama.cpp puts decode tokens and prompt chunks in one batch."""
+        """The continuous-batching loop's knobs: llama.cpp puts decode tokens and prompt chunks in one batch; a
+        prefill-first server (chunked_prefill false) runs a step of prompts while the decodes wait."""
         return Serving(
             max_num_seqs=self.slots,
             max_num_batched_tokens=self.batch_tokens,
