@@ -16,7 +16,7 @@ from loadgen.calibrate.fit import NotEnough, fit
 from loadgen.calibrate.measured import Stage
 from loadgen.calibrate.simulate import replay
 from loadgen.emulator.engine import FittedEngine, Seq
-from loadgen.hardware.perf import piecewise
+from loadgen.hardware.perf import fitted_step_s, piecewise
 from loadgen.hardware.profiles import model_profile
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import FittedSpec
@@ -263,12 +263,13 @@ def test_the_decode_context_term_is_recovered(tmp_path):
 
     decode = {b: step(b) for b in (1, 4, 8)} | {(8, 1024): step(8, 1024)}
     db = synthetic(tmp_path / "ctx.duckdb", decode)
-    f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
     assert f.decode_ms_per_context_token == pytest.approx(per_context, rel=1e-3)
     assert [piecewise(b, f.decode_step_ms) for b in (1, 16)] == pytest.approx([12, 42], abs=0.01)
     assert f.calibration is not None and "from decode at batch 8 at 40, 1032 tokens" in f.calibration.decode_context
-    (long,) = [r for r in rows if r.stage.stage == "b8-1024"]
-    assert long.tpot_error == pytest.approx(0, abs=0.01)  # replayed, the long stage's TPOT is the truth's
+    # The twin's step decoding 8 sequences of 1,032 tokens is the truth's.
+    twin = fitted_step_s(f.decode_step_ms, 0, 0, [], [1032] * 8, 0, 0, f.decode_ms_per_context_token)
+    assert twin * 1000 == pytest.approx(step(8, 1024), rel=1e-3)
 
     db = synthetic(tmp_path / "one.duckdb", {b: step(b) for b in (1, 4, 8)})
     f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
@@ -292,12 +293,13 @@ def test_a_gpu_like_prefill_is_fitted_as_a_roofline():
 def test_a_server_that_does_not_batch_is_detected(tmp_path):
     """GroqRack-like decode stages (the step flat with the batch, the users' first tokens queued behind each
     other's whole answers) and nothing that says the slots: the fit detects one request at a time."""
-    db = synthetic(tmp_path / "groq.duckdb", {1: 4.3, 2: 4.3, 4: 4.3}, slots=None, one_at_a_time=True)
+    flat = {1: 20.0, 2: 20.0, 4: 20.0}  # an answer (300 ms) longer than a prompt (74 ms), as on a GroqRack
+    db = synthetic(tmp_path / "groq.duckdb", flat, slots=None, one_at_a_time=True)
     f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
     assert f.slots == 1 and f.calibration is not None and f.calibration.limits.startswith("slots 1 detected")
     assert all(abs(r.ttft_error) < 0.02 for r in rows), [(r.stage.stage, r.ttft_error) for r in rows]
     # The same steps with the users prefilled together: a batching server, whose slots nothing says.
-    db = synthetic(tmp_path / "batched.duckdb", {1: 4.3, 2: 4.3, 4: 4.3}, slots=None)
+    db = synthetic(tmp_path / "batched.duckdb", flat, slots=None)
     with pytest.raises(NotEnough, match="give --slots N"):
         fit(duckdb.connect(str(db), read_only=True), "real", str(db))
 
