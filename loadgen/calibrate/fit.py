@@ -1,16 +1,29 @@
 """Fit a twin's step time (spec FittedSpec, hardware/perf.py `fitted_step_s`) from one endpoint's study runs.
 
-- Prefill: a line through the stages one request at a time (`phase: prefill`, and `decode` at batch 1),
-  ms = prefill_step + per_token x prompt, weighted by 1/ms so that short prompts count as much as long ones. The
-  server's own prompt time (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap
-  between the two is HTTP and tokenizing, the twin's `request_ms`. One request at a time, a fixed cost per step
-  and one per request inside the server cannot be told apart, so `prefill_step_ms` holds both.
+- Prefill: through the stages one request at a time (`phase: prefill`, and `decode` at batch 1), in relative
+  error so that short prompts count as much as long ones, the form that best predicts each prompt length left
+  out: a line, ms = prefill_step + per_token x prompt; the roofline's, flat below a floor of tokens (a GPU reads
+  its weights whatever the few tokens) and a line above; either with attention's quadratic term (a form with
+  k figures competes where k + 2 lengths were measured; the line otherwise). The server's own prompt time
+  (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is HTTP
+  and tokenizing, the twin's `request_ms`. One request at a time, a fixed cost per step and one per request
+  inside the server cannot be told apart, so `prefill_step_ms` holds both.
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
-  schedules itself. A per-batch table or a line through it, whichever predicts the batches left out better.
+  schedules itself. Where one batch was measured at two contexts or more, the rise per context token a
+  sequence (the KV cache's read) is fitted and taken out; else it is 0, said so. Then a per-batch table or a
+  line through it, whichever predicts the batches left out better.
+- What bounds concurrency, each with where it came from (Calibration.limits): the slots from --slots, the
+  launch, or the endpoint file as stored (vLLM's max_num_seqs: its /metrics do not say it); one request at a
+  time detected from the decode stages (their first tokens replayed one at a time and batched: a server that
+  does not batch queues a closed loop's users behind each other's whole answers); the KV capacity from the
+  server's /metrics (vLLM's cache_config_info) or the launch's ctx; the step's token budget.
+- The policy, prefill-first or chunked (does a prefill stall the decodes?): from the stages replayed under each
+  where they differ by more than 2 points, else as the launch or the stored endpoint file says, else chunked.
+  The study's closed loops send each wave together, which both policies replay alike: so far it is read.
 - Gathering: requests sent together (a closed loop's users whose answers ended in one step) reach the server
   a fraction of a millisecond apart, and llama.cpp prefills them in one step; the twin's idle engine waits
-  `gather_ms` for more before it plans a step: the widest spread of sends the server was seen to prefill
+  `gather_ms` for more before it plans a step: the widest spread of sends an idle server was seen to prefill
   together (a lower bound of its window). Without it a twin prefills the first alone, and two users who stay in
   step on the server drift apart on the twin (TTFT 40% low at 2 users).
 - Each stage is then replayed on the fitted engine (simulate.py), and its TTFT and TPOT p50 set beside the
