@@ -222,6 +222,8 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) ->
         out["said"].append(f"KV {out['kv']} tokens from the launch (llama.cpp's --ctx-size)")
     else:
         out["said"].append("KV unbounded: nothing says it")
+    if spec.get("server") == "llamacpp" or emulate.get("server") == "llamacpp":
+        out["chunked"] = (True, "llama.cpp batches prompt chunks with the decodes")
     if launch:
         out["batch_tokens"] = launch.get("batch", 2048)
         out["chunked"] = (True, "llama.cpp batches prompt chunks with the decodes")
