@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 
 import duckdb
+import numpy as np
 import orjson
 import pytest
 import yaml
 
 from conftest import MINI_STUDY, loadgen
-from loadgen.calibrate.fit import fit
+from loadgen.calibrate.fit import NotEnough, fit
 from loadgen.calibrate.measured import Stage
 from loadgen.calibrate.simulate import replay
 from loadgen.emulator.engine import FittedEngine, Seq
-from loadgen.hardware.perf import piecewise
+from loadgen.hardware.perf import fitted_step_s, piecewise
 from loadgen.hardware.profiles import model_profile
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import FittedSpec
@@ -25,38 +26,63 @@ STEP_MS, PER_TOKEN_MS, REQUEST_MS = 10.0, 2.0, 5.0
 GATHER_MS = 0.5  # a decode stage's users send this far apart, and the server prefills them together
 
 
-def synthetic(path, decode: dict[int, float], prefill: tuple[int, ...] = (64, 256, 1024), slots: int | None = 8):
-    """A database in the store's shape (the columns the fit reads) whose requests took exactly the truth's times."""
+def synthetic(
+    path,
+    decode: dict,
+    prefill: tuple[int, ...] = (64, 256, 1024),
+    slots: int | None = 8,
+    prefill_ms=lambda p: STEP_MS + PER_TOKEN_MS * p,
+    one_at_a_time: bool = False,
+    endpoint: dict | None = None,
+    cache_config: dict | None = None,
+):
+    """A database in the store's shape (the columns the fit reads) whose requests took exactly the truth's times.
+    `decode`: step ms per batch, or per (batch, prompt tokens) for a stage at another context (32 by default);
+    `one_at_a_time`: a decode stage's users wait for each other's whole answers (a server that does not batch);
+    `endpoint`: the stored endpoint instead of a launched llama.cpp; `cache_config`: vLLM's cache_config_info."""
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE runs (run_id VARCHAR, endpoint VARCHAR, started_at DOUBLE, spec VARCHAR)")
     con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, phase VARCHAR, concurrency INT)")
     con.execute(
         "CREATE TABLE requests (run_id VARCHAR, request_id INT, stage VARCHAR, status VARCHAR, warmup BOOL, "
         "sent_s DOUBLE, prompt_tokens INT, output_tokens INT, ttft_ms DOUBLE, tpot_ms DOUBLE, "
-        "server_prefill_ms DOUBLE, first_token_s DOUBLE)"
+        "server_prefill_ms DOUBLE, first_token_s DOUBLE, last_token_s DOUBLE)"
     )
     con.execute("CREATE TABLE events (run_id VARCHAR, request_id INT, idx INT, itl_ms DOUBLE)")
     launch = {"kind": "llamacpp", "slots": slots, "ctx": 4096, "batch": 2048} if slots else None
-    spec = {"endpoint": {"name": "real", "server": "llamacpp", "model": "m", "launch": launch}}
+    spec = {"endpoint": endpoint or {"name": "real", "server": "llamacpp", "model": "m", "launch": launch}}
     con.execute("INSERT INTO runs VALUES ('r1', 'real', 0, ?)", [orjson.dumps(spec).decode()])
+    if cache_config is not None:
+        con.execute(
+            "CREATE TABLE server_metrics (run_id VARCHAR, t_s DOUBLE, name VARCHAR, labels VARCHAR, value DOUBLE)"
+        )
+        con.execute(
+            "INSERT INTO server_metrics VALUES ('r1', 0, 'vllm:cache_config_info', ?, 1)",
+            [orjson.dumps({k: str(v) for k, v in cache_config.items()}).decode()],
+        )
     rid = 0
     for p in prefill:
         con.execute("INSERT INTO stages VALUES ('r1', ?, 'prefill', 1)", [f"p{p}"])
         for _ in range(3):
-            server = STEP_MS + PER_TOKEN_MS * p
+            server = prefill_ms(p)
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?, ?)",
-                [rid, f"p{p}", rid, p, server + REQUEST_MS, server, rid + (server + REQUEST_MS) / 1000],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 1, ?, NULL, ?, ?, ?)",
+                [rid, f"p{p}", rid, p, server + REQUEST_MS, server, *[rid + (server + REQUEST_MS) / 1000] * 2],
             )
             rid += 1
-    for b, ms in decode.items():
-        con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?)", [f"b{b}", b])
-        server = STEP_MS + PER_TOKEN_MS * 32  # at batch 1; beyond it TTFT is not what the fit reads
+    for key, ms in decode.items():
+        b, p = key if isinstance(key, tuple) else (key, 32)
+        name = f"b{b}" if p == 32 else f"b{b}-{p}"
+        con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?)", [name, b])
+        server = prefill_ms(p)  # at batch 1; beyond it TTFT is not what the fit reads
         wave = rid
-        for i in range(b):  # sent GATHER_MS apart, all prefilled in one step
+        each = (server + 15 * ms) / 1000  # one whole answer
+        for i in range(b):  # sent GATHER_MS apart, all prefilled in one step (or, one at a time, each in turn)
+            ttft = server + REQUEST_MS + (i * each * 1000 if one_at_a_time else 0)
+            first = wave + (i * each if one_at_a_time else 0) + 0.5
             con.execute(
-                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, 32, 16, ?, ?, ?, ?)",
-                [rid, f"b{b}", wave + i * GATHER_MS / 1000, server + REQUEST_MS, ms, server, wave + 0.5],
+                "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 16, ?, ?, ?, ?, ?)",
+                [rid, name, wave + i * GATHER_MS / 1000, p, ttft, ms, server, first, first + 15 * ms / 1000],
             )
             con.executemany("INSERT INTO events VALUES ('r1', ?, ?, ?)", [(rid, i, ms) for i in range(1, 16)])
             rid += 1
@@ -268,13 +294,13 @@ def test_an_idle_twin_gathers_requests_sent_together():
 def test_a_cache_hit_costs_what_the_lone_hits_measured(tmp_path):
     """Lone prefills from a cached prefix that took 40 ms + 0.25 ms a cached token beyond the prefill line: the fit
     finds both; the twin's step charges them to the step where such a prefill starts, and only there."""
-    from loadgen.calibrate.fit import cache_hit_cost
-    from loadgen.hardware.perf import fitted_step_s
+    from loadgen.calibrate.fit import Prefill, cache_hit_cost
 
+    line = Prefill("line", STEP_MS, PER_TOKEN_MS)
     hits = [(n, c, STEP_MS + PER_TOKEN_MS * n + 40 + 0.25 * c) for n, c in ((60, 200), (80, 400), (50, 300))]
-    ms, per_token, said = cache_hit_cost(hits, STEP_MS, PER_TOKEN_MS)
+    ms, per_token, said = cache_hit_cost(hits, line)
     assert (ms, per_token) == (pytest.approx(40), pytest.approx(0.25)) and "3 lone ones" in said
-    assert cache_hit_cost(hits[:2], STEP_MS, PER_TOKEN_MS)[:2] == (0.0, 0.0)  # too few to tell
+    assert cache_hit_cost(hits[:2], line)[:2] == (0.0, 0.0)  # too few to tell
     f = FittedSpec(
         prefill_ms_per_token=1.0, decode_step_ms={1: 5.0}, slots=2, cache_hit_ms=40, cache_hit_ms_per_token=0.25
     )
@@ -285,7 +311,7 @@ def test_a_cache_hit_costs_what_the_lone_hits_measured(tmp_path):
     assert engine.step_s(chunk, []) == pytest.approx((60 + 40 + 50) / 1000)
     hit.prefilled = 230  # a later chunk of the same prompt: no second charge
     assert engine.step_s([(hit, 30)], []) == pytest.approx(30 / 1000)
-    assert fitted_step_s({1: 5.0}, 0.0, 1.0, 60, 0) == pytest.approx(0.06)  # no hit: the prefill line alone
+    assert fitted_step_s(f, [(60, 200)], []) == pytest.approx(0.06)  # no hit: the prefill line alone
 
 
 def test_a_conversation_beyond_the_measured_context_is_named(tmp_path, write):
@@ -305,3 +331,79 @@ def test_a_conversation_beyond_the_measured_context_is_named(tmp_path, write):
         "stage main: the twin predicts beyond its calibration: conversations of up to 4096 tokens of context "
         "(measured up to 1025)"
     ]
+
+
+def test_the_decode_context_term_is_recovered(tmp_path):
+    """Decode stages at batch 8 at two contexts (32- and 1024-token prompts, 16-token answers) tell the step's
+    rise per context token a sequence; the step at no context is the line left. Without the second context the
+    term is 0, and the calibration says why."""
+    per_context = 0.0005  # ms a context token a sequence: the emulated A100's KV read is about this
+
+    def step(b: int, prompt: int = 32) -> float:
+        return 10 + 2 * b + per_context * b * (prompt + 8)  # 8: half the answer
+
+    decode = {b: step(b) for b in (1, 4, 8)} | {(8, 1024): step(8, 1024)}
+    db = synthetic(tmp_path / "ctx.duckdb", decode)
+    f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.decode_ms_per_context_token == pytest.approx(per_context, rel=1e-3)
+    assert [piecewise(b, f.decode_step_ms) for b in (1, 16)] == pytest.approx([12, 42], abs=0.01)
+    assert f.calibration is not None and "from decode at batch 8 at 40, 1032 tokens" in f.calibration.decode_context
+    # The twin's step decoding 8 sequences of 1,032 tokens is the truth's.
+    twin = fitted_step_s(f, [], [1032] * 8)
+    assert twin * 1000 == pytest.approx(step(8, 1024), rel=1e-3)
+
+    db = synthetic(tmp_path / "one.duckdb", {b: step(b) for b in (1, 4, 8)})
+    f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.decode_ms_per_context_token == 0
+    assert f.calibration is not None and f.calibration.decode_context.startswith("0: no batch was measured at two")
+
+
+def test_a_gpu_like_prefill_is_fitted_as_a_roofline():
+    """A prefill that costs the same below 200 tokens (a GPU reading its weights) and 0.06 ms a token above: the
+    roofline's form predicts the left-out lengths best, and its floor and slope come back; a line's does not."""
+    from loadgen.calibrate.fit import _prefill
+
+    px = np.array([64, 128, 256, 512, 1024, 2048], dtype=float)
+    f, loo = _prefill(px, 5 + 0.06 * np.maximum(px, 200))
+    assert f.form == "roofline" and loo["roofline"] < 0.01 < loo["line"]
+    assert f.floor == pytest.approx(200, rel=0.1) and f.per_token == pytest.approx(0.06, rel=0.01)
+    f, _ = _prefill(px, 5 + 0.06 * px)  # a line stays a line: more figures must predict better
+    assert f.form == "line"
+
+
+def test_a_server_that_does_not_batch_is_detected(tmp_path):
+    """GroqRack-like decode stages (the step flat with the batch, the users' first tokens queued behind each
+    other's whole answers) and nothing that says the slots: the fit detects one request at a time."""
+    flat = {1: 20.0, 2: 20.0, 4: 20.0}  # an answer (300 ms) longer than a prompt (74 ms), as on a GroqRack
+    db = synthetic(tmp_path / "groq.duckdb", flat, slots=None, one_at_a_time=True)
+    f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.slots == 1 and f.calibration is not None and f.calibration.limits.startswith("slots 1 detected")
+    assert all(abs(r.ttft_error) < 0.02 for r in rows), [(r.stage.stage, r.ttft_error) for r in rows]
+    # The same steps with the users prefilled together: a batching server, whose slots nothing says.
+    db = synthetic(tmp_path / "batched.duckdb", flat, slots=None)
+    with pytest.raises(NotEnough, match="give --slots N"):
+        fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+
+
+def test_an_emulated_vllm_endpoint_says_its_limits_and_policy(tmp_path):
+    """A vLLM-shaped emulator's study: the KV capacity from its /metrics (vllm:cache_config_info), max_num_seqs,
+    the step's token budget and the prefill-first policy from the endpoint file as stored; the twin's engine
+    schedules prefill-first."""
+    endpoint = {
+        "name": "real",
+        "model": "m",
+        "emulate": {"engine": "gpu", "hardware": "a100-40gb",
+                    "serving": {"max_num_seqs": 64, "max_num_batched_tokens": 8192, "chunked_prefill": False}},
+    }  # fmt: skip
+    db = synthetic(
+        tmp_path / "vllm.duckdb", {1: 13.0, 8: 14.0}, slots=None, endpoint=endpoint,
+        cache_config={"block_size": 16, "num_gpu_blocks": 100},
+    )  # fmt: skip
+    f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert (f.slots, f.kv_tokens, f.batch_tokens, f.max_context) == (64, 1600, 8192, None)
+    assert not f.chunked_prefill and not f.serving().chunked_prefill
+    c = f.calibration
+    assert c is not None and "KV 1600 tokens from the server's /metrics" in c.limits
+    assert c.policy.startswith("prefill-first") and "the endpoint file as stored" in c.policy
+    engine = FittedEngine(f, model_profile("llama-2-7b"))
+    assert engine.kv_capacity == 1600 and not engine.serving.chunked_prefill

@@ -1,16 +1,29 @@
 """Fit a twin's step time (spec FittedSpec, hardware/perf.py `fitted_step_s`) from one endpoint's study runs.
 
-- Prefill: a line through the stages one request at a time (`phase: prefill`, and `decode` at batch 1),
-  ms = prefill_step + per_token x prompt, weighted by 1/ms so that short prompts count as much as long ones. The
-  server's own prompt time (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap
-  between the two is HTTP and tokenizing, the twin's `request_ms`. One request at a time, a fixed cost per step
-  and one per request inside the server cannot be told apart, so `prefill_step_ms` holds both.
+- Prefill: through the stages one request at a time (`phase: prefill`, and `decode` at batch 1), in relative
+  error so that short prompts count as much as long ones, the form that best predicts each prompt length left
+  out: a line, ms = prefill_step + per_token x prompt; the roofline's, flat below a floor of tokens (a GPU reads
+  its weights whatever the few tokens) and a line above; either with attention's quadratic term (a form with
+  k figures competes where k + 2 lengths were measured; the line otherwise). The server's own prompt time
+  (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is HTTP
+  and tokenizing, the twin's `request_ms`. One request at a time, a fixed cost per step and one per request
+  inside the server cannot be told apart, so `prefill_step_ms` holds both.
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
-  schedules itself. A per-batch table or a line through it, whichever predicts the batches left out better.
+  schedules itself. Where one batch was measured at two contexts or more, the rise per context token a
+  sequence (the KV cache's read) is fitted and taken out; else it is 0, said so. Then a per-batch table or a
+  line through it, whichever predicts the batches left out better.
+- What bounds concurrency, each with where it came from (Calibration.limits): the slots from --slots, the
+  launch, or the endpoint file as stored (vLLM's max_num_seqs: its /metrics do not say it); one request at a
+  time detected from the decode stages (their first tokens replayed one at a time and batched: a server that
+  does not batch queues a closed loop's users behind each other's whole answers); the KV capacity from the
+  server's /metrics (vLLM's cache_config_info) or the launch's ctx; the step's token budget.
+- The policy, prefill-first or chunked (does a prefill stall the decodes?): from the stages replayed under each
+  where they differ by more than 2 points, else as the launch or the stored endpoint file says, else chunked.
+  The study's closed loops send each wave together, which both policies replay alike: so far it is read.
 - Gathering: requests sent together (a closed loop's users whose answers ended in one step) reach the server
   a fraction of a millisecond apart, and llama.cpp prefills them in one step; the twin's idle engine waits
-  `gather_ms` for more before it plans a step: the widest spread of sends the server was seen to prefill
+  `gather_ms` for more before it plans a step: the widest spread of sends an idle server was seen to prefill
   together (a lower bound of its window). Without it a twin prefills the first alone, and two users who stay in
   step on the server drift apart on the twin (TTFT 40% low at 2 users).
 - Each stage is then replayed on the fitted engine (simulate.py), and its TTFT and TPOT p50 set beside the
@@ -27,6 +40,7 @@ import numpy as np
 from loadgen.calibrate.measured import (
     Stage,
     batched_spread_ms,
+    cache_config,
     cached_any,
     contexts,
     endpoint_spec,
@@ -37,7 +51,7 @@ from loadgen.calibrate.measured import (
 )
 from loadgen.calibrate.simulate import replay
 from loadgen.hardware.perf import piecewise
-from loadgen.spec.endpoint import Calibration, FittedSpec, PromptCacheSpec
+from loadgen.spec.endpoint import Calibration, FittedSpec, PromptCacheSpec, Serving
 
 
 class NotEnough(Exception):
@@ -87,6 +101,159 @@ def _loo(xs: np.ndarray, ys: np.ndarray, form: str) -> float | None:
     return float(np.mean(errs))
 
 
+# The prefill's candidate forms (perf.fitted_step_s): (whether it has a floor, whether an attention term), its
+# figures' count. A form is a candidate where every leave-one-out fit has a point to spare.
+PREFILL_FORMS = {"line": (False, False, 2), "line+attention": (False, True, 3), "roofline": (True, False, 3),
+                 "roofline+attention": (True, True, 4)}  # fmt: skip
+
+
+@dataclass
+class Prefill:
+    form: str
+    step_ms: float
+    per_token: float
+    floor: float = 0.0  # tokens
+    per_pair: float = 0.0
+
+    def ms(self, p: np.ndarray | float) -> np.ndarray | float:
+        return self.step_ms + self.per_token * np.maximum(p, self.floor) + self.per_pair * p * (p + 1) / 2
+
+    def at(self, n: int, context: int) -> float:
+        """A prompt's `n` tokens computed after `context` already in the cache (perf.fitted_step_s's pairs)."""
+        return self.step_ms + self.per_token * max(n, self.floor) + self.per_pair * n * (context + (n + 1) / 2)
+
+
+def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares in relative error with every figure at or above zero (a negative one is dropped, and the
+    rest refitted)."""
+    w = 1 / np.maximum(y, 1e-9)
+    cols = list(range(a.shape[1]))
+    while True:
+        coef = np.zeros(a.shape[1])
+        if cols:
+            coef[cols] = np.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)[0]
+        if (coef >= 0).all():
+            return coef
+        cols.remove(int(np.argmin(coef)))
+
+
+def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str) -> Prefill:
+    floor, attention, _ = PREFILL_FORMS[form]
+    if form == "line":
+        return Prefill(form, *_line(px, py))
+    pairs = px * (px + 1) / 2 if attention else np.zeros_like(px)
+    knees = np.geomspace(px.min(), px.max(), 48) if floor else [0.0]
+    best: tuple[float, Prefill] | None = None
+    for k in knees:
+        c = _nonneg(np.column_stack([np.ones_like(px), np.maximum(px, k), pairs]), py)
+        f = Prefill(form, float(c[0]), float(c[1]), float(k), float(c[2]))
+        err = float(np.sum((f.ms(px) / py - 1) ** 2))
+        if best is None or err < best[0] - 1e-12:
+            best = (err, f)
+    assert best is not None
+    return best[1]
+
+
+def _prefill(px: np.ndarray, py: np.ndarray) -> tuple[Prefill, dict[str, float | None]]:
+    """The form that best predicts each measured prompt length from the others; on a tie (within 0.1 point)
+    the one with fewer figures, and the line where too few lengths were measured to tell."""
+    loo: dict[str, float | None] = {}
+    for form, (_, _, k) in PREFILL_FORMS.items():
+        if len(set(px.tolist())) < k + 2:
+            loo[form] = None
+            continue
+        errs = []
+        for i in range(len(px)):
+            keep = np.arange(len(px)) != i
+            errs.append(abs(float(_prefill_fit(px[keep], py[keep], form).ms(px[i])) / py[i] - 1))
+        loo[form] = float(np.mean(errs))
+    chosen = "line"
+    for form, err in loo.items():  # in order of figures: a later form must do better by more than 0.1 point
+        ref = loo[chosen]
+        if err is not None and (ref is None or err < ref - 0.001):
+            chosen = form
+    return _prefill_fit(px, py, chosen), loo
+
+
+def _context(decode: list[Stage]) -> tuple[float, str]:
+    """ms per context token of each decoding sequence, from stages at one batch and two or more contexts (a
+    stage's context: its prompt plus half its answer): the step's rise over the contexts' rise at that batch,
+    pooled over such batches. 0 where none was measured, and said so."""
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for s in decode:
+        groups.setdefault(s.batch, []).append((s.batch * (s.prompt + s.output / 2), float(s.itl_ms or s.tpot_ms or 0)))
+    num = den = 0.0
+    used = []
+    for b, pts in groups.items():
+        x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        if len(pts) < 2 or x.max() < 1.2 * x.min():
+            continue
+        num += float(np.sum((x - x.mean()) * (y - y.mean())))
+        den += float(np.sum((x - x.mean()) ** 2))
+        used.append(f"batch {b} at {', '.join(f'{v / b:.0f}' for v in sorted(set(x.tolist())))} tokens")
+    if not used:
+        return 0.0, (
+            "0: no batch was measured at two contexts (add a decode stage at a measured batch with longer prompts,"
+            " e.g. batch 8 with 1024-token prompts)"
+        )
+    c = max(num / den, 0.0) if den else 0.0
+    return c, f"{c:.6f} ms a context token a sequence, from decode at {'; '.join(used)}"
+
+
+def _mean_error(rows: list[Row]) -> float:
+    errs = [abs(r.ttft_error) for r in rows] + [abs(e) for r in rows if (e := r.tpot_error) is not None]
+    return float(np.mean(errs)) if errs else 0.0
+
+
+def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) -> dict:
+    """What bounds the twin's concurrency, and where each figure came from: the slots, the KV capacity, the
+    step's token budget, the context per request and the batching policy, as far as the database, the server
+    or the option say."""
+    spec = endpoint_spec(con, endpoint)
+    launch = spec.get("launch") or {}
+    emulate = spec.get("emulate") or {}
+    serving = Serving.model_validate(emulate.get("serving") or {}) if emulate.get("engine") == "gpu" else None
+    out: dict = {"said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch)}
+    if slots:
+        out["slots"], where = slots, "--slots"
+    elif launch.get("slots"):
+        out["slots"], where = launch["slots"], "the launch (llama.cpp's --parallel)"
+    elif serving is not None:
+        out["slots"], where = (
+            serving.max_num_seqs,
+            "the endpoint file as stored (max_num_seqs: vLLM's /metrics do not say it)",
+        )
+    if out["slots"]:
+        out["said"].append(f"slots {out['slots']} from {where}")
+    cache = cache_config(con, endpoint)
+    if cache and cache.get("num_gpu_blocks") and cache.get("block_size"):
+        blocks, size = int(float(cache["num_gpu_blocks"])), int(float(cache["block_size"]))
+        out["kv"] = blocks * size
+        out["said"].append(
+            f"KV {out['kv']} tokens from the server's /metrics (vllm:cache_config_info: {blocks} blocks of {size})"
+        )
+    elif launch.get("ctx"):
+        out["kv"] = launch["ctx"]
+        out["said"].append(f"KV {out['kv']} tokens from the launch (llama.cpp's --ctx-size)")
+    else:
+        out["said"].append("KV unbounded: nothing says it")
+    if spec.get("server") == "llamacpp" or emulate.get("server") == "llamacpp":
+        out["chunked"] = (True, "llama.cpp batches prompt chunks with the decodes")
+    if launch:
+        out["batch_tokens"] = launch.get("batch", 2048)
+        out["chunked"] = (True, "llama.cpp batches prompt chunks with the decodes")
+        out["said"].append(f"{out['batch_tokens']} tokens a step from the launch (--batch-size)")
+    elif serving is not None:
+        out["batch_tokens"] = serving.max_num_batched_tokens
+        out["chunked"] = (serving.chunked_prefill, "the endpoint file as stored (chunked_prefill)")
+        out["said"].append(
+            f"{out['batch_tokens']} tokens a step from the endpoint file as stored (max_num_batched_tokens)"
+        )
+    else:
+        out["said"].append("2048 tokens a step: nothing says it")
+    return out
+
+
 def prompt_cache(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict) -> tuple[PromptCacheSpec | None, str]:
     """The twin's prompt cache and a line saying how it was chosen. llama.cpp caches per slot: what a slot keeps
     of a request (its prompt, plus or less `kept_offset`) is the median over the conversation turns that found
@@ -110,17 +277,15 @@ def prompt_cache(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict) -> t
     return None, "none: the server reported no prompt tokens reused"
 
 
-def cache_hit_cost(
-    hits: list[tuple[int, int, float]], prefill_step_ms: float, per_token: float
-) -> tuple[float, float, str]:
-    """(ms, ms per cached token, a line): what a prefill from a cached prefix costs beyond its computed tokens'
-    share of the prefill line, a line through the lone such prefills' residuals against their cached tokens (both
-    figures at least zero). On the packaged llama.cpp engine it is far from nothing (tens of ms, and more as
-    more is cached): restoring the slot's state is work too."""
+def cache_hit_cost(hits: list[tuple[int, int, float]], pf: Prefill) -> tuple[float, float, str]:
+    """(ms, ms per cached token, a line): what a prefill from a cached prefix costs beyond what the fitted
+    prefill predicts for its computed tokens at that context: a line through the lone such prefills' residuals
+    against their cached tokens (both figures at least zero). On the packaged llama.cpp engine it is far from
+    nothing (tens of ms, and more as more is cached): restoring the slot's state is work too."""
     if len(hits) < 3:
         return 0.0, 0.0, f"no cost of a cache hit fitted ({len(hits)} lone prefills from a cached prefix, 3 needed)"
     cached = np.array([c for _, c, _ in hits], dtype=float)
-    rest = np.array([ms - prefill_step_ms - per_token * n for n, _, ms in hits])
+    rest = np.array([ms - pf.at(n, c) for n, c, ms in hits])
     slope, intercept = np.polyfit(cached, rest, 1) if len(set(cached)) > 1 else (0.0, float(np.mean(rest)))
     if slope < 0:
         slope, intercept = 0.0, float(np.mean(rest))
@@ -153,23 +318,26 @@ def fit(
             "decode stages (phase: decode, closed concurrency N) at 2 or more batches, e.g. 1 and 8 "
             f"(it has {len(decode)})"
         )
-    spec = endpoint_spec(con, endpoint)
-    launch = spec.get("launch") or {}
-    slots = slots or launch.get("slots")
-    if slots is None:
-        missing.append("nothing says the server's slots: give --slots N (llama.cpp's --parallel, vLLM's max_num_seqs)")
+    limits = _limits(con, endpoint, slots)
+    if missing and limits["slots"] is None:
+        missing.append(
+            "nothing says the server's slots: give --slots N (llama.cpp's --parallel, vLLM's max_num_seqs), or "
+            "measure decode at batches above 1 (a server that serves one request at a time is told from them)"
+        )
     if missing:
         raise NotEnough(f"the database cannot calibrate {endpoint!r}: add " + "; and ".join(missing))
 
     server = all(s.prefill_ms is not None for s in prefill)
-    px = np.array([s.prompt for s in prefill])
+    px = np.array([s.prompt for s in prefill], dtype=float)
     py = np.array([s.prefill_ms if server else s.ttft_ms for s in prefill], dtype=float)
-    prefill_step_ms, per_token = _line(px, py)
+    pf, prefill_loo = _prefill(px, py)
     request_ms = float(np.median([s.ttft_ms - s.prefill_ms for s in prefill])) if server else 0.0
 
+    per_context, context_said = _context(decode)
     by_batch: dict[int, list[float]] = {}
-    for s in decode:
-        by_batch.setdefault(s.batch, []).append(float(s.itl_ms or s.tpot_ms or 0.0))
+    for s in decode:  # the step at no context: the context term taken out
+        itl = float(s.itl_ms or s.tpot_ms or 0.0) - per_context * s.batch * (s.prompt + s.output / 2)
+        by_batch.setdefault(s.batch, []).append(itl)
     bx = np.array(sorted(by_batch), dtype=float)
     by = np.array([np.median(by_batch[int(b)]) for b in bx])
     loo = {form: _loo(bx, by, form) for form in ("table", "line")}
@@ -181,27 +349,87 @@ def fit(
     else:
         table = {int(x): float(y) for x, y in zip(bx, by, strict=True)}
         form = "table"
-    said = ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for k, v in loo.items())
 
-    ctx = launch.get("ctx")
+    def said(loo: dict[str, float | None]) -> str:
+        return ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for k, v in loo.items())
+
+    ctx = limits["kv"]
     gather = batched_spread_ms(con, endpoint)
-    cache, cache_said = prompt_cache(con, endpoint, spec)
-    hit_ms, hit_per_token, hit_said = cache_hit_cost(lone_hits(con, endpoint), prefill_step_ms, per_token)
+    cache, cache_said = prompt_cache(con, endpoint, endpoint_spec(con, endpoint))
+    hit_ms, hit_per_token, hit_said = cache_hit_cost(lone_hits(con, endpoint), pf)
     fitted = FittedSpec(
-        prefill_ms_per_token=round(per_token, 4),
-        prefill_step_ms=round(prefill_step_ms, 3),
+        prefill_ms_per_token=round(pf.per_token, 5),
+        prefill_step_ms=round(pf.step_ms, 3),
+        prefill_floor_tokens=round(pf.floor),
+        prefill_ms_per_pair=round(pf.per_pair, 10),
+        decode_ms_per_context_token=round(per_context, 7),
         request_ms=round(max(request_ms, 0.0), 3),
         gather_ms=round(gather or 0.0, 2),
         cache_hit_ms=round(hit_ms, 2),
         cache_hit_ms_per_token=round(hit_per_token, 4),
         decode_step_ms={k: round(v, 3) for k, v in table.items()},
-        slots=slots,
-        batch_tokens=launch.get("batch", 2048),
+        slots=limits["slots"] or max(s.batch for s in stages),
+        batch_tokens=limits["batch_tokens"],
         kv_tokens=ctx,
-        max_context=ctx // slots if ctx else None,  # llama.cpp splits its context among the slots
+        # llama.cpp splits its context among the slots
+        max_context=ctx // limits["slots"] if ctx and limits["slots"] and limits["per_slot"] else None,
+        chunked_prefill=True,
         prompt_cache=cache,
     )
-    rows = [Row(s, *replay(fitted, s)) for s in stages]
+
+    # One request at a time, or batched: the decode stages' first tokens tell (a server that does not batch
+    # queues a closed loop's users behind each other's whole answers; one that does prefills them together).
+    batched = [s for s in decode if s.batch > 1]
+    alone = together = None
+    if batched:
+        alone = _mean_error([Row(s, *replay(fitted.model_copy(update={"slots": 1}), s)) for s in batched])
+        together = _mean_error([Row(s, *replay(fitted, s)) for s in batched])
+    one_at_a_time = alone is not None and together is not None and alone < together / 2 and alone + 0.05 < together
+    if one_at_a_time:
+        fitted = fitted.model_copy(update={"slots": 1, "max_context": None})
+        limits["said"][:0] = [
+            f"slots 1 detected: the decode stages' first tokens as one request at a time (mean error {alone:.1%}) "
+            f"better than batched (mean error {together:.1%})"
+        ]
+        limits["said"] = [x for x in limits["said"] if not x.startswith(f"slots {limits['slots']} from")]
+    elif limits["slots"] is None:
+        raise NotEnough(
+            f"the database cannot calibrate {endpoint!r}: its decode stages show batching, and nothing says the "
+            "server's slots: give --slots N (llama.cpp's --parallel, vLLM's max_num_seqs)"
+        )
+
+    # The policy: prefill-first or chunked, as the stages replayed under each tell where they differ.
+    rows = {
+        c: [Row(s, *replay(fitted.model_copy(update={"chunked_prefill": c}), s)) for s in stages] for c in (True, False)
+    }
+    errs = {c: _mean_error(r) for c, r in rows.items()}
+    name = {
+        True: "chunked prefill (prompt chunks beside the decodes)",
+        False: "prefill-first (a prefill stalls the decodes)",
+    }
+    if fitted.slots == 1:
+        chunked, why = True, "one request at a time: no decodes to stall"
+    elif abs(errs[True] - errs[False]) > 0.02:
+        chunked = errs[True] < errs[False]
+        why = f"the stages replayed under each: mean error {errs[True]:.1%} chunked, {errs[False]:.1%} prefill-first"
+    elif limits["chunked"] is not None:
+        chunked, why = (
+            limits["chunked"][0],
+            (
+                f"{limits['chunked'][1]}; the stages do not tell (mean error {errs[True]:.1%} chunked, "
+                f"{errs[False]:.1%} prefill-first)"
+            ),
+        )
+    else:
+        chunked, why = (
+            True,
+            (
+                f"assumed: the stages do not tell (mean error {errs[True]:.1%} chunked, {errs[False]:.1%} "
+                "prefill-first) and nothing says it"
+            ),
+        )
+    fitted = fitted.model_copy(update={"chunked_prefill": chunked})
+    final = rows[chunked] if fitted.slots > 1 else [Row(s, *replay(fitted, s)) for s in stages]
     calibration = Calibration(
         database=database,
         endpoint=endpoint,
@@ -210,7 +438,11 @@ def fit(
         batches=(int(min(s.batch for s in stages)), int(max(s.batch for s in stages))),
         contexts=contexts(con, endpoint),
         timings="server" if server else "client",
-        decode_form=f"{form} (leave-one-out mean error: {said})",
+        decode_form=f"{form} (leave-one-out mean error: {said(loo)})",
+        prefill_form=f"{pf.form} (leave-one-out mean error: {said(prefill_loo)})",
+        decode_context=context_said,
+        limits="; ".join(limits["said"]),
+        policy=f"{name[chunked]}: {why}",
         prompt_cache=f"{cache_said}; {hit_said}",
         stages=[
             {
@@ -224,7 +456,7 @@ def fit(
                 "ttft_error": round(r.ttft_error, 4),
                 "tpot_error": None if r.tpot_error is None else round(r.tpot_error, 4),
             }
-            for r in rows
+            for r in final
         ],
     )
-    return fitted.model_copy(update={"calibration": calibration}), rows
+    return fitted.model_copy(update={"calibration": calibration}), final

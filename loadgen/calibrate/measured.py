@@ -42,24 +42,37 @@ def measured(con: duckdb.DuckDBPyConnection, endpoint: str) -> list[Stage]:
 
 
 _FIRST_TOKENS = """
-SELECT r.run_id, r.stage, r.sent_s, r.first_token_s FROM requests r JOIN runs USING (run_id)
+SELECT r.run_id, r.stage, r.sent_s, r.first_token_s, coalesce(r.last_token_s, r.first_token_s)
+FROM requests r JOIN runs USING (run_id)
 WHERE runs.endpoint = ? AND r.status = 'ok' AND r.first_token_s IS NOT NULL ORDER BY r.run_id, r.stage, r.first_token_s
 """
 
 
 def batched_spread_ms(con: duckdb.DuckDBPyConnection, endpoint: str, same_step_s: float = 0.002) -> float | None:
     """The widest spread of sends among requests whose first tokens came in one step (within `same_step_s` of
-    each other: steps take tens of ms): how far apart requests may reach the server and still be prefilled
-    together, at least. None where no step holds two first tokens."""
+    each other: steps take tens of ms) and whose first send found the server idle (no other request of its stage
+    sent before it and ending after it): how far apart requests may reach an idle server and still be prefilled
+    together, at least. Requests that queued behind a running step are prefilled together by any batching
+    scheduler, the twin's too, and say nothing of a gathering window. None where no such step holds two."""
+    rows = con.execute(_FIRST_TOKENS, [endpoint]).fetchall()
+    busy: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        busy.setdefault(r[:2], []).append((r[2], r[4]))
     widest = None
     group: list[tuple] = []
-    for row in [*con.execute(_FIRST_TOKENS, [endpoint]).fetchall(), None]:
+    for row in [*rows, None]:
         if row is not None and group and row[:2] == group[-1][:2] and row[3] - group[-1][3] <= same_step_s:
             group.append(row)
             continue
         if len(group) > 1:
-            spread = (max(g[2] for g in group) - min(g[2] for g in group)) * 1000
-            widest = spread if widest is None else max(widest, spread)
+            first = min(g[2] for g in group)
+            members = {(g[2], g[4]) for g in group}
+            # A request that ended in the step before (within same_step_s of the send) left it idle.
+            others = [(s, last) for s, last in busy[group[0][:2]] if (s, last) not in members]
+            idle = not any(s < first and last > first + same_step_s for s, last in others)
+            if idle:
+                spread = (max(g[2] for g in group) - first) * 1000
+                widest = spread if widest is None else max(widest, spread)
         group = [row]
     return widest
 
@@ -67,6 +80,20 @@ def batched_spread_ms(con: duckdb.DuckDBPyConnection, endpoint: str, same_step_s
 def family(spec: dict) -> str | None:
     """The server family a stored endpoint was (detected, or named), llama.cpp where loadgen launched it."""
     return spec.get("server") or ("llamacpp" if spec.get("launch") else None)
+
+
+def cache_config(con: duckdb.DuckDBPyConnection, endpoint: str) -> dict | None:
+    """The labels of vLLM's `vllm:cache_config_info` as the server's /metrics said them in its latest run (its KV
+    cache's num_gpu_blocks and block_size); None where no scrape holds it."""
+    try:
+        row = con.execute(
+            "SELECT m.labels FROM server_metrics m JOIN runs USING (run_id) WHERE runs.endpoint = ? "
+            "AND m.name = 'vllm:cache_config_info' ORDER BY runs.started_at DESC, m.t_s DESC LIMIT 1",
+            [endpoint],
+        ).fetchone()
+    except duckdb.CatalogException:  # a database without server metrics
+        return None
+    return orjson.loads(row[0]) if row and row[0] else None
 
 
 def endpoint_spec(con: duckdb.DuckDBPyConnection, endpoint: str) -> dict:

@@ -188,12 +188,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     show.out.print(show.result_table(cols, table))
     f = fitted
     steps = ", ".join(f"{b}: {ms:g}" for b, ms in f.decode_step_ms.items())
-    assert f.calibration is not None
+    c = f.calibration
+    assert c is not None
+    prefill = f"{f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x "
+    prefill += f"max(prompt tokens, {f.prefill_floor_tokens})" if f.prefill_floor_tokens else "prompt tokens"
+    if f.prefill_ms_per_pair:
+        prefill += f" + {f.prefill_ms_per_pair:.3g} ms x causal pairs"
     show.out.print(
-        f"step = decode(sequences) + {f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x prompt tokens "
-        f"(with prefill); decode ms at {steps} ({f.calibration.decode_form}); {f.request_ms:g} ms per request; "
-        f"an idle engine gathers arrivals for {f.gather_ms:g} ms; {f.slots} slots; "
-        f"fitted from the {f.calibration.timings}'s timings; prompt cache: {f.calibration.prompt_cache}",
+        f"step = decode(sequences) + {f.decode_ms_per_context_token:g} ms x context tokens decoded + {prefill} "
+        f"(with prefill); decode ms at {steps} ({c.decode_form}); prefill: {c.prefill_form}; decode context: "
+        f"{c.decode_context}; {f.request_ms:g} ms per request; an idle engine gathers arrivals for "
+        f"{f.gather_ms:g} ms; {c.limits}; {c.policy}; fitted from the {c.timings}'s timings; "
+        f"prompt cache: {c.prompt_cache}",
         highlight=False,
     )
     show.out.print(f"twin: {out} (loadgen run WORKLOAD --endpoint {out})", highlight=False)

@@ -360,9 +360,10 @@ class GpuEngine(Engine):
 
 
 class FittedEngine(GpuEngine):
-    """A twin of a measured server: the GPU engine's continuous batching (slots, chunked prompts riding with the
-    decodes, as llama.cpp batches), its steps timed by fitted figures (perf.fitted_step_s), and each request
-    reaching the engine `request_ms` after it arrived (the server's HTTP and tokenizing, fitted too)."""
+    """A twin of a measured server: the GPU engine's continuous batching (slots; prompt chunks riding with the
+    decodes, as llama.cpp batches, or prefill-first steps, as the calibration chose), its steps timed by fitted
+    figures (perf.fitted_step_s), and each request reaching the engine `request_ms` after it arrived (the
+    server's HTTP and tokenizing, fitted too)."""
 
     # Without a measured KV capacity, admission is bounded by the slots alone.
     UNBOUNDED_KV = 1 << 40
@@ -376,18 +377,9 @@ class FittedEngine(GpuEngine):
             self.cache = SlotCache(fitted.slots, pc.similarity, pc.kept_offset)
 
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
-        f = self.fitted
         hits = [q.cached for q, _ in prefill if q.cached and q.prefilled == q.cached]  # their first chunk
         return perf.fitted_step_s(
-            f.decode_step_ms,
-            f.prefill_step_ms,
-            f.prefill_ms_per_token,
-            sum(n for _, n in prefill),
-            len(decoding),
-            len(hits),
-            sum(hits),
-            f.cache_hit_ms,
-            f.cache_hit_ms_per_token,
+            self.fitted, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding], hits
         )
 
     def submit(self, seq: Seq) -> None:
@@ -407,11 +399,14 @@ class FittedEngine(GpuEngine):
         if self._gathering:
             self._enqueue(seq)
             return
-        if self.fitted.gather_ms <= 0 or not self.idle():
+        # At most request_ms: a lone request's TTFT is request_ms plus its prefill (a twin fitted from the
+        # client's timings has no request_ms, its HTTP time inside the prefill's, and gathers nothing).
+        gather_ms = min(self.fitted.gather_ms, self.fitted.request_ms)
+        if gather_ms <= 0 or not self.idle():
             return super().submit(seq)
         self._enqueue(seq)
         self._gathering = True
-        asyncio.get_running_loop().call_later(self.fitted.gather_ms / 1000.0, self._gathered)
+        asyncio.get_running_loop().call_later(gather_ms / 1000.0, self._gathered)
 
     def _gathered(self) -> None:
         self._gathering = False

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from loadgen.emulator import shapes
-from loadgen.emulator.engine import Backend, Seq, build, engines
+from loadgen.emulator.engine import Backend, FittedEngine, GpuEngine, Seq, build, engines
 from loadgen.emulator.prefix import block_keys
 from loadgen.emulator.shapes import OUTPUT_WORDS, EventBytes
 from loadgen.spec.endpoint import EndpointSpec
@@ -139,6 +139,7 @@ class Emulator:
             # Prometheus' own clients (vLLM's) declare a counter without its _total; llama.cpp's server with it.
             meta = name.removesuffix("_total") if kind == "counter" and self.family == "vllm" else name
             lines += [f"# HELP {meta} {about}", f"# TYPE {meta} {kind}", f"{name} {value}"]
+        lines += self._cache_config(es)
         p50, p99 = (max(x.pct(q) for x in errors) for q in (50, 99))
         lines += [
             "# HELP loadgen_emulator_step_release_error_ms How late engine steps released their tokens.",
@@ -174,6 +175,29 @@ class Emulator:
              f"{sum(c.queried_tokens for c in self.caches)}"),
             ("vllm:prefix_cache_hits_total", "counter", "Prefix-cache hit tokens.", hits),
         ]  # fmt: skip
+
+    def _cache_config(self, es: list) -> list[str]:
+        """vLLM's `vllm:cache_config_info` (vllm/v1/metrics/loggers.py: the cache config as labels, value 1): the
+        KV cache's blocks and their size, where the engine has one of a fixed size (a batching GPU engine's; a
+        GroqRack keeps none across steps, and a twin without a measured capacity has none to say)."""
+        if self.family != "vllm" or not es or not isinstance(es[-1], GpuEngine):
+            return []
+        e = es[-1]
+        if isinstance(e, FittedEngine) and e.fitted.kv_tokens is None:
+            return []
+        s = e.serving
+        labels = {
+            "block_size": s.block_size,
+            "num_gpu_blocks": e.kv_capacity // s.block_size,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "enable_prefix_caching": s.enable_prefix_caching,
+        }
+        said = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return [
+            "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+            "# TYPE vllm:cache_config_info gauge",
+            f"vllm:cache_config_info{{{said}}} 1.0",
+        ]
 
     async def props(self, _: web.Request) -> web.Response:
         """llama.cpp's GET /props, with the keys loadgen (target/identify.py) and llama.cpp's clients read: its

@@ -14,26 +14,39 @@ prompt's tokens streamed back to back through the pipeline (pipelined), or, for 
 input shape, the compiled length streamed whatever the prompt (padded).
 Fitted (a twin of a measured server, `loadgen calibrate`): an empirical step, every figure fitted,
     step = decode(sequences decoded)                       piecewise-linear through fitted (batch, ms) points
-         + prefill_step + prefill_per_token x prompt tokens, in a step that holds prefill work
+         + decode_ctx x context tokens of the decoding sequences                      decode attention
+         + prefill_step + prefill_per_token x max(prompt tokens, prefill_floor)
+           + prefill_pair x causal (query, key) pairs of the prefill chunks, in a step that holds prefill work
          + cache_hit + cache_hit_per_token x cached tokens, per prefill starting in it from a cached prefix
 and request_ms per request before it reaches the engine (the server's HTTP and tokenizing: client TTFT less the
 server's own prefill time), of which an idle engine spends the last gather_ms gathering arrivals before it plans
 a step (requests sent together are prefilled in one step, as llama.cpp does). decode() is a per-batch table
 where it predicts the left-out batches better than a line a + b x sequences (the roofline's form at fixed
-context), else that line. Context is not a term: the study's decode stages all run at one context, which cannot
-tell it apart, and on the packaged llama.cpp engine it is small (measured idle: 20.5 -> 24.1 ms at batch 1 from
+context), else that line. The prefill's form is chosen the same way, by the mean error predicting each measured
+prompt length from the others: a line (prefill_floor 0, prefill_pair 0); the roofline's, whose step costs the
+same below prefill_floor tokens (a GPU reads its weights whatever the few tokens: memory-bound) and grows by
+prefill_per_token above it (compute-bound); and either with the attention's quadratic term. decode_ctx is fitted
+from decode stages at one batch and two or more contexts (a decode stage's context: its prompt plus half its
+answer), else 0: on the packaged llama.cpp engine it is small (measured idle: 20.5 -> 24.1 ms at batch 1 from
 64 to 1,050 tokens of context, 93.0 -> 101.2 ms at batch 4 from 64 to 536: about 0.004 ms a context token a
-sequence, under 2% for chat-sized contexts). Nor is the prefill's split in two steps on llama.cpp with a
-sliding-window model (Gemma 3: the prompt but its last token, then that token with the decodes, which yields the
-first token): a step's total is about the same, and the decodes beside it get one token more.
+sequence, under 2% for chat-sized contexts); on the emulated A100 it is the KV cache's read, 0.49 us a token.
+A step either holds prompt chunks beside the decodes (chunked_prefill, as llama.cpp and vLLM V1 batch), or
+prefills alone while the decodes wait (prefill-first, vLLM V0's default): the calibration says which it chose
+and why. Not modelled: the prefill's split in two steps on llama.cpp with a sliding-window model (Gemma 3: the
+prompt but its last token, then that token with the decodes, which yields the first token): a step's total is
+about the same, and the decodes beside it get one token more.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from loadgen.hardware.profiles import GpuHardware, GroqHardware, ModelConfig
+
+if TYPE_CHECKING:
+    from loadgen.spec.endpoint import FittedSpec
 
 
 def gpu_step_s(
@@ -66,22 +79,26 @@ def piecewise(x: float, points: Mapping[int, float]) -> float:
 
 
 def fitted_step_s(
-    decode_step_ms: Mapping[int, float],
-    prefill_step_ms: float,
-    prefill_ms_per_token: float,
-    prefill_tokens: int,
-    decoding: int,
-    hits: int = 0,
-    hit_tokens: int = 0,
-    cache_hit_ms: float = 0.0,
-    cache_hit_ms_per_token: float = 0.0,
+    f: FittedSpec,
+    prefill: Sequence[tuple[int, int]],
+    decode_contexts: Sequence[int],
+    hits: Sequence[int] = (),
 ) -> float:
-    """One step of a fitted engine (spec FittedSpec's figures): `prefill_tokens` prompt tokens computed,
-    `decoding` sequences decoded, and `hits` prefills starting in it from a cached prefix of `hit_tokens` in all."""
-    ms = piecewise(decoding, decode_step_ms) if decoding else 0.0
-    if prefill_tokens:
-        ms += prefill_step_ms + prefill_ms_per_token * prefill_tokens
-    ms += cache_hit_ms * hits + cache_hit_ms_per_token * hit_tokens
+    """One step of a fitted engine (spec FittedSpec's figures). `prefill`: (new tokens, tokens already in the KV
+    cache) per prefilling sequence; `decode_contexts`: the KV-cache length of each decoding sequence; `hits`: the
+    cached tokens of each prefill that starts in this step from a cached prefix."""
+    ms = 0.0
+    if decode_contexts:
+        ms += piecewise(len(decode_contexts), f.decode_step_ms) + f.decode_ms_per_context_token * sum(decode_contexts)
+    tokens = sum(n for n, _ in prefill)
+    if tokens:
+        pairs = sum(n * (c + (n + 1) / 2) for n, c in prefill)
+        ms += (
+            f.prefill_step_ms
+            + f.prefill_ms_per_token * max(tokens, f.prefill_floor_tokens)
+            + f.prefill_ms_per_pair * pairs
+        )
+    ms += f.cache_hit_ms * len(hits) + f.cache_hit_ms_per_token * sum(hits)
     return ms / 1000.0
 
 

@@ -95,6 +95,10 @@ class Calibration(Strict):
     contexts: tuple[int, int] | None = None  # ... and prompt plus answer of any request, conversations' included
     timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
     decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
+    prefill_form: str = ""  # ... the prefill's
+    decode_context: str = ""  # how the decode's context term was fitted, or why it is 0
+    limits: str = ""  # where the slots, the KV capacity and the step's token budget came from
+    policy: str = ""  # prefill-first or chunked prefill, and what chose it
     prompt_cache: str = ""  # the prompt cache chosen, and from what
     stages: list[dict[str, Any]] = Field(default_factory=list)  # per stage: measured, fitted, error
 
@@ -114,6 +118,12 @@ class FittedSpec(Strict):
 
     prefill_ms_per_token: float = Field(ge=0)
     prefill_step_ms: float = Field(default=0.0, ge=0)  # fixed cost of a step that holds prefill work
+    # A step prefilling fewer tokens costs as many (a GPU's memory-bound floor: it reads its weights regardless).
+    prefill_floor_tokens: int = Field(default=0, ge=0)
+    prefill_ms_per_pair: float = Field(default=0.0, ge=0)  # attention: per causal (query, key) pair prefilled
+    # Per context token of each decoding sequence (the KV cache read): a step decoding 8 sequences of 1,000
+    # tokens adds 8,000 x this.
+    decode_ms_per_context_token: float = Field(default=0.0, ge=0)
     request_ms: float = Field(default=0.0, ge=0)  # per request before it reaches the engine (HTTP, tokenizing)
     # An idle engine waits this long after a request reaches it before it plans a step, so that requests sent
     # together are prefilled together (llama.cpp sets up each task on its one loop before it builds the batch).
@@ -127,16 +137,20 @@ class FittedSpec(Strict):
     slots: PositiveInt  # requests served together (llama.cpp's --parallel, vLLM's max_num_seqs); more wait
     batch_tokens: PositiveInt = 2048  # prompt and decode tokens in one step at most (llama.cpp's --batch-size)
     kv_tokens: PositiveInt | None = None  # KV-cache tokens over all slots; none: unbounded
+    # True: prompt chunks ride with the decodes (llama.cpp, vLLM V1); False: a step prefills while the decodes
+    # wait (prefill-first, vLLM V0's default).
+    chunked_prefill: bool = True
     max_context: PositiveInt | None = None  # prompt plus output per request at most (llama.cpp: ctx / slots)
     prompt_cache: PromptCacheSpec | None = None  # none: every prompt computed whole
     calibration: Calibration | None = None
 
     def serving(self) -> Serving:
-        """The continuous-batching loop's knobs: llama.cpp puts decode tokens and prompt chunks in one batch."""
+        """The continuous-batching loop's knobs: llama.cpp puts decode tokens and prompt chunks in one batch; a
+        prefill-first server (chunked_prefill false) runs a step of prompts while the decodes wait."""
         return Serving(
             max_num_seqs=self.slots,
             max_num_batched_tokens=self.batch_tokens,
-            chunked_prefill=True,
+            chunked_prefill=self.chunked_prefill,
             enable_prefix_caching=self.prompt_cache is not None and self.prompt_cache.kind == "blocks",
             block_size=self.prompt_cache.block_size if self.prompt_cache is not None else 16,
         )
