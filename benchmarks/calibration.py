@@ -15,7 +15,7 @@ workloads the fit never saw (issue 23).
 
 The engine's figures need the machine otherwise idle (docs/endpoints.md, "A real engine"); even so, on a shared
 virtual machine a p90 of a few requests moves by 10-40% from one run to the next (the engine slows for seconds
-at a time), which the "engine again" rows show. It takes about 16 minutes.
+at a time), which the "engine again" rows show. It takes about 20 minutes.
 
     python benchmarks/calibration.py [--keep DIR]
 """
@@ -63,7 +63,7 @@ def poisson_chat(rate: float) -> dict:
                 "load": {"arrival": "poisson", "rate": round(share * rate, 3), "concurrency": 16},
                 "stop": {"requests": n},
             }
-            for share, n in zip(SHARES, (14, 18, 24), strict=True)
+            for share, n in zip(SHARES, (24, 30, 40), strict=True)
         ],
     }
 
