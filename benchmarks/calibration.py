@@ -15,7 +15,7 @@ workloads the fit never saw (issue 23).
 
 The engine's figures need the machine otherwise idle (docs/endpoints.md, "A real engine"); even so, on a shared
 virtual machine a p90 of a few requests moves by 10-40% from one run to the next (the engine slows for seconds
-at a time), which the "engine again" rows show. It takes about 20 minutes.
+at a time), which the "engine again" rows show. It takes about 17 minutes.
 
     python benchmarks/calibration.py [--keep DIR]
 """
