@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +46,63 @@ def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["loadgen", *args], code, out.getvalue(), err.getvalue())
 
 
+class _Zygote:
+    """tests/zygote.py in a child process, started at the first load command: load commands fork from it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("zygote.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        atexit.register(self.proc.kill)
+
+    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory(prefix="loadgen-test-") as tmp:
+            files = {k: str(Path(tmp) / k) for k in ("out", "err", "code")}
+            Path(files["out"]).touch()
+            Path(files["err"]).touch()
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(orjson.dumps({"args": list(args), "cwd": str(ROOT), **files}).decode() + "\n")
+            self.proc.stdin.flush()
+            pid = int(self.proc.stdout.readline())
+            deadline = time.monotonic() + timeout
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                    raise subprocess.TimeoutExpired(["loadgen", *args], timeout)
+                time.sleep(0.01)
+            code = Path(files["code"])
+            status = int(code.read_text()) if code.exists() else -signal.SIGKILL  # killed before it could say
+            out, err = Path(files["out"]).read_text(), Path(files["err"]).read_text()
+            return subprocess.CompletedProcess(["loadgen", *args], status, out, err)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+_zygote: _Zygote | None = None
+
+
 def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None):
-    """Run the real command line: in a child process as a user would, or in this one where that changes nothing."""
+    """Run the real command line: in a child process as a user would (forked from a started, imported `loadgen`
+    where the test sets no directory or environment of its own: tests/zygote.py), or in this one where that
+    changes nothing."""
+    global _zygote
     if (not args or args[0] in IN_PROCESS or args[0].startswith("-")) and cwd is None and env is None:
         return _in_process(args)
+    if cwd is None and env is None:
+        if _zygote is None:
+            _zygote = _Zygote()
+        return _zygote.run(args, timeout)
     return subprocess.run(
         [*COMMAND, *args],
         capture_output=True,

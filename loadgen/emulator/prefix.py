@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from loadgen.emulator.engine import Seq
+
+class Seq(Protocol):
+    """What a cache reads of a request (engine.Seq): its prompt's keys, and its answer's after them."""
+
+    prompt: int
+    target: int
+    generated: int
+    cancelled: bool
+    keys: Sequence[int]
+    answer_keys: Sequence[int]
 
 
 def block_keys(tokens: Sequence[object], block: int) -> list[int]:

@@ -1,0 +1,78 @@
+"""A `loadgen` started once and imported once, from which the tests' load commands fork.
+
+A load command (run, study, search, ui) patches the standard library for gevent, so it cannot run in the test
+process; started as a child process it first spends about a second on Python and its imports (Locust, gevent,
+DuckDB, pydantic, rich). Forked from this process, which has done both, it starts in milliseconds and is
+otherwise the child a user's shell would start: its own process (and process group), its own stdout and stderr,
+the real `main()` with the real arguments.
+
+The test process writes one job a line (JSON: args, cwd, out, err, code files) to this process's stdin and reads
+the forked command's pid back; the command writes its exit status to the code file as it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+
+def _child(job: dict) -> None:
+    """In the forked process: the command's own process group, files and directory, then `main()`; never returns."""
+    code = 70
+    try:
+        os.setpgrp()  # a timeout kills the command and what it started (its emulator, its workers)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits for its own children
+        files = ((0, os.devnull, os.O_RDONLY), (1, job["out"], os.O_WRONLY), (2, job["err"], os.O_WRONLY))
+        for fd, path, flags in files:
+            target = os.open(path, flags)
+            os.dup2(target, fd)
+            os.close(target)
+        os.chdir(job["cwd"])
+        from loadgen.cli.app import main
+
+        code = main(job["args"])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        with open(job["code"], "w") as f:
+            f.write(str(code))
+        os._exit(code)
+
+
+def serve() -> None:
+    from loadgen.load.runtime import prepare
+
+    prepare()  # Locust's import: gevent's patching, as `main()` does for a load command
+    import gevent
+    from gevent import monkey
+
+    import loadgen.cli.commands  # noqa: F401  (the commands' own imports, done once)
+    import loadgen.cli.run  # noqa: F401
+
+    # The plain fork, not gevent's (which watches the child from a hub this loop never runs, leaving it a zombie
+    # the tests would wait on): the kernel reaps the children, and each child starts its own hub.
+    fork = monkey.get_original("os", "fork")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    for line in sys.stdin:
+        job = json.loads(line)
+        sys.stdout.flush()
+        pid = fork()
+        if pid == 0:
+            gevent.reinit()
+            _child(job)
+        print(pid, flush=True)
+
+
+if __name__ == "__main__":
+    serve()
