@@ -382,11 +382,12 @@ def test_bad_bailian_rows_name_the_line_and_key_or_are_skipped(write, row, key):
 
 def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
     # Each conversation's second turn arrives in the trace 50 ms after its first, long before the first's
-    # 64-token answer has ended; a third turn arrives 5 s later, after its parent's end.
+    # 64-token answer (about 0.4 s on the fast emulator) has ended; a third turn arrives 3 s later (1.5 s
+    # replayed), after its parent's end.
     rows = []
     for conv in range(3):
-        base, root = 10.0 * conv, 10 * conv + 1
-        for turn, (dt, parent) in enumerate(((0.0, -1), (0.05, root), (5.0, root + 1)), start=1):
+        base, root = 4.0 * conv, 10 * conv + 1
+        for turn, (dt, parent) in enumerate(((0.0, -1), (0.05, root), (3.0, root + 1)), start=1):
             rows.append(
                 {
                     "chat_id": root + turn - 1,
@@ -411,7 +412,7 @@ def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
     for conv in range(3):
         first, second, third = got[3 * conv : 3 * conv + 3]
         assert second[0] == first[2] and second[1] >= first[2]  # waited for its parent: scheduled at its end
-        assert third[0] - start == pytest.approx((10.0 * conv + 5.0) / 2, abs=1e-9) and third[0] > second[2]
+        assert third[0] - start == pytest.approx((4.0 * conv + 3.0) / 2, abs=1e-9) and third[0] > second[2]
         assert max(second[3], third[3]) < 50  # the wait is in the schedule, not in the lag
     # Each row says its conversation, turn and parent; the sessions view gathers them.
     linked = con.execute("SELECT session, turn, parent_request_id FROM requests ORDER BY request_id").fetchall()
