@@ -279,3 +279,24 @@ def test_query_and_validate(setup):
     assert csv_rows[0][:3] == ["request_id", "stage_name", "t_s"] and float(csv_rows[1][2]) == t_s
     records = orjson.loads(loadgen("query", str(db), sql, "--format", "json").stdout)
     assert len(records) == 2 and records[0]["t_s"] == t_s and records[0]["run_id"] == run_id
+
+
+def test_a_closed_loop_after_an_open_loop_starts_when_the_open_loop_ends(write, tmp_path):
+    """An open loop runs with its 256 users; the closed loop after it wants 2: the 254 others go at once, and the
+    closed loop starts right after the open loop's last answer (it used to wait for the 30 s start timeout)."""
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write(
+        "w.yaml",
+        "name: open-then-closed\nendpoint: ep.yaml\napi: completions\nrequests: {prompt_tokens: 64, output_tokens: 8}\n"
+        "stages:\n  - {name: open, load: {arrival: poisson, rate: 20}, stop: {requests: 10}}\n"
+        "  - {name: closed, load: {arrival: closed, concurrency: 2}, stop: {requests: 4}}\n",
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db), "--server-metrics", "0")
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    (open_end, closed_start, closed_ok) = con.execute(
+        "SELECT max(end_s) FILTER (WHERE stage = 'open'), min(sent_s) FILTER (WHERE stage = 'closed'), "
+        "count(*) FILTER (WHERE stage = 'closed' AND status = 'ok') FROM requests"
+    ).fetchone()
+    assert closed_ok == 4 and 0 < closed_start - open_end < 3.0

@@ -110,7 +110,10 @@ def run_headless(load: Load) -> Outcome:
             if want is None:
                 break
             if want != runner.target_user_count:
-                runner.start(want, spawn_rate=want)
+                # Every user started or stopped within about a second: Locust paces a change at spawn_rate users
+                # a second, and 256 open-loop users going down to a closed loop's 2 at 2 a second would hold that
+                # stage's start until its timeout.
+                runner.start(want, spawn_rate=max(want, runner.user_count, 1))
             if not load.going_on():
                 break
             now = time.perf_counter()
