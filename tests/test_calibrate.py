@@ -153,6 +153,17 @@ def test_the_prompt_cache_is_what_the_conversations_found(tmp_path):
     assert f.calibration is not None and "no conversation measured" in f.calibration.prompt_cache
 
 
+def test_a_llamacpp_server_loadgen_did_not_start_says_its_limits(tmp_path):
+    """A llama.cpp server measured by its URL (no launch): the slots and the context of a slot its GET /props
+    said (stored as the run's endpoint limits) bound the twin; no --slots needed."""
+    said = {"name": "real", "server": "llamacpp", "model": "m", "limits": {"slots": 4, "ctx_per_slot": 512}}
+    db = synthetic(tmp_path / "props.duckdb", {1: 20.0, 4: 50.0}, slots=None, endpoint=said)
+    f, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert (f.slots, f.kv_tokens, f.max_context) == (4, 2048, 512)
+    assert f.calibration is not None and "slots 4 from the server's GET /props" in f.calibration.limits
+    assert "KV 2048 tokens from the server's GET /props (512 a slot" in f.calibration.limits
+
+
 def test_a_database_without_enough_stages_says_which_to_add(tmp_path):
     db = synthetic(tmp_path / "one.duckdb", {1: 20.0}, prefill=(), slots=None)
     res = loadgen("calibrate", str(db), "--endpoint", "real", "--out", str(tmp_path / "twin.yaml"))

@@ -48,6 +48,23 @@ def test_the_emulator_says_what_it_is_and_a_named_model_is_not_asked_for():
     assert (named.server, named.model, named.detected, named.notes) == ("sglang", "mine", {}, [])
 
 
+def test_a_llamacpp_server_says_its_slots_and_context_through_props():
+    """A server in llama.cpp's shape (the emulator's, 6 sequences at most): its GET /props' total_slots and
+    per-slot n_ctx are the run's limits, said as detected there; another family's are not asked for."""
+    shaped = EndpointSpec.model_validate(
+        {
+            "name": "l",
+            "emulate": {**EMULATED.emulate.model_dump(), "server": "llamacpp", "serving": {"max_num_seqs": 6}},
+        }
+    )
+    with emulator_in_thread(shaped) as url:
+        found = identify(Endpoint(base_url=url, headers={}, server="vllm", model=""), None, None)
+        other = identify(Endpoint(base_url=url, headers={}, server="vllm", model=""), "vllm", "llama-2-7b")
+    assert found.server == "llamacpp" and found.limits == {"slots": 6, "ctx_per_slot": 4096}
+    assert found.detected["limits"] == "GET /props"
+    assert other.limits == {} and "limits" not in other.detected
+
+
 def test_several_models_and_no_model_named_fail_fast_with_the_list(write, tmp_path):
     cards = ({"id": "model-a", "owned_by": "vllm"}, {"id": "model-b", "owned_by": "vllm"})
     with emulator_in_thread(EMULATED, models_answer(*cards)) as url:

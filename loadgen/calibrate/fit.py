@@ -213,6 +213,7 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) ->
     or the option say."""
     spec = endpoint_spec(con, endpoint)
     launch = spec.get("launch") or {}
+    said = spec.get("limits") or {}  # what the server's own account said (target/identify.py)
     emulate = spec.get("emulate") or {}
     serving = Serving.model_validate(emulate.get("serving") or {}) if emulate.get("engine") == "gpu" else None
     out: dict = {"said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch)}
@@ -220,6 +221,8 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) ->
         out["slots"], where = slots, "--slots"
     elif launch.get("slots"):
         out["slots"], where = launch["slots"], "the launch (llama.cpp's --parallel)"
+    elif said.get("slots"):
+        out["slots"], where = said["slots"], "the server's GET /props (total_slots)"
     elif serving is not None:
         out["slots"], where = (
             serving.max_num_seqs,
@@ -237,6 +240,9 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) ->
     elif launch.get("ctx"):
         out["kv"] = launch["ctx"]
         out["said"].append(f"KV {out['kv']} tokens from the launch (llama.cpp's --ctx-size)")
+    elif said.get("ctx_per_slot") and out["slots"]:
+        out["kv"], out["per_slot"] = said["ctx_per_slot"] * out["slots"], True
+        out["said"].append(f"KV {out['kv']} tokens from the server's GET /props ({said['ctx_per_slot']} a slot, n_ctx)")
     else:
         out["said"].append("KV unbounded: nothing says it")
     if spec.get("server") == "llamacpp" or emulate.get("server") == "llamacpp":

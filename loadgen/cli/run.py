@@ -59,11 +59,13 @@ def default_db(workload: WorkloadSpec) -> Path:
 
 
 def _spec_record(workload: WorkloadSpec, endpoint: EndpointSpec, base_url: str, identity: Identity) -> dict[str, Any]:
-    """The run's specs as resolved: the endpoint with the server family and model it was run against, and what of
-    them was detected (`detected`: which, and from where)."""
+    """The run's specs as resolved: the endpoint with the server family and model it was run against, what of
+    them was detected (`detected`: which, and from where), and the limits the server said (`limits`)."""
     ep = endpoint.model_dump(mode="json")
     ep["url"] = redact_url(endpoint.url) if endpoint.url else None
     ep["server"], ep["model"], ep["detected"] = identity.server, identity.model, identity.detected
+    if identity.limits:
+        ep["limits"] = identity.limits
     return {"workload": workload.model_dump(mode="json"), "endpoint": ep, "base_url": redact_url(base_url)}
 
 

@@ -8,6 +8,8 @@ Detected where the server says it, never assumed in silence:
   (llama.cpp: "llamacpp", vLLM: "vllm", loadgen's emulator: "loadgen"). Where none says, vLLM's request options
   are assumed and the run's note says so.
 - the model from `GET /v1/models`: the one model it lists; several: the run fails with the list.
+- what bounds a llama.cpp server's concurrency, where its `GET /props` says: `total_slots`, and the context of a
+  slot (`default_generation_settings.n_ctx`); `loadgen calibrate` reads them from the run's stored endpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ class Identity:
     model: str
     detected: dict[str, str] = field(default_factory=dict)  # what was detected, and from where
     notes: list[str] = field(default_factory=list)
+    limits: dict[str, int] = field(default_factory=dict)  # slots, ctx_per_slot: where the server says them
+
+
+def llamacpp_limits(ep: Endpoint) -> dict[str, int]:
+    """A llama.cpp server's slots and per-slot context, as its GET /props says them (none it does not say)."""
+    props = _get_json(ep, "/props", root=True)
+    if not isinstance(props, dict):
+        return {}
+    settings = props.get("default_generation_settings")
+    found = {
+        "slots": props.get("total_slots"),
+        "ctx_per_slot": settings.get("n_ctx") if isinstance(settings, dict) else None,
+    }
+    return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
 def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
@@ -96,4 +112,7 @@ def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
                 "set model: in the endpoint or workload, or --set model=NAME"
             )
         model, detected["model"] = ids[0], "GET /v1/models"
-    return Identity(server=server, model=model, detected=detected, notes=notes)
+    limits = llamacpp_limits(ep) if server == "llamacpp" else {}
+    if limits:
+        detected["limits"] = "GET /props"
+    return Identity(server=server, model=model, detected=detected, notes=notes, limits=limits)
