@@ -37,11 +37,15 @@ def test_an_endpoint_file_starts_the_engine_and_stops_it(write, tmp_path):
     endpoint = orjson.loads(spec)["endpoint"]
     # The family is known (loadgen started it); the model is the one the engine lists, not a default.
     assert endpoint["server"] == "llamacpp"
-    assert endpoint["model"] == "gemma-3-270m-q4_k_m" and endpoint["detected"] == {"model": "GET /v1/models"}
+    assert endpoint["model"] == "gemma-3-270m-q4_k_m"
+    assert endpoint["detected"] == {"model": "GET /v1/models", "limits": "GET /props"}
+    # Its slots and a slot's context as the engine says them: the file's 8 slots, 16,384 tokens over them.
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048}
 
 
 def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
-    """Given only a URL, the family comes from llama.cpp's /props and the model from /v1/models; both stored."""
+    """Given only a URL, the family comes from llama.cpp's /props and the model from /v1/models, and its slots and
+    a slot's context from /props too; all stored."""
     db = tmp_path / "r.duckdb"
     res = loadgen("run", small_workload(write, llamacpp), "--db", str(db), timeout=300)
     assert res.returncode == 0, res.stderr
@@ -49,7 +53,8 @@ def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
     (spec, note) = con.execute("SELECT spec, note FROM runs").fetchone()
     endpoint = orjson.loads(spec)["endpoint"]
     assert (endpoint["server"], endpoint["model"]) == ("llamacpp", "gemma-3-270m-q4_k_m")
-    assert endpoint["detected"] == {"server": "GET /props", "model": "GET /v1/models"}
+    assert endpoint["detected"] == {"server": "GET /props", "model": "GET /v1/models", "limits": "GET /props"}
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048}  # the session engine: 8 slots, 16384 tokens
     assert "assumed" not in (note or "")
     assert "token-ID" not in res.stderr  # the native server takes token-ID prompts
 
