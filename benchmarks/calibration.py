@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from common import Bounds, query
+from common import Bounds, loadgen, query
 
 from loadgen.report.compare import Row, compare_runs
 from loadgen.store.read import reading
@@ -66,15 +64,6 @@ def poisson_chat(rate: float) -> dict:
             for share, n in zip(SHARES, (24, 30, 40), strict=True)
         ],
     }
-
-
-def loadgen(*args: str) -> str:
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise SystemExit(f"loadgen {args[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    print(f"  loadgen {' '.join(Path(a).name if '/' in a else a for a in args)}: {time.perf_counter() - t:.0f} s")
-    return res.stdout
 
 
 def capacity(db: Path) -> tuple[float, float] | None:

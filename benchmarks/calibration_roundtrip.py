@@ -22,14 +22,12 @@ It takes about 8 minutes on 2 cores (the GroqRack's runs are much of it: its req
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from common import Bounds, query
+from common import Bounds, loadgen, query
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "workloads" / "phase-study-twin.yaml"
@@ -63,23 +61,13 @@ def closed(users: int, n: int) -> dict:
 HELD_OUT = {
     # A100: its prefill-first steps stall the decodes, so TPOT doubles by 15 requests/s at these lengths, and its
     # queue grows beyond about 20. Closed loops long enough that the first wave (all users at once) is not
-    # their p90. The closed loops run first: a closed loop after an open one waited ~30 s and then sent all its
-    # requests at once (loadgen run, as of this benchmark), which measured no closed loop.
+    # their p90. The closed loops run first (a closed loop after an open one used to wait for its start timeout).
     "emulated-a100": chat((64, 768), [closed(4, 60), closed(16, 200), poisson(5, 150), poisson(12, 150)]),
     # GroqRack: one request at a time, about 0.9 s each: capacity about 1.1 requests/s.
     "emulated-groqrack": chat((64, 256), [closed(2, 10), poisson(0.35, 16), poisson(0.8, 20)]),
 }
 METRICS = [(m, q) for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90")]
 BOUND = 5.0
-
-
-def loadgen(*args: str) -> str:
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise SystemExit(f"loadgen {args[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    print(f"  loadgen {' '.join(Path(a).name if '/' in a else a for a in args)}: {time.perf_counter() - t:.0f} s")
-    return res.stdout
 
 
 def figures(db: Path) -> dict[str, dict[str, float]]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 @contextmanager
@@ -38,6 +40,17 @@ def run_loadgen(workload: Path, url: str | None, db: Path, quiet: bool = False) 
         print(res.stdout)
     if "note:" in res.stderr:
         print(res.stderr[res.stderr.index("note:") :].split("results:")[0].strip())
+
+
+def loadgen(*args: str) -> str:
+    """Any `loadgen` command in a child process, from the repository's root; prints how long it took, and exits
+    with its stderr's tail where it failed."""
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"loadgen {args[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    print(f"  loadgen {' '.join(Path(a).name if '/' in a else a for a in args)}: {time.perf_counter() - t:.0f} s")
+    return res.stdout
 
 
 def query(db: Path, sql: str) -> list[tuple]:

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import FAST_ENDPOINT, loadgen
+from conftest import FAST_ENDPOINT, loadgen, run_workload
 
 WORKLOAD = """\
 name: e2e
@@ -284,15 +284,14 @@ def test_query_and_validate(setup):
 def test_a_closed_loop_after_an_open_loop_starts_when_the_open_loop_ends(write, tmp_path):
     """An open loop runs with its 256 users; the closed loop after it wants 2: the 254 others go at once, and the
     closed loop starts right after the open loop's last answer (it used to wait for the 30 s start timeout)."""
-    write("ep.yaml", FAST_ENDPOINT)
-    w = write(
-        "w.yaml",
+    res, db = run_workload(
+        write,
+        tmp_path,
+        FAST_ENDPOINT,
         "name: open-then-closed\nendpoint: ep.yaml\napi: completions\nrequests: {prompt_tokens: 64, output_tokens: 8}\n"
         "stages:\n  - {name: open, load: {arrival: poisson, rate: 20}, stop: {requests: 10}}\n"
         "  - {name: closed, load: {arrival: closed, concurrency: 2}, stop: {requests: 4}}\n",
     )
-    db = tmp_path / "r.duckdb"
-    res = loadgen("run", str(w), "--db", str(db), "--server-metrics", "0")
     assert res.returncode == 0, res.stderr
     con = duckdb.connect(str(db), read_only=True)
     (open_end, closed_start, closed_ok) = con.execute(

@@ -207,11 +207,10 @@ def _mean_error(rows: list[Row]) -> float:
     return float(np.mean(errs)) if errs else 0.0
 
 
-def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, slots: int | None) -> dict:
+def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: int | None) -> dict:
     """What bounds the twin's concurrency, and where each figure came from: the slots, the KV capacity, the
     step's token budget, the context per request and the batching policy, as far as the database, the server
     or the option say."""
-    spec = endpoint_spec(con, endpoint)
     launch = spec.get("launch") or {}
     said = spec.get("limits") or {}  # what the server's own account said (target/identify.py)
     emulate = spec.get("emulate") or {}
@@ -326,7 +325,8 @@ def fit(
             "decode stages (phase: decode, closed concurrency N) at 2 or more batches, e.g. 1 and 8 "
             f"(it has {len(decode)})"
         )
-    limits = _limits(con, endpoint, slots)
+    spec = endpoint_spec(con, endpoint)  # the endpoint as its latest run stored it
+    limits = _limits(con, endpoint, spec, slots)
     if missing and limits["slots"] is None:
         missing.append(
             "nothing says the server's slots: give --slots N (llama.cpp's --parallel, vLLM's max_num_seqs), or "
@@ -372,7 +372,7 @@ def fit(
 
     ctx = limits["kv"]
     gather = batched_spread_ms(con, endpoint)
-    cache, cache_said = prompt_cache(con, endpoint, endpoint_spec(con, endpoint))
+    cache, cache_said = prompt_cache(con, endpoint, spec)
     hit_ms, hit_per_token, hit_said = cache_hit_cost(lone_hits(con, endpoint), pf)
     fitted = FittedSpec(
         prefill_ms_per_token=round(pf.per_token, 5),

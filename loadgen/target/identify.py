@@ -48,9 +48,8 @@ class Identity:
     limits: dict[str, int] = field(default_factory=dict)  # slots, ctx_per_slot: where the server says them
 
 
-def llamacpp_limits(ep: Endpoint) -> dict[str, int]:
-    """A llama.cpp server's slots and per-slot context, as its GET /props says them (none it does not say)."""
-    props = _get_json(ep, "/props", root=True)
+def llamacpp_limits(props: object) -> dict[str, int]:
+    """A llama.cpp server's slots and per-slot context, as its GET /props answer says them (none it does not)."""
     if not isinstance(props, dict):
         return {}
     settings = props.get("default_generation_settings")
@@ -71,16 +70,16 @@ def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
         return None
 
 
-def detect_server(ep: Endpoint, cards: list[dict]) -> tuple[str, str] | None:
-    """(family, how it was told) where the server says which it is."""
+def detect_server(ep: Endpoint, cards: list[dict]) -> tuple[str, str, object] | None:
+    """(family, how it was told, the route's answer where a route told it) where the server says which it is."""
     for family, route, key in ROUTES:
         answer = _get_json(ep, route, root=True)
         if isinstance(answer, dict) and key in answer:
-            return family, f"GET {route}"
+            return family, f"GET {route}", answer
     owners = {OWNERS.get(str(c.get("owned_by"))) for c in cards} - {None}
     if len(owners) == 1:
         (family,) = owners
-        return str(family), "GET /v1/models owned_by"
+        return str(family), "GET /v1/models owned_by", None
     return None
 
 
@@ -90,6 +89,7 @@ def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
     code, cards = models(ep) if model is None or server is None else (200, [])
     detected: dict[str, str] = {}
     notes: list[str] = []
+    answer: object = None  # the family's route's answer, where it told the family
     if server is None:
         found = detect_server(ep, cards)
         if found is None:
@@ -97,7 +97,7 @@ def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
             notes.append(f"the server did not say which it is: {ASSUMED_SERVER}'s request options were assumed")
             detected["server"] = "assumed"
         else:
-            server, detected["server"] = found
+            server, detected["server"], answer = found
     if model is None:
         ids = [str(c["id"]) for c in cards]
         if not ids:
@@ -112,7 +112,9 @@ def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
                 "set model: in the endpoint or workload, or --set model=NAME"
             )
         model, detected["model"] = ids[0], "GET /v1/models"
-    limits = llamacpp_limits(ep) if server == "llamacpp" else {}
+    limits: dict[str, int] = {}
+    if server == "llamacpp":  # /props once: its answer told the family, or it is asked now
+        limits = llamacpp_limits(answer if answer is not None else _get_json(ep, "/props", root=True))
     if limits:
         detected["limits"] = "GET /props"
     return Identity(server=server, model=model, detected=detected, notes=notes, limits=limits)
