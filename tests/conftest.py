@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -113,6 +114,85 @@ def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict
     )
 
 
+# The README's test command runs the tests on 4 pytest-xdist workers (pyproject.toml's addopts): most tests wait
+# on wall-clock runs, not on the CPU. Tests marked `exclusive`, and fixtures inside `alone()`, measure timing that
+# other tests' load on the same cores would move: they run alone while the other workers wait, through a fair
+# reader-writer lock (a writer closes the gate to new readers, then waits for the readers in flight).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_held: tuple | None = None  # (gate, lock, exclusive) of the test in progress in this worker
+
+
+@contextlib.contextmanager
+def _share(exclusive: bool):
+    global _held
+    if _RUN is None:  # one process: nothing runs beside a test
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"loadgen-tests-{_RUN}"
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        _held = (gate, lock, exclusive)
+        try:
+            yield
+        finally:
+            _held = None
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def alone():
+    """The test in progress runs alone for the block (a module fixture whose figures the tests bound)."""
+    if _held is None or _held[2]:
+        yield
+        return
+    gate, lock, _ = _held
+    fcntl.flock(lock, fcntl.LOCK_UN)  # as a reader, it would wait for itself; as a new writer, it queues fairly
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _share(item.get_closest_marker("exclusive") is not None):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-engine tests spread through the order (the longest, and each worker starts its own engine for
+    them), so that few engines run at once and none is left for the end."""
+    engine = [i for i in items if "llamacpp" in i.nodeid]
+    rest = [i for i in items if "llamacpp" not in i.nodeid]
+    every = len(rest) // max(1, len(engine))
+    items[:] = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])] + rest[
+        len(engine) * every :
+    ]
+
+
+# Modules with a module-scoped fixture (a study, an emulator) run on one worker, which sets it up once; every other
+# test is scheduled alone. (xdist's --dist loadgroup cannot do this on pytest 9.2: pytest-xdist issue 1386.)
+_SHARED = {f"tests/{p.name}" for p in Path(__file__).parent.glob("test_*.py") if 'scope="module"' in p.read_text()}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in _SHARED else nodeid
+
+    return Scopes(config, log)
+
+
 @pytest.fixture
 def write(tmp_path: Path):
     """Write a file under tmp_path and return its path."""
@@ -216,6 +296,23 @@ def llamacpp(tmp_path_factory):
     endpoint_file.write_text(LLAMACPP_ENDPOINT)
     with BackgroundServer(load_endpoint(endpoint_file), tmp) as server:
         yield server.url
+
+
+def streaming(proc: subprocess.Popen, after_s: float, timeout: float = 90) -> str:
+    """Wait until a run started with stderr piped has begun its first stage (its first plain progress line), then
+    `after_s` more; returns what it wrote to stderr until then. A fixed sleep from the command's start would race
+    its start-up, which a busy machine stretches."""
+    assert proc.stderr is not None
+    deadline, seen = time.monotonic() + timeout, []
+    for line in proc.stderr:
+        seen.append(line)
+        if " done, " in line and " in flight, " in line:
+            break
+        assert time.monotonic() < deadline, f"no stage began within {timeout} s: {''.join(seen)}"
+    else:
+        raise AssertionError(f"the run ended before its first stage: {''.join(seen)}")
+    time.sleep(after_s)
+    return "".join(seen)
 
 
 def check_interrupted(db) -> None:

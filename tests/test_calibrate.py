@@ -268,6 +268,7 @@ def test_a_run_beyond_the_calibration_says_so(tmp_path, write):
     assert "stage inside" not in note
 
 
+@pytest.mark.exclusive  # first tokens to 3 ms in this process's event loop
 def test_an_idle_twin_gathers_requests_sent_together():
     """Two requests reaching an idle twin 1 ms apart: with gather_ms 3 both are prefilled in its first step (as
     llama.cpp prefilled a closed loop's users together); without, the second waits for the first's prefill. A lone

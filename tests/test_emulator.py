@@ -178,6 +178,7 @@ def test_slot_cache_reuses_a_conversation_until_another_prompt_takes_its_slot():
     assert (cache.queried_tokens, cache.hit_tokens) == (150 + 199 + 150 + 150 + 209, 145 + 100 + 100)
 
 
+@pytest.mark.exclusive  # TTFTs in this process's event loop, to a quarter
 def test_cached_prefixes_skip_prefill_and_a_kv_transfer_the_decode_side_holds():
     keys = tuple(block_keys(list(range(2048)), 16))
     gpu = build(emulate(engine="gpu", hardware="h100-sxm"))

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import COMMAND, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted
+from conftest import COMMAND, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, streaming
 
 
 def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_path):
@@ -28,7 +28,8 @@ def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_
         )
         for case in cases
     }
-    time.sleep(4)
+    began = {case: streaming(proc, 0) for case, proc in runs.items()}
+    time.sleep(2)  # streams in flight in each
     for case, proc in runs.items():
         if case == "group":
             os.killpg(proc.pid, cases[case])
@@ -36,6 +37,7 @@ def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_
             proc.send_signal(cases[case])
     for case, proc in runs.items():
         out, err = proc.communicate(timeout=30)
+        err = began[case] + err
         assert proc.returncode == 128 + cases[case], err
         assert "Traceback" not in err and "interrupted" in err
         assert "not sent" in out  # the summary says how many planned requests were never sent

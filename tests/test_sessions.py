@@ -6,7 +6,6 @@ import collections
 import itertools
 import signal
 import subprocess
-import time
 
 import duckdb
 import pytest
@@ -20,6 +19,7 @@ from conftest import (
     loadgen,
     record_bodies,
     run_workload,
+    streaming,
     with_faults,
     word_tokenizer,
 )
@@ -291,9 +291,10 @@ def test_ctrl_c_mid_session_keeps_a_row_for_every_planned_turn(write, tmp_path):
     proc = subprocess.Popen(
         [*COMMAND, "run", str(w), "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
-    time.sleep(5)
+    began = streaming(proc, 3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
+    err = began + err
     assert proc.returncode == 130, err
     con = duckdb.connect(str(db), read_only=True)
     assert [x[0] for x in con.execute("SELECT request_id FROM requests ORDER BY 1").fetchall()] == list(range(60))

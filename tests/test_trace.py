@@ -284,6 +284,7 @@ def test_trace_fetch_from_a_loopback_mirror(tmp_path):
     assert loadgen("trace", "fetch", "nope").returncode == 2
 
 
+@pytest.mark.exclusive  # a cached prefill a few milliseconds faster
 def test_shared_trace_prefixes_hit_the_emulators_prefix_cache(write, tmp_path):
     # Three conversations of two requests each: the second of each resends the first's blocks and one more.
     rows = []

@@ -11,7 +11,7 @@ import duckdb
 import psutil
 import pytest
 
-from conftest import COMMAND, FAST_ENDPOINT, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, loadgen
+from conftest import COMMAND, FAST_ENDPOINT, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, loadgen, streaming
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import load_workload
 
@@ -121,9 +121,10 @@ def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     db = tmp_path / "k.duckdb"
     proc = _run(w, db)
     victim = _workers_of(proc, 2)[1]
-    time.sleep(6)  # both workers have sent for a while (the load starts a few seconds after they do)
+    began = streaming(proc, 3)  # both workers have sent for a while
     victim.kill()
     out, err = proc.communicate(timeout=90)
+    err = began + err
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "was lost" in err
     ((status, note),) = query(db, "SELECT status, note FROM runs")
@@ -148,9 +149,10 @@ def test_ctrl_c_on_the_master_stops_every_worker_and_keeps_everything(write, tmp
     db = tmp_path / "i.duckdb"
     proc = _run(w, db)
     workers = _workers_of(proc, 2)
-    time.sleep(5)
+    began = streaming(proc, 3)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the master's process group
     out, err = proc.communicate(timeout=60)
+    err = began + err
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "not sent" in out
     check_interrupted(db)
