@@ -11,7 +11,7 @@ import orjson
 import pytest
 import yaml
 
-from conftest import MINI_STUDY, loadgen
+from conftest import loadgen
 from loadgen.calibrate.fit import NotEnough, fit
 from loadgen.calibrate.measured import Stage
 from loadgen.calibrate.simulate import replay
@@ -189,38 +189,6 @@ def test_the_written_twin_is_an_endpoint_file(tmp_path):
     assert ep.emulate.model_profile().max_context == 512
     stages = yaml.safe_load(out.read_text())["emulate"]["fitted"]["calibration"]["stages"]
     assert [s["stage"] for s in stages] == ["p64", "p256", "p1024", "b1", "b8"]
-
-
-def test_a_twin_of_the_real_engine_serves_its_figures(llamacpp, write, tmp_path):
-    """Study the real engine (the mini study, about 15 s), calibrate, run the twin one request at a time: its TTFT
-    and TPOT p50 are the engine's at batch 1 within 20% (a shared 2-core machine moves the engine's own by ~10%)."""
-    db = tmp_path / "study.duckdb"
-    w = write("phases.yaml", MINI_STUDY)
-    res = loadgen("study", str(w), "--endpoints", llamacpp, "--db", str(db), "--set", "requests.output_tokens=32")
-    assert res.returncode == 0, res.stderr
-    con = duckdb.connect(str(db), read_only=True)
-    (name,) = con.execute("SELECT endpoint FROM runs").fetchone()
-    measured_ttft, measured_tpot = con.execute(
-        "SELECT ttft_p50_ms, tpot_p50_ms FROM summary WHERE stage = 'b1'"
-    ).fetchone()
-    con.close()
-    twin = tmp_path / "twin.yaml"
-    # A base URL's stored spec does not say the slots: the session engine has 8.
-    res = loadgen("calibrate", str(db), "--endpoint", name, "--out", str(twin), "--slots", "8")
-    assert res.returncode == 0, res.stderr
-    run = write(
-        "w.yaml",
-        f"name: twin-b1\nendpoint: {twin}\napi: completions\nload: {{arrival: closed, concurrency: 1}}\n"
-        "requests: {prompt_tokens: 32, output_tokens: 32}\nstop: {requests: 3}\n",
-    )
-    res = loadgen("run", str(run), "--db", str(tmp_path / "twin.duckdb"))
-    assert res.returncode == 0, res.stderr
-    con = duckdb.connect(str(tmp_path / "twin.duckdb"), read_only=True)
-    ttft, tpot, family = con.execute(
-        "SELECT ttft_p50_ms, tpot_p50_ms, (SELECT spec->>'$.endpoint.server' FROM runs) FROM summary"
-    ).fetchone()
-    assert family == "llamacpp"
-    assert ttft == pytest.approx(measured_ttft, rel=0.2) and tpot == pytest.approx(measured_tpot, rel=0.2)
 
 
 def test_slots_bound_the_twin_and_requests_beyond_them_wait():

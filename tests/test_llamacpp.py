@@ -10,8 +10,9 @@ import subprocess
 import duckdb
 import orjson
 import pytest
+import yaml
 
-from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen, streaming
+from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, alone, check_interrupted, loadgen, streaming
 
 
 def small_workload(write, endpoint: str, api: str = "completions", n: int = 4, concurrency: int = 2) -> str:
@@ -68,27 +69,27 @@ def test_a_wrong_url_fails_fast_with_what_the_server_answered(llamacpp, write, t
         assert "Traceback" not in res.stderr and not db.exists()
 
 
-@pytest.mark.exclusive  # the engine's batch 8 against its batch 1
-def test_a_study_with_the_real_engine_states_what_it_measured(llamacpp, write, tmp_path):
+@pytest.fixture(scope="module")
+def engine_study(llamacpp, tmp_path_factory):
+    """The mini study of the session engine beside an emulated H100: (its database, what it printed)."""
+    tmp = tmp_path_factory.mktemp("engine-study")
+    (tmp / "phases.yaml").write_text(MINI_STUDY)
+    db = tmp / "study.duckdb"
+    h100 = str(ROOT / "endpoints" / "emulated-h100.yaml")
+    with alone():  # the tests compare the engine's batch 8 with its batch 1, and its twin with it
+        res = loadgen(
+            "study", str(tmp / "phases.yaml"), "--endpoints", llamacpp, h100, "--db", str(db),
+            "--set", "requests.output_tokens=32", timeout=300,
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return db, res
+
+
+def test_a_study_with_the_real_engine_states_what_it_measured(engine_study, tmp_path):
     """The real engine beside an emulated H100: decode throughput at batch 8 is above batch 1's while per-user TPOT
     rises; the seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
     phases, so there is no split to predict; the report reads the database."""
-    db = tmp_path / "study.duckdb"
-    w = write("phases.yaml", MINI_STUDY)
-    h100 = str(ROOT / "endpoints" / "emulated-h100.yaml")
-    res = loadgen(
-        "study",
-        str(w),
-        "--endpoints",
-        llamacpp,
-        h100,
-        "--db",
-        str(db),
-        "--set",
-        "requests.output_tokens=32",
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    db, res = engine_study
     con = duckdb.connect(str(db), read_only=True)
     (name,) = con.execute("SELECT endpoint FROM runs WHERE spec->>'$.endpoint.server' = 'llamacpp'").fetchone()
     (b1_tps, b1_tpot), (b8_tps, b8_tpot) = con.execute(
@@ -198,3 +199,34 @@ def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "xllamacpp is not installed: pip install 'loadgen[llamacpp]'" in res.stderr
     assert engines.missing(engines.EndpointSpec(name="emu", url="http://127.0.0.1:1/v1")) is None
+
+
+def test_a_twin_of_the_real_engine_serves_its_figures(engine_study, write, tmp_path):
+    """Calibrate from the engine's study, run the twin one request at a time: its TTFT and TPOT p50 are the
+    engine's at batch 1 within 20% (a shared 2-core machine moves the engine's own by ~10%)."""
+    db, _ = engine_study
+    con = duckdb.connect(str(db), read_only=True)
+    name, measured_ttft, measured_tpot = con.execute(
+        "SELECT endpoint, ttft_p50_ms, tpot_p50_ms FROM summary JOIN runs USING (run_id) "
+        "WHERE stage = 'b1' AND spec->>'$.endpoint.server' = 'llamacpp'"
+    ).fetchone()
+    con.close()
+    twin = tmp_path / "twin.yaml"
+    # A base URL's stored spec says the slots (GET /props): the session engine has 8.
+    res = loadgen("calibrate", str(db), "--endpoint", name, "--out", str(twin))
+    assert res.returncode == 0, res.stderr
+    limits = yaml.safe_load(twin.read_text())["emulate"]["fitted"]["calibration"]["limits"]
+    assert "slots 8 from the server's GET /props" in limits
+    run = write(
+        "w.yaml",
+        f"name: twin-b1\nendpoint: {twin}\napi: completions\nload: {{arrival: closed, concurrency: 1}}\n"
+        "requests: {prompt_tokens: 32, output_tokens: 32}\nstop: {requests: 3}\n",
+    )
+    res = loadgen("run", str(run), "--db", str(tmp_path / "twin.duckdb"))
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(tmp_path / "twin.duckdb"), read_only=True)
+    ttft, tpot, family = con.execute(
+        "SELECT ttft_p50_ms, tpot_p50_ms, (SELECT spec->>'$.endpoint.server' FROM runs) FROM summary"
+    ).fetchone()
+    assert family == "llamacpp"
+    assert ttft == pytest.approx(measured_ttft, rel=0.2) and tpot == pytest.approx(measured_tpot, rel=0.2)

@@ -148,6 +148,7 @@ def test_output_tokens_agree_with_usage_and_the_servers_timings(llamacpp, write,
         assert (r["server_prefill_ms"], r["server_decode_ms"]) == (timings["prompt_ms"], timings["predicted_ms"])
 
 
+@pytest.mark.exclusive  # the client's token times against the server's, to milliseconds
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_ttft_contains_the_servers_prefill_and_the_token_span_is_its_decode(llamacpp, write, tmp_path, api):
     """At concurrency 1 nothing waits before prefill: TTFT is the server's prompt_ms plus its own handling, the
