@@ -106,6 +106,7 @@ def setup(write, tmp_path):
     return _setup
 
 
+@pytest.mark.exclusive  # token times: a client slowed by other tests reads a stream's events in one go
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_run_lands_every_request_and_event_per_the_contract(setup, api):
     w, db = setup(api=api)
