@@ -8,7 +8,7 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import FAST_ENDPOINT, loadgen
+from conftest import FAST_ENDPOINT, alone, loadgen
 from loadgen.report.compare import compare_runs
 from loadgen.store.read import reading
 
@@ -33,7 +33,10 @@ def dbs(tmp_path_factory):
     (tmp / "w.yaml").write_text(TWO_STAGES)
     measured, twin = tmp / "measured.duckdb", tmp / "twin.duckdb"
     for db, ep in ((measured, "ep.yaml"), (twin, "slower.yaml")):
-        res = loadgen("run", str(tmp / "w.yaml"), "--endpoint", str(tmp / ep), "--db", str(db), "--server-metrics", "0")
+        with alone():  # a test bounds which side is slower
+            res = loadgen(
+                "run", str(tmp / "w.yaml"), "--endpoint", str(tmp / ep), "--db", str(db), "--server-metrics", "0"
+            )
         assert res.returncode == 0, res.stderr
     return measured, twin
 
