@@ -227,9 +227,10 @@ def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
         cwd=ROOT,
     )
     first = subprocess.Popen([*COMMAND, "worker", "--master", where], stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    time.sleep(4)  # the first worker has connected and the run started (its load lasts 8 s)
+    began = streaming(master, 1)  # the first worker has connected and the run started (its load lasts 8 s)
     late = loadgen("worker", "--master", where, timeout=60)
     _, err = master.communicate(timeout=90)
+    err = began + err
     first.wait(timeout=30)
     assert late.returncode == 1 and "had started before this worker connected" in late.stderr, late.stderr
     assert master.returncode == 0, err
