@@ -238,6 +238,7 @@ def test_openai_client_completions_with_token_ids_and_without_stream(server):
     assert "".join(x.choices[0].text for x in stream if x.choices).split() == ["the", "model", "says"]
 
 
+@pytest.mark.exclusive  # a cached prompt's first token in half the time
 def test_a_shared_prompt_prefix_is_reported_cached_and_answers_sooner(server):
     words = [f"w{i}" for i in range(2048)]
     c = client(server)

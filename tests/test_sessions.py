@@ -228,6 +228,7 @@ def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(w
         assert opening[0]["role"] == "system" and len(opening[0]["content"].split()) == 32
 
 
+@pytest.mark.exclusive  # each turn sent within 50 ms of its planned time
 def test_turns_wait_for_the_answer_they_follow_plus_think_time(write, tmp_path):
     r, db = run_workload(
         write,
