@@ -123,12 +123,13 @@ _held: tuple | None = None  # (gate, lock, exclusive) of the test in progress in
 
 
 @contextlib.contextmanager
-def _share(exclusive: bool):
+def _share(config, exclusive: bool):
     global _held
     if _RUN is None:  # one process: nothing runs beside a test
         yield
         return
-    base = Path(tempfile.gettempdir()) / f"loadgen-tests-{_RUN}"
+    # In the run's temporary folder, which its workers share (theirs are popen-gwN in it) and pytest clears.
+    base = Path(config.option.basetemp).parent / "exclusive"
     with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -162,7 +163,7 @@ def alone():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    with _share(item.get_closest_marker("exclusive") is not None):
+    with _share(item.config, item.get_closest_marker("exclusive") is not None):
         yield
 
 
