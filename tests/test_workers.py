@@ -173,6 +173,9 @@ def test_api_key_reaches_workers_only_through_their_environment(write, tmp_path)
     assert query(db, "SELECT count(*) FROM requests WHERE status = 'ok'") == [(6,)]
 
 
+# Alone: beside other tests' load, its worker once exited 0 after connecting, before the master's run reached it
+# (seen once in about a dozen suites on 2 cores, not yet understood).
+@pytest.mark.exclusive
 def test_a_worker_without_the_api_key_fails_with_one_line_before_sending(write, tmp_path):
     import socket
 
