@@ -170,8 +170,8 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_collection_modifyitems(config, items):
     """The real-engine tests spread through the order (the longest, and each worker starts its own engine for
     them), so that few engines run at once and none is left for the end."""
-    engine = [i for i in items if "llamacpp" in i.nodeid]
-    rest = [i for i in items if "llamacpp" not in i.nodeid]
+    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp")]
+    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp")]
     every = len(rest) // max(1, len(engine))
     items[:] = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])] + rest[
         len(engine) * every :
