@@ -90,3 +90,15 @@ def test_a_run_stores_the_family_and_model_it_was_run_against(write, tmp_path):
     (spec,) = duckdb.connect(str(db), read_only=True).execute("SELECT spec FROM runs").fetchone()
     ep = orjson.loads(spec)["endpoint"]
     assert (ep["server"], ep["model"], ep["detected"]) == ("emulator", "llama-2-7b", {})
+
+
+def test_the_text_probes_are_prefixes_of_one_prompt_so_a_prefix_cache_prefills_each_word_once():
+    from conftest import record_bodies
+    from loadgen.target.probe import calibrate_text
+
+    bodies: list[dict] = []
+    with emulator_in_thread(EMULATED, record_bodies(bodies)) as url:
+        cal = calibrate_text(Endpoint(base_url=url, headers={}, server="vllm", model="llama-2-7b"), "completions")
+    assert cal is not None and cal.per_word == 1.0  # the emulator counts a word a token
+    prompts = sorted((b["prompt"] for b in bodies), key=len)
+    assert len(prompts) >= 2 and all(prompts[-1].startswith(p + " ") for p in prompts[:-1])

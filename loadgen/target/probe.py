@@ -2,6 +2,8 @@
 chat message's template?) and settle how this run's prompts are made, as plain immutable data (`PromptSetup`).
 
 The probes are a few tiny non-streaming requests, built like the run's own; none of them lands in the results.
+The text probes are prefixes of one prompt, so that a server's prefix cache prefills each word once: on a CPU
+engine a probe's prefill is seconds, and every run probes.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class TextCalibration(BaseModel):
 
 
 def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
-    return _usage(ep, api, make_prompt(words, -words, 0))
+    return _usage(ep, api, make_prompt(words, "probe", 0))  # one stream of words: shorter probes are prefixes
 
 
 def _usage(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> int | None:
