@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,80 +116,82 @@ def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict
 
 
 # The README's test command runs the tests on 4 pytest-xdist workers (pyproject.toml's addopts): most tests wait
-# on wall-clock runs, not on the CPU. Tests marked `exclusive`, and fixtures inside `alone()`, measure timing that
-# other tests' load on the same cores would move: they run alone while the other workers wait, through a fair
-# reader-writer lock (a writer closes the gate to new readers, then waits for the readers in flight).
+# on wall-clock runs, not on the CPU. Tests marked `exclusive` measure timing that other tests' load on the same
+# cores would move: they run alone, through a fair reader-writer lock on a file (a writer closes the gate to new
+# readers, then waits for the readers in flight). They are one unit of work for one worker, first in the order,
+# which holds the lock from the first to the last: the other workers wait once, not once for each.
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-_held: tuple | None = None  # (gate, lock, exclusive) of the test in progress in this worker
+_held: tuple | None = None  # the (gate, lock) files this worker holds exclusively, between exclusive tests
 
 
-@contextlib.contextmanager
-def _share(config, exclusive: bool):
-    global _held
-    if _RUN is None:  # one process: nothing runs beside a test
-        yield
-        return
-    # In the run's temporary folder, which its workers share (theirs are popen-gwN in it) and pytest clears.
-    base = Path(config.option.basetemp).parent / "exclusive"
-    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        if not exclusive:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        _held = (gate, lock, exclusive)
-        try:
-            yield
-        finally:
-            _held = None
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            fcntl.flock(gate, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def alone():
-    """The test in progress runs alone for the block (a module fixture whose figures the tests bound)."""
-    if _held is None or _held[2]:
-        yield
-        return
-    gate, lock, _ = _held
-    fcntl.flock(lock, fcntl.LOCK_UN)  # as a reader, it would wait for itself; as a new writer, it queues fairly
-    fcntl.flock(gate, fcntl.LOCK_EX)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        fcntl.flock(gate, fcntl.LOCK_UN)
+def _exclusive(item) -> bool:
+    return item is not None and item.get_closest_marker("exclusive") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    with _share(item.config, item.get_closest_marker("exclusive") is not None):
+    global _held
+    if _RUN is None:  # one process: nothing runs beside a test
         yield
+        return
+    exclusive = _exclusive(item)
+    if _held is None:
+        # In the run's temporary folder, which its workers share (theirs are popen-gwN in it) and pytest clears.
+        base = Path(item.config.option.basetemp).parent / "exclusive"
+        gate, lock = open(f"{base}.gate", "a"), open(f"{base}.lock", "a")
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+    else:
+        gate, lock = _held
+    try:
+        yield
+    finally:
+        _held = (gate, lock) if exclusive and _exclusive(nextitem) else None
+        if _held is None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            gate.close()
+            lock.close()
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-engine tests spread through the order (the longest, and each worker starts its own engine for
-    them), so that few engines run at once and none is left for the end."""
-    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp")]
-    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp")]
+    """Exclusive tests first, then tests that start no server (quick: the other workers' first tests, which the
+    exclusive ones wait for), then the rest with the real-engine tests spread through it (the longest, and each
+    worker starts its own engine for them), so that few engines run at once and none is left for the end."""
+    first = [i for i in items if _exclusive(i)]
+    quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and i not in first][: 3 * len(first)]
+    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp") and i not in first]
+    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp") and i not in first + quick]
     every = len(rest) // max(1, len(engine))
-    items[:] = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])] + rest[
-        len(engine) * every :
-    ]
+    spread = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])]
+    items[:] = first + quick + spread + rest[len(engine) * every :]
 
 
+_QUICK = ("tests/test_docs.py", "tests/test_spec.py", "tests/test_sse.py", "tests/test_schedule.py")
+_TESTS = {p: p.read_text() for p in Path(__file__).parent.glob("test_*.py")}
 # Modules with a module-scoped fixture (a study, an emulator) run on one worker, which sets it up once; every other
-# test is scheduled alone. (xdist's --dist loadgroup cannot do this on pytest 9.2: pytest-xdist issue 1386.)
-_SHARED = {f"tests/{p.name}" for p in Path(__file__).parent.glob("test_*.py") if 'scope="module"' in p.read_text()}
+# test is scheduled alone, but for the exclusive ones, which are one unit (the markers as the files write them: the
+# scheduler sees only test IDs). xdist's --dist loadgroup cannot do this on pytest 9.2: pytest-xdist issue 1386.
+_SHARED = {f"tests/{p.name}" for p, text in _TESTS.items() if 'scope="module"' in text}
+_EXCLUSIVE = {
+    f"tests/{p.name}::{name}"
+    for p, text in _TESTS.items()
+    for name in re.findall(r"^@pytest\.mark\.exclusive\b.*\n(?:@.*\n)*def (test_\w+)", text, re.M)
+}
 
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # the order above, not the largest units first
+
     class Scopes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
+            if nodeid.split("[", 1)[0] in _EXCLUSIVE:
+                return "exclusive"
             return module if module in _SHARED else nodeid
 
     return Scopes(config, log)

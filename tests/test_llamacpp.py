@@ -12,7 +12,7 @@ import orjson
 import pytest
 import yaml
 
-from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, alone, check_interrupted, loadgen, streaming
+from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen, streaming
 
 
 def small_workload(write, endpoint: str, api: str = "completions", n: int = 4, concurrency: int = 2) -> str:
@@ -75,20 +75,22 @@ ENGINE_STUDY = MINI_STUDY.replace("512", "256").replace("128", "64")
 
 @pytest.fixture(scope="module")
 def engine_study(llamacpp, tmp_path_factory):
-    """The mini study of the session engine beside an emulated H100: (its database, what it printed)."""
+    """The mini study of the session engine beside an emulated H100: (its database, what it printed). The tests
+    that use it run alone (`exclusive`), so that it is measured alone: they compare the engine's batch 8 with its
+    batch 1, and its twin with it."""
     tmp = tmp_path_factory.mktemp("engine-study")
     (tmp / "phases.yaml").write_text(ENGINE_STUDY)
     db = tmp / "study.duckdb"
     h100 = str(ROOT / "endpoints" / "emulated-h100.yaml")
-    with alone():  # the tests compare the engine's batch 8 with its batch 1, and its twin with it
-        res = loadgen(
-            "study", str(tmp / "phases.yaml"), "--endpoints", llamacpp, h100, "--db", str(db),
-            "--set", "requests.output_tokens=32", timeout=300,
-        )  # fmt: skip
+    res = loadgen(
+        "study", str(tmp / "phases.yaml"), "--endpoints", llamacpp, h100, "--db", str(db),
+        "--set", "requests.output_tokens=32", timeout=300,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return db, res
 
 
+@pytest.mark.exclusive  # the engine's own figures, one against another: the study is measured alone
 def test_a_study_with_the_real_engine_states_what_it_measured(engine_study, tmp_path):
     """The real engine beside an emulated H100: decode throughput at batch 8 is above batch 1's while per-user TPOT
     rises; the seed's GPU-versus-GroqRack verdicts are not given on a pair they do not describe, and the H100 wins both
@@ -128,7 +130,7 @@ def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp
     assert hi_pass is not None and lo_fail is not None and 1 <= hi_pass < lo_fail <= 4, (hi_pass, lo_fail)
 
 
-@pytest.mark.exclusive  # the engine's speed sets when the stage saturates
+@pytest.mark.exclusive  # the engine's speed sets when the stage saturates (beside other tests' load, it ran 60 s)
 def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_path):
     """Poisson arrivals far beyond what 8 slots on one thread finish (a few a second): the stage ends once the
     wait for a first token clearly grows. 24 in flight at most, so that what is in flight drains in seconds."""
@@ -205,6 +207,7 @@ def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
     assert engines.missing(engines.EndpointSpec(name="emu", url="http://127.0.0.1:1/v1")) is None
 
 
+@pytest.mark.exclusive  # the twin's figures against the engine's, within 20%
 def test_a_twin_of_the_real_engine_serves_its_figures(engine_study, write, tmp_path):
     """Calibrate from the engine's study, run the twin one request at a time: its TTFT and TPOT p50 are the
     engine's at batch 1 within 20% (a shared 2-core machine moves the engine's own by ~10%)."""

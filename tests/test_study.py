@@ -11,7 +11,7 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import MINI_STUDY, ROOT, alone, chromium, loadgen
+from conftest import MINI_STUDY, ROOT, chromium, loadgen
 
 # A GroqRack made faster (pipelined prefill would not reproduce the study; keep token-serial, shorter hops).
 GROQ = """
@@ -26,19 +26,18 @@ def study_run(tmp_path_factory):
     (tmp / "w.yaml").write_text(MINI_STUDY)
     (tmp / "groq.yaml").write_text(GROQ)
     db = tmp / "study.duckdb"
-    with alone():  # the tests bound its figures
-        res = loadgen(
-            "study",
-            str(tmp / "w.yaml"),
-            "--endpoints",
-            str(ROOT / "endpoints" / "emulated-h100.yaml"),
-            str(tmp / "groq.yaml"),
-            "--db",
-            str(db),
-            "--prefill-modes",
-            "token-serial,pipelined",
-            timeout=300,
-        )
+    res = loadgen(
+        "study",
+        str(tmp / "w.yaml"),
+        "--endpoints",
+        str(ROOT / "endpoints" / "emulated-h100.yaml"),
+        str(tmp / "groq.yaml"),
+        "--db",
+        str(db),
+        "--prefill-modes",
+        "token-serial,pipelined",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "crossover" in res.stdout
     return db, res.stdout
