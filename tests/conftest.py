@@ -157,9 +157,9 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Exclusive tests first, then tests that start no server (quick: the other workers' first tests, which the
-    exclusive ones wait for), then the rest with the real-engine tests spread through it (the longest, and each
-    worker starts its own engine for them), so that few engines run at once and none is left for the end."""
+    """Exclusive tests first; then tests that start no server (quick: the other workers' first tests, which the
+    exclusive ones wait for); then the rest, with the real-engine tests spread through it (each worker starts its
+    own engine for them), so that few engines run at once and none is left for the end."""
     first = [i for i in items if _exclusive(i)]
     quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and i not in first][: 3 * len(first)]
     engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp") and i not in first]

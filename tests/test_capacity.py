@@ -91,6 +91,7 @@ SMALL = (
 )
 
 
+@pytest.mark.slow
 def test_search_across_endpoints_gives_the_capacity_table(write, tmp_path):
     a = write("a.yaml", SMALL.format(name="small-a", price=2.0))
     b = write("b.yaml", SMALL.format(name="small-b", price=4.0).replace("max_num_seqs: 2", "max_num_seqs: 4"))
@@ -125,6 +126,7 @@ def test_search_across_endpoints_gives_the_capacity_table(write, tmp_path):
     assert "<h2>Capacity</h2>" in page and (tmp_path / "report" / "search_goodput.png").exists()
 
 
+@pytest.mark.slow
 def test_a_stage_that_saturates_ends_early_and_the_next_one_runs(write, tmp_path):
     write("ep.yaml", SMALL.format(name="small", price=1.0))
     w = write(

@@ -7,9 +7,12 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import COMMAND, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, streaming
 
 
+@pytest.mark.slow
 def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_path):
     write("ep.yaml", SLOW_ENDPOINT)
     # Each request streams for about 10 s, longer than the 2 s grace period, so some are cut off in flight.

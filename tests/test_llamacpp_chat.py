@@ -4,6 +4,7 @@ each prompt as long as loadgen planned it, a one-message request's and every tur
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from conftest import loadgen
 
@@ -26,6 +27,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_chat_prompts_are_as_long_as_planned_as_the_server_counts_them(llamacpp, write, tmp_path):
     """Sessions with a system prompt, turns resending the server's answers, turns dropped at the context limit
     and sessions met partway (made-up turns): every prompt within 2% of its plan as the server counts it."""

@@ -78,6 +78,7 @@ def _in(ns: str, *args: str, **kw) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_master_and_two_workers_in_their_own_namespaces_fill_one_database(namespaces, write, tmp_path):
     ep = write("ep.yaml", FAST_ENDPOINT)
     w = write(

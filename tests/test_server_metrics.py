@@ -22,6 +22,7 @@ CLOSED_4 = (
 )
 
 
+@pytest.mark.slow
 def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
     r, db = run_workload(write, tmp_path, FAST_ENDPOINT, CLOSED_4)
     assert r.returncode == 0, r.stderr
@@ -49,6 +50,7 @@ def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
     assert state[0] == 24 and state[1] >= 20 and 2.0 <= state[2] <= 4.0
 
 
+@pytest.mark.slow
 def test_off_with_an_option(write, tmp_path):
     write("ep.yaml", FAST_ENDPOINT)
     w = write("w.yaml", CLOSED_4)
@@ -78,6 +80,7 @@ def _serving(page: str | None):
     ("page", "said"),
     [(None, "HTTP 404: not sampled"), ("{not: prometheus} at all\n", "not Prometheus text")],
 )
+@pytest.mark.slow
 def test_a_missing_or_broken_metrics_page_never_fails_the_run_and_is_noted_once(write, tmp_path, page, said):
     spec = EndpointSpec.model_validate(
         {"name": "e", "emulate": {"engine": "gpu", "hardware": "h100-sxm", "hardware_overrides": {"overhead_ms": 0.2}}}
@@ -94,6 +97,7 @@ def test_a_missing_or_broken_metrics_page_never_fails_the_run_and_is_noted_once(
     assert con.execute("SELECT count(*) FROM requests WHERE status = 'ok'").fetchone() == (24,)
 
 
+@pytest.mark.slow
 def test_a_slow_metrics_page_still_gives_samples_one_scrape_at_a_time(write, tmp_path):
     """A page that takes longer than a tick (2.5 s, over the 2 s that once timed out) is waited for: every answer
     is a sample, the ticks never stack fetches, and the final scrape still comes after the last request."""

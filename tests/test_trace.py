@@ -381,6 +381,7 @@ def test_bad_bailian_rows_name_the_line_and_key_or_are_skipped(write, row, key):
     assert (skipped.rows, skipped.bad_rows) == (4, 1)
 
 
+@pytest.mark.slow
 def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
     # Each conversation's second turn arrives in the trace 50 ms after its first, long before the first's
     # 64-token answer (about 0.4 s on the fast emulator) has ended; a third turn arrives 3 s later (1.5 s

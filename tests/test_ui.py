@@ -102,6 +102,7 @@ def stored(con: duckdb.DuckDBPyConnection, view: str) -> dict[str, dict]:
     return {r.get("stage", "all"): r for r in (dict(zip(cols, v, strict=True)) for v in cur.fetchall())}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp_path, workers):
     with web_ui(write, tmp_path, TWO_STAGES, workers) as ui:
@@ -163,6 +164,7 @@ def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp
     assert live["stages"][0]["start_s"] < live["stages"][1]["start_s"] <= two_sent
 
 
+@pytest.mark.slow
 def test_llm_tab_renders_its_table_and_charts_in_headless_chromium(write, tmp_path):
     workload = (
         "name: ui\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 2}\n"

@@ -111,6 +111,7 @@ def _run(w, db) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     write("ep.yaml", FAST_ENDPOINT)
     w = write(
@@ -143,6 +144,7 @@ def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     assert query(db, "SELECT DISTINCT status FROM requests WHERE error = 'worker_lost'") == [("not_sent",)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_master_stops_every_worker_and_keeps_everything(write, tmp_path):
     write("ep.yaml", SLOW_ENDPOINT)
     w = write("w.yaml", INTERRUPTIBLE)
@@ -209,6 +211,7 @@ def test_worker_and_master_addresses_are_checked(write, bad):
     assert res.returncode == 2 and "HOST:PORT" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
     import socket
 
