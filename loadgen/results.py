@@ -47,6 +47,8 @@ class RequestResult:
     cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
     server_prefill_ms: float | None = None  # the server's own prefill time (llama.cpp's timings.prompt_ms)
     server_decode_ms: float | None = None  # ... and decode time (timings.predicted_ms)
+    kv_handoff_ms: float | None = None  # a prefill/decode pair's KV move: save, copy and restore (handoff.total_ms)
+    kv_bytes: int | None = None  # ... and the bytes it moved (handoff.kv_bytes)
     text_parts: list[str] | None = None  # output text, kept only when a tokenizer will count it
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
     session: int | None = None  # its conversation (a trace's first-turn chat_id), when it belongs to one

@@ -199,7 +199,7 @@ def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
     """Where the llamacpp extra is not installed, starting the engine says so in one line with the command."""
     import importlib.util
 
-    from loadgen.launch import engines
+    from loadgen.launch import needs
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "xllamacpp" else real(name))
@@ -207,7 +207,7 @@ def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
     res = loadgen("serve", str(ep), "--port", "0")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "xllamacpp is not installed: pip install 'loadgen[llamacpp]'" in res.stderr
-    assert engines.missing(engines.EndpointSpec(name="emu", url="http://127.0.0.1:1/v1")) is None
+    assert needs.missing(needs.EndpointSpec(name="emu", url="http://127.0.0.1:1/v1")) is None
 
 
 @pytest.mark.exclusive  # the twin's figures against the engine's, within 20%

@@ -368,7 +368,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from loadgen.launch.engines import missing, serve
+    from loadgen.launch.engines import serve
+    from loadgen.launch.needs import missing
 
     endpoint = load_endpoint(args.endpoint)
     if endpoint.url is not None:

@@ -55,6 +55,8 @@ class _Received:
     cached_tokens: int | None = None
     server_prefill_ms: float | None = None
     server_decode_ms: float | None = None
+    kv_handoff_ms: float | None = None
+    kv_bytes: int | None = None
     end_s: float | None = None
 
 
@@ -320,6 +322,8 @@ class StreamClient:
                     got.server_prefill_ms = c.prefill_ms
                 if c.decode_ms is not None:
                     got.server_decode_ms = c.decode_ms
+                if c.handoff_ms is not None:
+                    got.kv_handoff_ms, got.kv_bytes = c.handoff_ms, c.kv_bytes
             if kernel:  # several output events in one late read may have arrived apart: bound that error
                 self.delays.add(read_at - arrived if len(times) - had > 1 else 0.0)
             if not chunk:

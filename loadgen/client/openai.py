@@ -19,6 +19,8 @@ class Chunk:
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
     prefill_ms: float | None = None  # timings.prompt_ms: the server's own prefill time (llama.cpp)
     decode_ms: float | None = None  # timings.predicted_ms: its own decode time
+    handoff_ms: float | None = None  # handoff.total_ms: a prefill/decode pair's KV move (loadgen.launch.pair)
+    kv_bytes: int | None = None  # handoff.kv_bytes: the KV cache it moved
     done: bool = False  # the [DONE] sentinel
     error: str | None = None  # a short reason when the payload is malformed or reports an error
     error_kind: ErrorKind | None = None  # malformed (not what the API sends) | stream_error (the server's error)
@@ -60,6 +62,11 @@ def read_chunk(payload: bytes) -> Chunk:
     timings = obj.get("timings")  # llama.cpp's own account, in the last event (with usage, or without it)
     if isinstance(timings, dict):
         out.prefill_ms, out.decode_ms = _number(timings.get("prompt_ms")), _number(timings.get("predicted_ms"))
+    handoff = obj.get("handoff")  # a prefill/decode pair's own account of moving the KV cache, beside timings
+    if isinstance(handoff, dict):
+        out.handoff_ms = _number(handoff.get("total_ms"))
+        kv = handoff.get("kv_bytes")
+        out.kv_bytes = kv if isinstance(kv, int) and not isinstance(kv, bool) else None
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from loadgen.children import die_with_parent
-from loadgen.launch.engines import missing
+from loadgen.launch.needs import missing
 from loadgen.spec.endpoint import EndpointSpec
 
 

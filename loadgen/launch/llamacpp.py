@@ -63,7 +63,7 @@ def serve(name: str, launch: LlamaCppLaunch, host: str, port: int) -> None:
     p.endpoint_props = True
     if launch.slot_save_path is not None:
         Path(launch.slot_save_path).mkdir(parents=True, exist_ok=True)
-        p.slot_save_path = launch.slot_save_path
+        p.slot_save_path = os.path.join(launch.slot_save_path, "")  # llama.cpp appends the file name as it is
     p.sampling.seed = launch.seed
     stop = threading.Event()
     for s in (signal.SIGINT, signal.SIGTERM):

@@ -224,6 +224,36 @@ class LlamaCppLaunch(Strict):
     seed: int = 0
 
 
+class PairSide(Strict):
+    """One engine of a prefill/decode pair: its threads, slots and KV cache, as a single engine's."""
+
+    threads: PositiveInt = 1
+    slots: PositiveInt = 4
+    ctx: PositiveInt = 8192
+    batch: PositiveInt = 2048
+
+
+class LlamaCppPairLaunch(Strict):
+    """Prefill on one llama.cpp engine, decode on another: loadgen starts both and a proxy in front of them that
+    moves each request's KV cache from the first to the second (slot save, a file copy, slot restore)."""
+
+    kind: Literal["llamacpp-pd"]
+    model: str | None = None  # one GGUF file for both (relative to the endpoint file); none: the packaged Gemma
+    alias: str | None = None
+    prefill: PairSide = PairSide()
+    decode: PairSide = PairSide()
+    link_gbps: PositiveFloat | None = None  # the KV file's copy takes at least its bits over this; none: a disk copy
+    seed: int = 0
+
+    def side(self, which: Literal["prefill", "decode"], slot_save_path: str) -> LlamaCppLaunch:
+        """One of the two engines, as a single engine's launch that saves and restores slots in `slot_save_path`."""
+        s = self.prefill if which == "prefill" else self.decode
+        return LlamaCppLaunch(
+            kind="llamacpp", model=self.model, alias=self.alias, seed=self.seed, slot_save_path=slot_save_path,
+            **s.model_dump(),
+        )  # fmt: skip
+
+
 class PriceSpec(Strict):
     """What the endpoint costs to run, for the capacity table's cost per million output tokens."""
 
@@ -239,7 +269,7 @@ class EndpointSpec(Strict):
     server: Server | None = None  # none: detected where the server says, else assumed with a note
     api_key_env: str | None = None
     emulate: EmulateSpec | None = None
-    launch: LlamaCppLaunch | None = None
+    launch: LlamaCppLaunch | LlamaCppPairLaunch | None = Field(default=None, discriminator="kind")
     price: PriceSpec | None = None
 
     @model_validator(mode="after")

@@ -48,6 +48,8 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parent_request_id", "BIGINT"),  # the request whose answer it follows
     ("server_prefill_ms", "DOUBLE"),  # the server's own prefill time (llama.cpp timings.prompt_ms), else NULL
     ("server_decode_ms", "DOUBLE"),  # its own decode time (timings.predicted_ms), else NULL
+    ("kv_handoff_ms", "DOUBLE"),  # a prefill/decode pair's KV move, save + copy + restore (handoff.total_ms)
+    ("kv_bytes", "BIGINT"),  # ... and the KV bytes it moved (handoff.kv_bytes), else NULL
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
