@@ -5,7 +5,6 @@ llama.cpp (shapes.py; llama.cpp's also answers GET /props)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 import uuid
 from typing import Any
@@ -402,22 +401,6 @@ class Emulator:
 
 def serve(endpoint: EndpointSpec, host: str = "127.0.0.1", port: int = 0) -> None:
     """Run the emulator until interrupted; prints one line with the base URL once it listens."""
+    from loadgen.launch.serving import serve_app
 
-    async def main() -> None:
-        # Streams in flight are not waited for at shutdown: an emulator's clients are load generators.
-        runner = web.AppRunner(Emulator(endpoint).app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(f"loadgen emulator '{endpoint.name}' serving http://{host}:{bound}/v1", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for s in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(s, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    asyncio.run(serve_app(Emulator(endpoint).app(), host, port, f"loadgen emulator '{endpoint.name}'"))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -211,6 +210,7 @@ def serve(name: str, launch: LlamaCppPairLaunch, host: str, port: int) -> None:
     """Start both engines (each on a core of its own where there are two), then serve the proxy until SIGINT or
     SIGTERM; prints one line ending in `serving <base URL>` once it listens."""
     from loadgen.launch.background import BackgroundServer
+    from loadgen.launch.serving import serve_app
 
     cores = sorted(os.sched_getaffinity(0))
     pinned = ({cores[0]}, {cores[1]}) if len(cores) >= 2 else (None, None)
@@ -226,21 +226,4 @@ def serve(name: str, launch: LlamaCppPairLaunch, host: str, port: int) -> None:
             BackgroundServer(engines[1], work, cores=pinned[1]) as b,
         ):
             pair = Pair(a.url.removesuffix("/v1"), b.url.removesuffix("/v1"), dirs[0], dirs[1], launch)
-            asyncio.run(_serve(pair, name, host, port))
-
-
-async def _serve(pair: Pair, name: str, host: str, port: int) -> None:
-    runner = web.AppRunner(pair.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"loadgen prefill/decode pair '{name}' (llama.cpp A then B) serving http://{host}:{bound}/v1", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(s, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+            asyncio.run(serve_app(pair.app(), host, port, f"loadgen prefill/decode pair '{name}' (llama.cpp A then B)"))
