@@ -2,7 +2,8 @@
 engines (endpoints/llamacpp-gemma-pd.yaml: the KV cache moves from A to B by slot save, file copy, slot restore).
 
 1. Measure engine A alone and engine B alone with a small phase study (prefill at two prompt lengths, decode at
-   batch 1, 2 and 4), each engine as the pair runs it (the packaged Gemma-3-270M, one thread).
+   batch 1, 2 and 4), each engine as the pair runs it (the packaged Gemma-3-270M, one thread, pinned to the core
+   the pair gives it).
 2. Measure the pair end to end, and A alone, at the same loads: closed loops of 1, 2 and 4 users, prompts of 128
    and 512 tokens, 32-token answers.
 3. Predict with `loadgen disagg`'s model (loadgen.analysis.disagg.predict) from the two studies, the link's cost
@@ -33,7 +34,8 @@ PROMPTS = (128, 512)
 LOADS = (1, 2, 4)
 OUTPUT = 32
 RESTART_TOKENS = 5  # what B prefills again after a restore (measured: cache_n = prompt - 5, every request)
-ENGINE = {"kind": "llamacpp", "threads": 1, "slots": 4, "ctx": 8192}
+ENGINE = {"kind": "llamacpp", "threads": 1, "slots": 4, "ctx": 8192}  # as each side of the pair
+PINNED = {"engine-a": [0], "engine-b": [1]}  # the pair pins its prefill engine to the first core, decode to the next
 BOUND = 15.0
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         study = t / "study.duckdb"
         for side in ("engine-a", "engine-b"):
             ep = t / f"{side}.yaml"
-            ep.write_text(yaml.safe_dump({"name": side, "launch": ENGINE}))
+            ep.write_text(yaml.safe_dump({"name": side, "launch": {**ENGINE, "cores": PINNED[side]}}))
             run_loadgen(write_workload(t / f"{side}-study.yaml", side, ep, STUDY), None, study, quiet=True)
         con = duckdb.connect(str(study), read_only=True)
         a, b = fit(con, "engine-a"), fit(con, "engine-b")

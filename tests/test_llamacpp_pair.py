@@ -3,6 +3,7 @@ moves to engine B through a file, B decodes; loadgen stores each request's hando
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 
@@ -81,3 +82,10 @@ def test_the_pair_serves_any_client_and_gives_its_slots_back(write):
             # 1 Gb/s: the KV file's bits over the link at least (about 4 MB here: some 30 ms).
             assert handoff["copy_ms"] >= handoff["kv_bytes"] * 8 / 1e9 * 1000 * 0.99
             assert handoff["total_ms"] == pytest.approx(handoff["save_ms"] + handoff["copy_ms"] + handoff["restore_ms"])
+
+
+def test_an_engine_pinned_to_cores_the_machine_lacks_is_one_line(write):
+    ep = write("ep.yaml", "name: pinned\nlaunch: {kind: llamacpp, cores: [4096]}\n")
+    res = loadgen("serve", str(ep), "--port", "0", env=dict(os.environ))  # the console script, as a user runs it
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "cores [4096] are not all among this machine's" in res.stderr

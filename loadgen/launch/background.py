@@ -41,7 +41,8 @@ class BackgroundServer:
 
     def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 120.0, cores: set[int] | None = None):
         """`workdir` is a private folder that outlives the child process (its spec and log go there); `cores`
-        pins the server to those CPUs (a benchmark keeps it off the load generator's core)."""
+        pins the server to those CPUs (a benchmark keeps it off the load generator's core; an engine's
+        `launch.cores` pins it from inside)."""
         if endpoint.url is not None:
             raise LaunchError(f"endpoint {endpoint.name!r} names a url: there is nothing to start")
         if why := missing(endpoint):

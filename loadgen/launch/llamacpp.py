@@ -42,6 +42,10 @@ def served_name(launch: LlamaCppLaunch) -> str:
 def serve(name: str, launch: LlamaCppLaunch, host: str, port: int) -> None:
     import xllamacpp
 
+    if launch.cores:  # here, so that `loadgen serve` pins it as a run does
+        if not set(launch.cores) <= (here := os.sched_getaffinity(0)):
+            sys.exit(f"the llama.cpp engine's cores {launch.cores} are not all among this machine's {sorted(here)}")
+        os.sched_setaffinity(0, set(launch.cores))
     path = model_path(launch)
     if not path.is_file():
         sys.exit(f"the llama.cpp engine's model file {path} does not exist")

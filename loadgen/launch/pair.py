@@ -213,17 +213,14 @@ def serve(name: str, launch: LlamaCppPairLaunch, host: str, port: int) -> None:
     from loadgen.launch.serving import serve_app
 
     cores = sorted(os.sched_getaffinity(0))
-    pinned = ({cores[0]}, {cores[1]}) if len(cores) >= 2 else (None, None)
+    pinned = ([cores[0]], [cores[1]]) if len(cores) >= 2 else (None, None)
     with tempfile.TemporaryDirectory(prefix="loadgen-pd-") as tmp:
         work = Path(tmp)
         dirs = (work / "prefill-kv", work / "decode-kv")
         engines = [
-            EndpointSpec(name=f"{name}-{side}", launch=launch.side(side, str(d)))
-            for side, d in zip(("prefill", "decode"), dirs, strict=True)
+            EndpointSpec(name=f"{name}-{side}", launch=launch.side(side, str(d), pin))
+            for side, d, pin in zip(("prefill", "decode"), dirs, pinned, strict=True)
         ]
-        with (
-            BackgroundServer(engines[0], work, cores=pinned[0]) as a,
-            BackgroundServer(engines[1], work, cores=pinned[1]) as b,
-        ):
+        with BackgroundServer(engines[0], work) as a, BackgroundServer(engines[1], work) as b:
             pair = Pair(a.url.removesuffix("/v1"), b.url.removesuffix("/v1"), dirs[0], dirs[1], launch)
             asyncio.run(serve_app(pair.app(), host, port, f"loadgen prefill/decode pair '{name}' (llama.cpp A then B)"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from loadgen.hardware.profiles import (
     GpuHardware,
@@ -221,6 +221,7 @@ class LlamaCppLaunch(Strict):
     batch: PositiveInt = 2048  # prompt tokens per llama_decode call at most: --batch-size
     http_threads: PositiveInt = 8  # HTTP threads beyond one per slot, for scrapes and requests that wait
     slot_save_path: str | None = None  # where POST /slots/{id}?action=save writes KV files (none: disabled)
+    cores: list[NonNegativeInt] | None = None  # CPUs to pin the engine to (Linux), e.g. off the load generator's
     seed: int = 0
 
 
@@ -245,12 +246,12 @@ class LlamaCppPairLaunch(Strict):
     link_gbps: PositiveFloat | None = None  # the KV file's copy takes at least its bits over this; none: a disk copy
     seed: int = 0
 
-    def side(self, which: Literal["prefill", "decode"], slot_save_path: str) -> LlamaCppLaunch:
+    def side(self, which: Literal["prefill", "decode"], slot_save_path: str, cores: list[int] | None) -> LlamaCppLaunch:
         """One of the two engines, as a single engine's launch that saves and restores slots in `slot_save_path`."""
         s = self.prefill if which == "prefill" else self.decode
         return LlamaCppLaunch(
             kind="llamacpp", model=self.model, alias=self.alias, seed=self.seed, slot_save_path=slot_save_path,
-            **s.model_dump(),
+            cores=cores, **s.model_dump(),
         )  # fmt: skip
 
 
