@@ -36,6 +36,7 @@ from loadgen.schedule.plan import owner, plan_stage, slots
 
 LEAD_S = 0.3  # a stage starts this long after the master decides, so that its instant reaches every worker first
 CLOCK_EXCHANGES = 16
+CLOCK_ATTEMPTS = 5  # sends of one exchange before giving up, REPLY_TIMEOUT_S in all
 REPLY_TIMEOUT_S = 5.0
 FINISH_TIMEOUT_S = 30.0  # after FINISH, how long the master waits for a worker's last rows
 
@@ -181,17 +182,26 @@ class Master(drive.Load):
             self.nodes[client_id] = Node(client_id, self.runner.get_worker_index(client_id))
 
     def _sync_clock(self, node: Node) -> wire.Offset:
-        samples = []
-        for seq in range(CLOCK_EXCHANGES):
-            reply = gevent.event.AsyncResult()
-            self._clock_replies[(node.client_id, seq)] = reply
-            t1 = time.perf_counter()
-            self.runner.send_message(wire.CLOCK, {"seq": seq}, node.client_id)
-            try:
-                tw, t2 = reply.get(timeout=REPLY_TIMEOUT_S)
-            except gevent.Timeout:
-                raise MasterError(f"worker {node.index} did not answer the clock exchange") from None
-            samples.append((t1, tw, t2))
+        samples: list[tuple[float, float, float]] = []
+        seq = 0
+        # A worker that has just connected may drop the first message: Locust reads the master's messages
+        # before it returns from connecting, so before the worker has registered its handlers. An exchange is
+        # asked again (under a new number: a late answer to the old one is ignored) before giving up.
+        for _ in range(CLOCK_EXCHANGES):
+            for _ in range(CLOCK_ATTEMPTS):
+                reply = gevent.event.AsyncResult()
+                self._clock_replies[(node.client_id, seq)] = reply
+                t1 = time.perf_counter()
+                self.runner.send_message(wire.CLOCK, {"seq": seq}, node.client_id)
+                seq += 1
+                try:
+                    tw, t2 = reply.get(timeout=REPLY_TIMEOUT_S / CLOCK_ATTEMPTS)
+                except gevent.Timeout:
+                    continue
+                samples.append((t1, tw, t2))
+                break
+            else:
+                raise MasterError(f"worker {node.index} did not answer the clock exchange")
         return wire.estimate_offset(samples)
 
     def join(self) -> None:
