@@ -160,3 +160,20 @@ def test_findings_say_when_the_measurement_differs_from_the_study():
     # Only GPUs measured: the GroqRack findings cannot be judged, and say so.
     f2 = findings(con, endpoints=["gpu"])[1]
     assert f2.holds is None
+
+
+def test_extrapolation_never_runs_downhill_into_nothing():
+    """Two noisy prefill points where the longer prompt came back faster (a pipelined GroqRack's 4-6 ms TTFTs, on a
+    busy machine) keep their last value beyond the range, not a line down to 0 ms (a study once failed dividing by
+    it); a split over them is judged."""
+    import numpy as np
+
+    from loadgen.analysis.disagg import Link, predict
+    from loadgen.analysis.phases import PhaseModel
+    from loadgen.hardware.profiles import load_profile
+
+    noisy = PhaseModel("g", np.array([128.0, 512.0]), np.array([6.4, 4.2]), np.array([1.0, 8.0]),
+                       np.array([2.0, 16.0]), np.array([500.0, 500.0]))  # fmt: skip
+    assert noisy.ttft(2048) == 4.2 and noisy.ttft(64) > 0
+    pred = predict(noisy, noisy, load_profile("llama-2-7b"), 2048, 1, Link(100.0))
+    assert pred.e2e_a_ms == 4.2 and pred.gain < 0  # the KV transfer alone is 20 times the prefill: a loss

@@ -65,7 +65,8 @@ class Prediction:
     @property
     def gain(self) -> float:
         """How much faster A then B finishes than the better platform alone (0.2 = 20% less E2E)."""
-        return 1.0 - self.e2e_ab_ms / self.best_alone_ms
+        best = self.best_alone_ms
+        return 1.0 - self.e2e_ab_ms / best if best > 0 else 0.0  # 0: nothing measured to beat (a 0 ms prediction)
 
 
 def _e2e(ttft: float, tpot: float, output: int) -> float:

@@ -23,8 +23,11 @@ def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
         i = len(xs) - 2
     else:
         return float(np.interp(x, xs, ys))
-    slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-    return float(max(ys[i] + slope * (x - xs[i]), 0.0))
+    # Beyond the measured range, along the nearest segment, but never downhill: times and rates do not fall as
+    # prompts and batches grow, and two noisy points that say so would extrapolate to nothing (a TTFT of 0 ms).
+    slope = max((ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]), 0.0)
+    end = 0 if x <= xs[0] else len(xs) - 1
+    return float(max(ys[end] + slope * (x - xs[end]), 0.0))
 
 
 def _loo_error(xs: np.ndarray, ys: np.ndarray) -> float | None:
