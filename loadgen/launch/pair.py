@@ -190,13 +190,16 @@ async def _relay(request: web.Request, r: aiohttp.ClientResponse, prefill: dict,
     out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await out.prepare(request)
     pending = b""
-    async for data in r.content.iter_any():
-        *lines, pending = (pending + data).split(b"\n")
-        if lines:
-            await out.write(b"".join(_line(line, prefill, handoff) + b"\n" for line in lines))
-    if pending:
-        await out.write(_line(pending, prefill, handoff))
-    await out.write_eof()
+    try:
+        async for data in r.content.iter_any():
+            *lines, pending = (pending + data).split(b"\n")
+            if lines:
+                await out.write(b"".join(_line(line, prefill, handoff) + b"\n" for line in lines))
+        if pending:
+            await out.write(_line(pending, prefill, handoff))
+        await out.write_eof()
+    except ConnectionResetError:
+        pass  # the client left: leaving here closes B's stream, which stops its decode, and frees the slot
     return out
 
 
