@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -51,6 +52,16 @@ def loadgen(*args: str) -> str:
         raise SystemExit(f"loadgen {args[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     print(f"  loadgen {' '.join(Path(a).name if '/' in a else a for a in args)}: {time.perf_counter() - t:.0f} s")
     return res.stdout
+
+
+def write_workload(path: Path, name: str, endpoint: Path, stages: list[dict]) -> Path:
+    """A completions workload of these stages against `endpoint`, written to `path`."""
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "endpoint": str(endpoint), "api": "completions", "stop": {"requests": 1}, "stages": stages}
+        )
+    )
+    return path
 
 
 def query(db: Path, sql: str) -> list[tuple]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 import yaml
-from common import ROOT, Bounds, query, run_loadgen
+from common import ROOT, Bounds, query, run_loadgen, write_workload
 
 from loadgen.analysis.disagg import Link, predict
 from loadgen.analysis.phases import fit
@@ -57,15 +57,6 @@ STUDY = [stage(f"p{p}", 1, 4, p, 1, "prefill") for p in (16, *PROMPTS)] + [
     stage(f"b{n}", n, 3 * n, 32, OUTPUT, "decode") for n in LOADS
 ]
 LOADED = [stage(f"{p}x{n}", n, 3 * n, p, OUTPUT) for p in PROMPTS for n in LOADS]
-
-
-def write_workload(path: Path, name: str, endpoint: Path, stages: list[dict]) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {"name": name, "endpoint": str(endpoint), "api": "completions", "stop": {"requests": 1}, "stages": stages}
-        )
-    )
-    return path
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 import yaml
-from common import Bounds, query, run_loadgen
+from common import Bounds, query, run_loadgen, write_workload
 
 from loadgen.analysis.disagg import Link, Reuse, predict
 from loadgen.analysis.phases import fit
@@ -66,15 +66,6 @@ PHASES = [stage(f"p{p}", "prefill", 1, 2, p, 1) for p in (128, 512, 2048)] + [
     stage("b1", "decode", 1, 2, 128, 128),
     stage("b4", "decode", 4, 4, 128, 128),
 ]
-
-
-def write_workload(path: Path, name: str, endpoint: Path, stages: list[dict]) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {"name": name, "endpoint": str(endpoint), "api": "completions", "stop": {"requests": 1}, "stages": stages}
-        )
-    )
-    return path
 
 
 def main() -> None:

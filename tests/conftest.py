@@ -161,9 +161,10 @@ def pytest_collection_modifyitems(config, items):
     exclusive ones wait for); then the rest, with the real-engine tests spread through it (each worker starts its
     own engine for them), so that few engines run at once and none is left for the end."""
     first = [i for i in items if _exclusive(i)]
-    quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and i not in first][: 3 * len(first)]
-    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp") and i not in first]
-    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp") and i not in first + quick]
+    quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and not _exclusive(i)][: 3 * len(first)]
+    placed = {*first, *quick}
+    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
+    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
     every = len(rest) // max(1, len(engine))
     spread = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])]
     items[:] = first + quick + spread + rest[len(engine) * every :]

@@ -9,7 +9,7 @@ At a load of N (N concurrent requests: a closed loop of N users, as the study me
 lockstep: the N prompts reach the prefill side together and are prefilled together, so TTFT is the prefill of N
 prompts' tokens, TTFT(N x prompt) (N x TTFT(prompt) where prefill is linear in tokens, less where batching pays),
 then they decode together at batch N. Measured on a real llama.cpp pair (benchmarks/disagg_real.py): 512-token
-prompts, TTFT 2.45 s for one user, 9.74 s for four. In lockstep a split pays only where B decodes faster than A
+prompts, TTFT 2.1 s for one user, 8.1 s for four. In lockstep a split pays only where B decodes faster than A
 at that batch: each side idles while the other works.
 With prefix reuse (a conversation's later turns), a share of each prompt is already in the prefix caches: a side
 that keeps one prefills only the rest (TTFT of the shorter prompt: attention over the cached part is left out, so
