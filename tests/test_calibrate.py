@@ -387,3 +387,42 @@ def test_an_emulated_vllm_endpoint_says_its_limits_and_policy(tmp_path):
     assert c.policy.startswith("prefill-first") and "the endpoint file as stored" in c.policy
     engine = FittedEngine(f, model_profile("llama-2-7b"))
     assert engine.kv_capacity == 1600 and not engine.serving.chunked_prefill
+
+
+def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
+    """A llama.cpp server that prefills a prompt's last 64 tokens in a step of their own (a sliding-window model,
+    as its GET /props model file said): a lone prompt beyond 64 tokens costs two steps, and the fit finds the step
+    and the token costs under that. On the twin, a prompt that arrives while another prefills joins the other's
+    tail step: both wait for that whole step, and the newcomer's own tail is a step after it."""
+    said = {
+        "name": "real", "server": "llamacpp", "model": "m",
+        "limits": {"slots": 4, "ctx_per_slot": 2048, "prompt_tail": 64},
+        "detected": {"prompt_tail": "GET /props model_path: sliding-window attention"},
+    }  # fmt: skip
+    db = synthetic(tmp_path / "tail.duckdb", {1: 20.0, 4: 50.0}, prefill=(64, 256, 512, 1024), slots=None,
+                   endpoint=said, prefill_ms=lambda p: STEP_MS * (2 if p > 64 else 1) + PER_TOKEN_MS * p)  # fmt: skip
+    f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.prompt_tail_tokens == 64
+    assert f.prefill_step_ms == pytest.approx(STEP_MS, abs=0.01)
+    assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-3)
+    assert f.calibration is not None
+    assert "a prompt's last 64 tokens prefilled apart, from GET /props model_path" in f.calibration.limits
+    assert all(r.ttft_error == pytest.approx(0, abs=1e-3) for r in rows if r.stage.batch == 1)
+
+    engine = FittedEngine(f.model_copy(update={"request_ms": 0.0, "gather_ms": 0.0}), model_profile("llama-2-7b"))
+    first, second = Seq(300, 4), Seq(200, 4)
+    for seq in (first, second):
+        seq.on_tokens = lambda _n: None
+    engine.submit(first)
+    steps = [engine.plan()]
+    engine.complete(steps[0])
+    engine.submit(second)  # during the first's prefill, before its tail
+    for _ in range(2):
+        steps.append(engine.plan())
+        engine.complete(steps[-1])
+    assert [[(q is first, n) for q, n in s.prefill] for s in steps] == [
+        [(True, 236)],
+        [(True, 64), (False, 136)],
+        [(False, 64)],
+    ]
+    assert [q is first for q in steps[2].decode] == [True]  # the first token came at the tail step's end

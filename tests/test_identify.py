@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import orjson
 from aiohttp import web
 
 from conftest import FAST_ENDPOINT, emulator_in_thread, loadgen
 from loadgen.spec.endpoint import EndpointSpec
-from loadgen.target.identify import identify
+from loadgen.target.identify import identify, model_prompt_tail
 from loadgen.target.probe import Endpoint
 
 EMULATED = EndpointSpec.model_validate(
@@ -102,3 +105,41 @@ def test_the_text_probes_are_prefixes_of_one_prompt_so_a_prefix_cache_prefills_e
     assert cal is not None and cal.per_word == 1.0  # the emulator counts a word a token
     prompts = sorted((b["prompt"] for b in bodies), key=len)
     assert len(prompts) >= 2 and all(prompts[-1].startswith(p + " ") for p in prompts[:-1])
+
+
+def gguf_file(path, meta: dict) -> Path:
+    """A GGUF file holding only this metadata (strings, ints, lists of strings) and no tensors."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, len(meta)))
+
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s.encode())) + s.encode()
+
+    for key, value in meta.items():
+        out += text(key)
+        if isinstance(value, str):
+            out += struct.pack("<I", 8) + text(value)
+        elif isinstance(value, int):
+            out += struct.pack("<II", 4, value)
+        else:  # a tokenizer's vocabulary: an array of strings, skipped
+            out += struct.pack("<IIQ", 9, 8, len(value)) + b"".join(text(v) for v in value)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_the_model_file_says_whether_llamacpp_prefills_a_prompts_last_tokens_apart(tmp_path):
+    """llama.cpp's server prefills a prompt's last 64 tokens apart for a sliding-window or recurrent model: read
+    from the GGUF file GET /props names, past a vocabulary array; not for a plain one; nothing claimed where the
+    file is not there or not GGUF."""
+    vocab = ["<bos>", "a", "b"] * 100
+    gguf_file(tmp_path / "g.gguf", {"general.architecture": "gemma3", "tokenizer.ggml.tokens": vocab,
+                                          "gemma3.attention.sliding_window": 512})  # fmt: skip
+    gguf_file(tmp_path / "l.gguf", {"general.architecture": "llama", "tokenizer.ggml.tokens": vocab})
+    gguf_file(tmp_path / "m.gguf", {"general.architecture": "mamba", "mamba.ssm.conv_kernel": 4})
+    (tmp_path / "x.gguf").write_bytes(b"not a model")
+    tails = {p: model_prompt_tail({"model_path": str(tmp_path / p)}) for p in ("g.gguf", "l.gguf", "m.gguf")}
+    assert tails["g.gguf"] == (64, "GET /props model_path: sliding-window attention "
+                                   "(gemma3.attention.sliding_window 512 in the GGUF file)")  # fmt: skip
+    assert tails["l.gguf"][0] == 0 and tails["m.gguf"][0] == 64
+    assert model_prompt_tail({"model_path": str(tmp_path / "x.gguf")}) is None
+    assert model_prompt_tail({"model_path": str(tmp_path / "absent.gguf")}) is None
+    assert model_prompt_tail({}) is None

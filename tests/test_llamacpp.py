@@ -14,6 +14,8 @@ import yaml
 
 from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen, streaming
 
+GEMMA_TAIL = "GET /props model_path: sliding-window attention (gemma3.attention.sliding_window 512 in the GGUF file)"
+
 
 def small_workload(write, endpoint: str, api: str = "completions", n: int = 4, concurrency: int = 2) -> str:
     return str(
@@ -39,9 +41,10 @@ def test_an_endpoint_file_starts_the_engine_and_stops_it(write, tmp_path):
     # The family is known (loadgen started it); the model is the one the engine lists, not a default.
     assert endpoint["server"] == "llamacpp"
     assert endpoint["model"] == "gemma-3-270m-q4_k_m"
-    assert endpoint["detected"] == {"model": "GET /v1/models", "limits": "GET /props"}
-    # Its slots and a slot's context as the engine says them: the file's 8 slots, 16,384 tokens over them.
-    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048}
+    assert endpoint["detected"] == {"model": "GET /v1/models", "limits": "GET /props", "prompt_tail": GEMMA_TAIL}
+    # Its slots and a slot's context as the engine says them: the file's 8 slots, 16,384 tokens over them; and
+    # from Gemma 3's file, that the server prefills a prompt's last 64 tokens apart.
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048, "prompt_tail": 64}
 
 
 def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
@@ -54,8 +57,10 @@ def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
     (spec, note) = con.execute("SELECT spec, note FROM runs").fetchone()
     endpoint = orjson.loads(spec)["endpoint"]
     assert (endpoint["server"], endpoint["model"]) == ("llamacpp", "gemma-3-270m-q4_k_m")
-    assert endpoint["detected"] == {"server": "GET /props", "model": "GET /v1/models", "limits": "GET /props"}
-    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048}  # the session engine: 8 slots, 16384 tokens
+    assert endpoint["detected"] == {
+        "server": "GET /props", "model": "GET /v1/models", "limits": "GET /props", "prompt_tail": GEMMA_TAIL
+    }  # fmt: skip
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048, "prompt_tail": 64}  # 8 slots, 16384 tokens
     assert "assumed" not in (note or "")
     assert "token-ID" not in res.stderr  # the native server takes token-ID prompts
 

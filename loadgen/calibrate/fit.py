@@ -116,13 +116,20 @@ class Prefill:
     per_token: float
     floor: float = 0.0  # tokens
     per_pair: float = 0.0
+    tail: int = 0  # FittedSpec.prompt_tail_tokens: a prompt longer than this takes two steps, so two step costs
+
+    def steps(self, n: np.ndarray | float) -> np.ndarray | float:
+        return np.where(np.asarray(n) > self.tail, 2.0, 1.0) if self.tail else 1.0
 
     def ms(self, p: np.ndarray | float) -> np.ndarray | float:
-        return self.step_ms + self.per_token * np.maximum(p, self.floor) + self.per_pair * p * (p + 1) / 2
+        # The split's two steps hold the same causal pairs as one, p(p+1)/2.
+        pairs = self.per_pair * p * (p + 1) / 2
+        return self.step_ms * self.steps(p) + self.per_token * np.maximum(p, self.floor) + pairs
 
     def at(self, n: int, context: int) -> float:
         """A prompt's `n` tokens computed after `context` already in the cache (perf.fitted_step_s's pairs)."""
-        return self.step_ms + self.per_token * max(n, self.floor) + self.per_pair * n * (context + (n + 1) / 2)
+        pairs = self.per_pair * n * (context + (n + 1) / 2)
+        return float(self.step_ms * self.steps(n) + self.per_token * max(n, self.floor) + pairs)
 
 
 def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -139,16 +146,17 @@ def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
         cols.remove(int(np.argmin(coef)))
 
 
-def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str) -> Prefill:
+def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str, tail: int) -> Prefill:
     floor, attention, _ = PREFILL_FORMS[form]
-    if form == "line":
+    if form == "line" and not tail:
         return Prefill(form, *_line(px, py))
+    steps = Prefill(form, 0.0, 0.0, tail=tail).steps(px) * np.ones_like(px)
     pairs = px * (px + 1) / 2 if attention else np.zeros_like(px)
     knees = np.geomspace(px.min(), px.max(), 48) if floor else [0.0]
     best: tuple[float, Prefill] | None = None
     for k in knees:
-        c = _nonneg(np.column_stack([np.ones_like(px), np.maximum(px, k), pairs]), py)
-        f = Prefill(form, float(c[0]), float(c[1]), float(k), float(c[2]))
+        c = _nonneg(np.column_stack([steps, np.maximum(px, k), pairs]), py)
+        f = Prefill(form, float(c[0]), float(c[1]), float(k), float(c[2]), tail)
         err = float(np.sum((f.ms(px) / py - 1) ** 2))
         if best is None or err < best[0] - 1e-12:
             best = (err, f)
@@ -156,7 +164,7 @@ def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str) -> Prefill:
     return best[1]
 
 
-def _prefill(px: np.ndarray, py: np.ndarray) -> tuple[Prefill, dict[str, float | None]]:
+def _prefill(px: np.ndarray, py: np.ndarray, tail: int = 0) -> tuple[Prefill, dict[str, float | None]]:
     """The form that best predicts each measured prompt length from the others; on a tie (within 0.1 point)
     the one with fewer figures, and the line where too few lengths were measured to tell."""
     loo: dict[str, float | None] = {}
@@ -167,14 +175,14 @@ def _prefill(px: np.ndarray, py: np.ndarray) -> tuple[Prefill, dict[str, float |
         errs = []
         for i in range(len(px)):
             keep = np.arange(len(px)) != i
-            errs.append(abs(float(_prefill_fit(px[keep], py[keep], form).ms(px[i])) / py[i] - 1))
+            errs.append(abs(float(_prefill_fit(px[keep], py[keep], form, tail).ms(px[i])) / py[i] - 1))
         loo[form] = float(np.mean(errs))
     chosen = "line"
     for form, err in loo.items():  # in order of figures: a later form must do better by more than 0.1 point
         ref = loo[chosen]
         if err is not None and (ref is None or err < ref - 0.001):
             chosen = form
-    return _prefill_fit(px, py, chosen), loo
+    return _prefill_fit(px, py, chosen, tail), loo
 
 
 def _context(decode: list[Stage]) -> tuple[float, str]:
@@ -215,7 +223,10 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
     said = spec.get("limits") or {}  # what the server's own account said (target/identify.py)
     emulate = spec.get("emulate") or {}
     serving = Serving.model_validate(emulate.get("serving") or {}) if emulate.get("engine") == "gpu" else None
-    out: dict = {"said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch)}
+    out: dict = {
+        "said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch),
+        "tail": 0,
+    }  # fmt: skip
     if slots:
         out["slots"], where = slots, "--slots"
     elif launch.get("slots"):
@@ -258,6 +269,14 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
         )
     else:
         out["said"].append("2048 tokens a step: nothing says it")
+    fitted = emulate.get("fitted") or {}
+    if "prompt_tail" in said:
+        out["tail"] = said["prompt_tail"]
+        where = (spec.get("detected") or {}).get("prompt_tail", "the server")
+        out["said"].append(f"a prompt's last {out['tail']} tokens prefilled apart, from {where}")
+    elif fitted.get("prompt_tail_tokens"):
+        out["tail"] = fitted["prompt_tail_tokens"]
+        out["said"].append(f"a prompt's last {out['tail']} tokens prefilled apart, from the endpoint file as stored")
     return out
 
 
@@ -338,7 +357,7 @@ def fit(
     server = all(s.prefill_ms is not None for s in prefill)
     px = np.array([s.prompt for s in prefill], dtype=float)
     py = np.array([s.prefill_ms if server else s.ttft_ms for s in prefill], dtype=float)
-    pf, prefill_loo = _prefill(px, py)
+    pf, prefill_loo = _prefill(px, py, limits["tail"])
     request_ms = float(np.median([s.ttft_ms - s.prefill_ms for s in prefill])) if server else 0.0
 
     per_context, context_said = _context(decode)
@@ -391,6 +410,7 @@ def fit(
         # llama.cpp splits its context among the slots
         max_context=ctx // limits["slots"] if ctx and limits["slots"] and limits["per_slot"] else None,
         chunked_prefill=True,
+        prompt_tail_tokens=limits["tail"],
         prompt_cache=cache,
     )
 

@@ -249,6 +249,7 @@ class GpuEngine(Engine):
         super().__init__(model)
         self.serving = serving
         self.prefill_only = False
+        self.prompt_tail = 0  # FittedSpec.prompt_tail_tokens
         self.kv_capacity = kv_capacity
         self.kv_used = 0
         self.queue: deque[Seq] = deque()  # not yet admitted
@@ -311,7 +312,7 @@ class GpuEngine(Engine):
             budget -= len(decoding)
             for q in self.admitted:
                 if q.prefilled < q.prompt and budget > 0:
-                    n = min(q.prompt - q.prefilled, budget)
+                    n = self._chunk(q, budget)
                     prefill.append((q, n))
                     budget -= n
             while budget > 0:
@@ -319,7 +320,7 @@ class GpuEngine(Engine):
                 if q is None:
                     break
                 if q.prefilled < q.prompt:
-                    n = min(q.prompt - q.prefilled, budget)
+                    n = self._chunk(q, budget)
                     prefill.append((q, n))
                     budget -= n
                 else:
@@ -339,6 +340,12 @@ class GpuEngine(Engine):
         if not prefill and not decoding:
             return None
         return Step(self.step_s(prefill, decoding), prefill, decoding)
+
+    def _chunk(self, q: Seq, budget: int) -> int:
+        """The prompt tokens of `q` this step computes: what is left, within the budget, stopping short of the
+        prompt's tail (prompt_tail) where more than the tail is left."""
+        left = q.prompt - q.prefilled
+        return min(left - self.prompt_tail if left > self.prompt_tail else left, budget)
 
     def hand_off(self, seq: Seq) -> None:
         """Remove the sequence and free its KV cache, without finishing it (it goes on elsewhere)."""
@@ -372,6 +379,7 @@ class FittedEngine(GpuEngine):
         self.fitted = fitted
         self._gathering = False
         self._batching(model, fitted.serving(), fitted.kv_tokens or self.UNBOUNDED_KV)
+        self.prompt_tail = fitted.prompt_tail_tokens
         pc = fitted.prompt_cache
         if pc is not None and pc.kind == "slots":
             self.cache = SlotCache(fitted.slots, pc.similarity, pc.kept_offset)

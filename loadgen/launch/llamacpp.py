@@ -43,9 +43,13 @@ def serve(name: str, launch: LlamaCppLaunch, host: str, port: int) -> None:
     import xllamacpp
 
     if launch.cores:  # here, so that `loadgen serve` pins it as a run does
-        if not set(launch.cores) <= (here := os.sched_getaffinity(0)):
-            sys.exit(f"the llama.cpp engine's cores {launch.cores} are not all among this machine's {sorted(here)}")
-        os.sched_setaffinity(0, set(launch.cores))
+        # Any of the machine's cores, not only the starting process's: a load generator pinned off the engine's
+        # cores starts it on them.
+        try:
+            os.sched_setaffinity(0, set(launch.cores))
+        except OSError:
+            sys.exit(f"the llama.cpp engine's cores {launch.cores} are not all among this machine's "
+                     f"{sorted(range(os.cpu_count() or 1))}")  # fmt: skip
     path = model_path(launch)
     if not path.is_file():
         sys.exit(f"the llama.cpp engine's model file {path} does not exist")

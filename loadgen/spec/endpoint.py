@@ -140,6 +140,11 @@ class FittedSpec(Strict):
     # True: prompt chunks ride with the decodes (llama.cpp, vLLM V1); False: a step prefills while the decodes
     # wait (prefill-first, vLLM V0's default).
     chunked_prefill: bool = True
+    # A prompt's last this many tokens are prefilled in a step of their own, its first token at that step's end:
+    # llama.cpp's server does so (64) to take a context checkpoint, for a model with sliding-window attention
+    # (Gemma 3), a recurrent or a hybrid one (tools/server/server-context.cpp, `do_checkpoint`). A prompt that
+    # arrives while another prefills joins that tail's step, and both first tokens wait for the whole of it.
+    prompt_tail_tokens: NonNegativeInt = 0
     max_context: PositiveInt | None = None  # prompt plus output per request at most (llama.cpp: ctx / slots)
     prompt_cache: PromptCacheSpec | None = None  # none: every prompt computed whole
     calibration: Calibration | None = None

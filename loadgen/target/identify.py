@@ -9,17 +9,20 @@ Detected where the server says it, never assumed in silence:
   are assumed and the run's note says so.
 - the model from `GET /v1/models`: the one model it lists; several: the run fails with the list.
 - what bounds a llama.cpp server's concurrency, where its `GET /props` says: `total_slots`, and the context of a
-  slot (`default_generation_settings.n_ctx`); `loadgen calibrate` reads them from the run's stored endpoint.
+  slot (`default_generation_settings.n_ctx`); and, from the model file its `model_path` names (target/gguf.py),
+  whether it prefills a prompt's last tokens apart. `loadgen calibrate` reads them from the run's stored endpoint.
 """
 
 from __future__ import annotations
 
 import urllib.error
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from loadgen.spec.redact import redact_url
+from loadgen.target import gguf
 from loadgen.target.check import models, v1_hint
 from loadgen.target.probe import Endpoint, call
 
@@ -45,7 +48,7 @@ class Identity:
     model: str
     detected: dict[str, str] = field(default_factory=dict)  # what was detected, and from where
     notes: list[str] = field(default_factory=list)
-    limits: dict[str, int] = field(default_factory=dict)  # slots, ctx_per_slot: where the server says them
+    limits: dict[str, int] = field(default_factory=dict)  # slots, ctx_per_slot, prompt_tail: where the server says
 
 
 def llamacpp_limits(props: object) -> dict[str, int]:
@@ -58,6 +61,19 @@ def llamacpp_limits(props: object) -> dict[str, int]:
         "ctx_per_slot": settings.get("n_ctx") if isinstance(settings, dict) else None,
     }
     return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+
+
+def model_prompt_tail(props: object) -> tuple[int, str] | None:
+    """(the prompt tokens a llama.cpp server prefills in a step of their own, where that was read), from the
+    model file its GET /props names (`model_path`), where this machine can read it (a loopback server's)."""
+    path = props.get("model_path") if isinstance(props, dict) else None
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    try:
+        tail, why = gguf.prompt_tail(Path(path))
+    except (OSError, ValueError, gguf.NotGGUF):
+        return None
+    return tail, f"GET /props model_path: {why}"
 
 
 def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
@@ -114,7 +130,10 @@ def identify(ep: Endpoint, server: str | None, model: str | None) -> Identity:
         model, detected["model"] = ids[0], "GET /v1/models"
     limits: dict[str, int] = {}
     if server == "llamacpp":  # /props once: its answer told the family, or it is asked now
-        limits = llamacpp_limits(answer if answer is not None else _get_json(ep, "/props", root=True))
-    if limits:
-        detected["limits"] = "GET /props"
+        props = answer if answer is not None else _get_json(ep, "/props", root=True)
+        limits = llamacpp_limits(props)
+        if limits:
+            detected["limits"] = "GET /props"
+        if (tail := model_prompt_tail(props)) is not None:
+            limits["prompt_tail"], detected["prompt_tail"] = tail
     return Identity(server=server, model=model, detected=detected, notes=notes, limits=limits)
