@@ -234,16 +234,13 @@ def test_disagg_model_transfer_and_break_evens():
     assert warm.transfer_ms == pytest.approx(transfer / 2) and warm.e2e_b_ms == pytest.approx(1000 + 100 * 2)
 
 
-@pytest.mark.slow
-def test_report_renders_in_headlesschromium(report, tmp_path):
-    shot = tmp_path / "page.png"
-    chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", (report[0] / "index.html").as_uri())
-    png = shot.read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
-
-
-def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path):
-    page = tmp_path / "index.html"
+@pytest.fixture(scope="module")
+def rendered(report, tmp_path_factory):
+    """The report as headless Chromium renders it 1,280 px wide, once: (its screenshot's bytes, its DOM after a
+    script measured its width and its tables: the page's scroll and client widths, the tallest run ID cell and the
+    font size)."""
+    tmp = tmp_path_factory.mktemp("rendered")
+    page, shot = tmp / "index.html", tmp / "page.png"
     shutil.copyfile(report[0] / "index.html", page)
     probe = (
         "<script>window.onload = () => { const d = document.documentElement;"
@@ -252,8 +249,19 @@ def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(report, tmp_path)
         " + parseFloat(getComputedStyle(document.querySelector('td')).fontSize); };</script>"
     )
     page.write_text(page.read_text().replace("</body>", probe + "</body>"))
-    dom = chromium(tmp_path, "--window-size=1280,1600", "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
-    scroll, client, id_height, font = map(float, re.search(r'data-fit="([^"]+)"', dom.stdout).group(1).split(","))
+    dom = chromium(tmp, "--window-size=1280,2400", "--virtual-time-budget=5000", f"--screenshot={shot}",
+                   "--dump-dom", page.as_uri())  # fmt: skip
+    return shot.read_bytes(), dom.stdout
+
+
+def test_report_renders_in_headlesschromium(rendered):
+    png, _ = rendered
+    assert png.startswith(b"\x89PNG") and len(png) > 100_000  # a page of figures, not a blank one
+
+
+def test_report_tables_fit_a_1280_px_page_with_ids_on_one_line(rendered):
+    _, dom = rendered
+    scroll, client, id_height, font = map(float, re.search(r'data-fit="([^"]+)"', dom).group(1).split(","))
     assert scroll <= client <= 1280  # no horizontal scroll
     assert id_height < 2.5 * font  # a run ID is one line, not three
 

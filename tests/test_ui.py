@@ -177,8 +177,8 @@ def test_llm_tab_renders_its_table_and_charts_in_headless_chromium(write, tmp_pa
             time.sleep(0.2)
         shot = tmp_path / "llm.png"
         tab = f"{ui.base}/?tab=llm"
-        chromium(tmp_path, "--window-size=1600,1100", "--hide-scrollbars", f"--screenshot={shot}", tab)
-        dom = chromium(tmp_path, "--window-size=1600,1100", "--virtual-time-budget=4000", "--dump-dom", tab).stdout
+        dom = chromium(tmp_path, "--window-size=1600,1100", "--hide-scrollbars", "--virtual-time-budget=4000",
+                       f"--screenshot={shot}", "--dump-dom", tab).stdout  # fmt: skip
         ui.final()
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert re.search(r">LLM<", dom), "no LLM tab"
