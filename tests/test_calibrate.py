@@ -35,11 +35,14 @@ def synthetic(
     one_at_a_time: bool = False,
     endpoint: dict | None = None,
     cache_config: dict | None = None,
+    together_ms: float | None = None,
 ):
     """A database in the store's shape (the columns the fit reads) whose requests took exactly the truth's times.
     `decode`: step ms per batch, or per (batch, prompt tokens) for a stage at another context (32 by default);
     `one_at_a_time`: a decode stage's users wait for each other's whole answers (a server that does not batch);
-    `endpoint`: the stored endpoint instead of a launched llama.cpp; `cache_config`: vLLM's cache_config_info."""
+    `endpoint`: the stored endpoint instead of a launched llama.cpp; `cache_config`: vLLM's cache_config_info;
+    `together_ms`: a decode stage's users' prompts prefilled in one step, where each prompt beyond the first
+    costs this much more (their first tokens); else their first tokens are a lone prefill's."""
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE runs (run_id VARCHAR, endpoint VARCHAR, started_at DOUBLE, spec VARCHAR)")
     con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, phase VARCHAR, concurrency INT)")
@@ -79,6 +82,8 @@ def synthetic(
         each = (server + 15 * ms) / 1000  # one whole answer
         for i in range(b):  # sent GATHER_MS apart, all prefilled in one step (or, one at a time, each in turn)
             ttft = server + REQUEST_MS + (i * each * 1000 if one_at_a_time else 0)
+            if together_ms is not None:
+                ttft = prefill_ms(p * b) + together_ms * (b - 1) + REQUEST_MS
             first = wave + (i * each if one_at_a_time else 0) + 0.5
             con.execute(
                 "INSERT INTO requests VALUES ('r1', ?, ?, 'ok', false, ?, ?, 16, ?, ?, ?, ?, ?)",
@@ -426,3 +431,17 @@ def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
         [(False, 64)],
     ]
     assert [q is first for q in steps[2].decode] == [True]  # the first token came at the tail step's end
+
+
+def test_prompts_ending_together_cost_each_its_first_token(tmp_path):
+    """A closed loop's users are prefilled in one step, and each prompt beyond the first that ends there costs 15 ms
+    more (its own first token's logits): the fit finds it from the decode stages' first tokens, and replays them."""
+    db = synthetic(tmp_path / "together.duckdb", {1: 20.0, 2: 30.0, 4: 50.0, 8: 90.0}, together_ms=15.0)
+    f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert f.prefill_ms_per_completion == pytest.approx(15.0, abs=0.5)
+    assert f.calibration is not None and "each further prompt ending in a step 15" in f.calibration.prefill_form
+    assert all(r.ttft_error == pytest.approx(0, abs=0.01) for r in rows), [(r.stage.stage, r.ttft_error) for r in rows]
+    lone = fitted_step_s(f, [(32, 0)], [], completed=1)
+    assert fitted_step_s(f, [(32, 0)] * 3, [], completed=3) - lone == pytest.approx(
+        (2 * 32 * f.prefill_ms_per_token + 2 * f.prefill_ms_per_completion) / 1000, rel=1e-6
+    )

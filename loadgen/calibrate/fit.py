@@ -303,6 +303,18 @@ def prompt_cache(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict) -> t
     return None, "none: the server reported no prompt tokens reused"
 
 
+def _completions(fitted: FittedSpec, batched: list[Stage]) -> tuple[FittedSpec, str]:
+    """The twin with what each prompt beyond the first that ends in a step costs (its own first token's logits),
+    and a line: the median over the decode stages above batch 1 of their first tokens' residual per such prompt
+    (a closed loop's users are prefilled together, so each of their waves ends `batch` prompts in one step)."""
+    if fitted.slots == 1 or not batched:
+        return fitted, "no prompts measured ending together"
+    per = [(s.ttft_ms - replay(fitted, s)[0]) / (s.batch - 1) for s in batched]
+    ms = max(float(np.median(per)), 0.0)
+    said = f"each further prompt ending in a step {ms:.1f} ms (median over {len(per)} decode stages' first tokens)"
+    return fitted.model_copy(update={"prefill_ms_per_completion": round(ms, 3)}), said
+
+
 def cache_hit_cost(hits: list[tuple[int, int, float]], pf: Prefill) -> tuple[float, float, str]:
     """(ms, ms per cached token, a line): what a prefill from a cached prefix costs beyond what the fitted
     prefill predicts for its computed tokens at that context: a line through the lone such prefills' residuals
@@ -466,7 +478,8 @@ def fit(
             ),
         )
     fitted = fitted.model_copy(update={"chunked_prefill": chunked})
-    final = rows[chunked] if fitted.slots > 1 else [Row(s, *replay(fitted, s)) for s in stages]
+    fitted, completions_said = _completions(fitted, batched)
+    final = [Row(s, *replay(fitted, s)) for s in stages]
     calibration = Calibration(
         database=database,
         endpoint=endpoint,
@@ -476,7 +489,7 @@ def fit(
         contexts=contexts(con, endpoint),
         timings="server" if server else "client",
         decode_form=f"{form} (leave-one-out mean error: {said(loo)}; the line misses a batch by {line_miss:.1%})",
-        prefill_form=f"{pf.form} (leave-one-out mean error: {said(prefill_loo)})",
+        prefill_form=f"{pf.form} (leave-one-out mean error: {said(prefill_loo)}); {completions_said}",
         decode_context=context_said,
         limits="; ".join(limits["said"]),
         policy=f"{name[chunked]}: {why}",

@@ -386,9 +386,11 @@ class FittedEngine(GpuEngine):
 
     def step_s(self, prefill: list[tuple[Seq, int]], decoding: list[Seq]) -> float:
         hits = [q.cached for q, _ in prefill if q.cached and q.prefilled == q.cached]  # their first chunk
+        completed = sum(1 for q, n in prefill if q.prefilled + n >= q.prompt)
         return perf.fitted_step_s(
-            self.fitted, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding], hits
-        )
+            self.fitted, [(n, q.prefilled) for q, n in prefill], [q.prompt + q.generated for q in decoding], hits,
+            completed,
+        )  # fmt: skip
 
     def submit(self, seq: Seq) -> None:
         # The gathering is part of the request's fixed cost (measured TTFT less the server's prompt time), not

@@ -18,6 +18,7 @@ Fitted (a twin of a measured server, `loadgen calibrate`): an empirical step, ev
          + prefill_step + prefill_per_token x max(prompt tokens, prefill_floor)
            + prefill_pair x causal (query, key) pairs of the prefill chunks, in a step that holds prefill work
          + cache_hit + cache_hit_per_token x cached tokens, per prefill starting in it from a cached prefix
+         + prefill_per_completion x (prompts completed in it - 1), where several prompts end in one step
 and request_ms per request before it reaches the engine (the server's HTTP and tokenizing: client TTFT less the
 server's own prefill time), of which an idle engine spends the last gather_ms gathering arrivals before it plans
 a step (requests sent together are prefilled in one step, as llama.cpp does). decode() is a per-batch table
@@ -32,9 +33,12 @@ answer), else 0: on the packaged llama.cpp engine it is small (measured idle: 20
 sequence, under 2% for chat-sized contexts); on the emulated A100 it is the KV cache's read, 0.49 us a token.
 A step either holds prompt chunks beside the decodes (chunked_prefill, as llama.cpp and vLLM V1 batch), or
 prefills alone while the decodes wait (prefill-first, vLLM V0's default): the calibration says which it chose
-and why. Not modelled: the prefill's split in two steps on llama.cpp with a sliding-window model (Gemma 3: the
-prompt but its last token, then that token with the decodes, which yields the first token): a step's total is
-about the same, and the decodes beside it get one token more.
+and why. Where the server prefills a prompt's last tokens in a step of their own (prompt_tail_tokens: llama.cpp
+does, 64, for a sliding-window, recurrent or hybrid model), a lone prompt beyond them is two steps, each with
+its prefill_step. Each prompt that ends in a step computes its first token's logits; a lone prefill's step holds
+one such, and prefill_per_completion is each further one's (on the packaged Gemma, whose 262,144-word output
+layer costs about a decode step, about 20 ms), fitted from the decode stages' first tokens, which a closed
+loop's users prefill together.
 """
 
 from __future__ import annotations
@@ -83,10 +87,12 @@ def fitted_step_s(
     prefill: Sequence[tuple[int, int]],
     decode_contexts: Sequence[int],
     hits: Sequence[int] = (),
+    completed: int = 0,
 ) -> float:
     """One step of a fitted engine (spec FittedSpec's figures). `prefill`: (new tokens, tokens already in the KV
     cache) per prefilling sequence; `decode_contexts`: the KV-cache length of each decoding sequence; `hits`: the
-    cached tokens of each prefill that starts in this step from a cached prefix."""
+    cached tokens of each prefill that starts in this step from a cached prefix; `completed`: the prompts that
+    end in it (each yields a first token)."""
     ms = 0.0
     if decode_contexts:
         ms += piecewise(len(decode_contexts), f.decode_step_ms) + f.decode_ms_per_context_token * sum(decode_contexts)
@@ -99,6 +105,7 @@ def fitted_step_s(
             + f.prefill_ms_per_pair * pairs
         )
     ms += f.cache_hit_ms * len(hits) + f.cache_hit_ms_per_token * sum(hits)
+    ms += f.prefill_ms_per_completion * max(completed - 1, 0)
     return ms / 1000.0
 
 

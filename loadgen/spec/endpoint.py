@@ -132,6 +132,9 @@ class FittedSpec(Strict):
     # restoring a slot's or its RAM cache's state: measured, not assumed).
     cache_hit_ms: float = Field(default=0.0, ge=0)
     cache_hit_ms_per_token: float = Field(default=0.0, ge=0)
+    # Each prompt beyond the first that ends in a step (each computes its first token's logits), fitted from the
+    # decode stages' first tokens, which a closed loop's users prefill together.
+    prefill_ms_per_completion: float = Field(default=0.0, ge=0)
     # Step time (ms) against the sequences decoded in it, linear between the points and beyond the last two.
     decode_step_ms: dict[PositiveInt, float] = Field(min_length=1)
     slots: PositiveInt  # requests served together (llama.cpp's --parallel, vLLM's max_num_seqs); more wait
