@@ -119,64 +119,13 @@ def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict
 # on wall-clock runs, not on the CPU. Tests marked `exclusive` measure timing that other tests' load on the same
 # cores would move: they run alone, through a fair reader-writer lock on a file (a writer closes the gate to new
 # readers, then waits for the readers in flight). They are one unit of work for one worker, first in the order,
-# which holds the lock from the first to the last. Meanwhile the other workers do not wait where they may set
-# their scheduling back (root, or CAP_SYS_NICE): they run their tests under SCHED_IDLE (with every process they
-# started: the zygote, their engine, a run's emulator), which any other task's wakeup preempts at once, so that
-# they take only the CPU the exclusive tests leave idle (nice 19 was not enough: a client's token stamps came
-# 7 ms late); elsewhere they wait.
+# which holds the lock from the first to the last: the other workers wait once, not once for each.
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 _held: tuple | None = None  # the (gate, lock) files this worker holds exclusively, between exclusive tests
-_behind = False  # whether this worker runs under SCHED_IDLE, now
 
 
 def _exclusive(item) -> bool:
     return item is not None and item.get_closest_marker("exclusive") is not None
-
-
-def _may_reschedule() -> bool:
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-_BEHIND_ALLOWED = _RUN is not None and sys.platform == "linux" and _may_reschedule()
-
-
-def _reschedule(behind: bool) -> None:
-    """This worker and every process it started (their every thread: Linux schedules each thread)."""
-    global _behind
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    tree, grew = {os.getpid()}, True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
-        tree |= more
-        grew = bool(more)
-    policy = os.SCHED_IDLE if behind else os.SCHED_OTHER
-    for pid in tree:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            with contextlib.suppress(OSError, ValueError):
-                os.sched_setscheduler(int(task.name), policy, os.sched_param(0))
-    _behind = behind
-
-
-def _writer_in(gate) -> bool:
-    """Take the gate, unless a writer holds it: a reader holds it only for an instant, so a gate still closed
-    after 50 ms is a writer's."""
-    deadline = time.monotonic() + 0.05
-    while True:
-        try:
-            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return True
-            time.sleep(0.005)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -186,23 +135,14 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     exclusive = _exclusive(item)
-    behind = False
     if _held is None:
         # In the run's temporary folder, which its workers share (theirs are popen-gwN in it) and pytest clears.
         base = Path(item.config.option.basetemp).parent / "exclusive"
         gate, lock = open(f"{base}.gate", "a"), open(f"{base}.lock", "a")
-        if not exclusive and _BEHIND_ALLOWED and _writer_in(gate):
-            behind = True  # beside the exclusive tests, holding nothing
-            if not _behind:
-                _reschedule(True)
-        else:
-            if _behind:
-                _reschedule(False)
-            if exclusive or not _BEHIND_ALLOWED:
-                fcntl.flock(gate, fcntl.LOCK_EX)
-            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            if not exclusive:
-                fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
     else:
         gate, lock = _held
     try:
@@ -210,9 +150,8 @@ def pytest_runtest_protocol(item, nextitem):
     finally:
         _held = (gate, lock) if exclusive and _exclusive(nextitem) else None
         if _held is None:
-            if not behind:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                fcntl.flock(gate, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
             gate.close()
             lock.close()
 
