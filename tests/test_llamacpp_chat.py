@@ -18,7 +18,7 @@ stages:
   - name: sessions
     sessions: {turns: 4, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
                system_prompts: {count: 2, tokens: 64}}
-    stop: {requests: 8}
+    stop: {requests: 6}
   - name: truncated
     sessions: {turns: 6, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
                system_prompts: {count: 1, tokens: 48}, max_context: 300, at_context_limit: truncate,
