@@ -26,6 +26,10 @@
   `gather_ms` for more before it plans a step: the widest spread of sends an idle server was seen to prefill
   together (a lower bound of its window). Without it a twin prefills the first alone, and two users who stay in
   step on the server drift apart on the twin (TTFT 40% low at 2 users).
+- A prompt's last tokens in a step of their own, where the server does so (llama.cpp, for a sliding-window,
+  recurrent or hybrid model: the run stores it from the model file, target/gguf.py): a lone prefill beyond them
+  is two steps, each with its fixed cost. And each further prompt that ends in a step (its own first token's
+  logits): the decode stages' first tokens, whose waves end `batch` prompts together, less their replay.
 - Each stage is then replayed on the fitted engine (simulate.py), and its TTFT and TPOT p50 set beside the
   measured ones: the fit's residuals.
 """
@@ -273,7 +277,8 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
     if "prompt_tail" in said:
         out["tail"] = said["prompt_tail"]
         where = (spec.get("detected") or {}).get("prompt_tail", "the server")
-        out["said"].append(f"a prompt's last {out['tail']} tokens prefilled apart, from {where}")
+        apart = f"a prompt's last {out['tail']} tokens prefilled apart" if out["tail"] else "no prompt tokens apart"
+        out["said"].append(f"{apart}, from {where}")
     elif fitted.get("prompt_tail_tokens"):
         out["tail"] = fitted["prompt_tail_tokens"]
         out["said"].append(f"a prompt's last {out['tail']} tokens prefilled apart, from the endpoint file as stored")
