@@ -413,6 +413,11 @@ def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
     assert f.calibration is not None
     assert "a prompt's last 64 tokens prefilled apart, from GET /props model_path" in f.calibration.limits
     assert all(r.ttft_error == pytest.approx(0, abs=1e-3) for r in rows if r.stage.batch == 1)
+    plain = {**said, "limits": {**said["limits"], "prompt_tail": 0}, "detected": {"prompt_tail": "GET /props x"}}
+    db = synthetic(tmp_path / "plain.duckdb", {1: 20.0, 4: 50.0}, slots=None, endpoint=plain)
+    g, _ = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
+    assert g.prompt_tail_tokens == 0 and g.calibration is not None
+    assert "no prompt tokens apart, from GET /props x" in g.calibration.limits
 
     engine = FittedEngine(f.model_copy(update={"request_ms": 0.0, "gather_ms": 0.0}), model_profile("llama-2-7b"))
     first, second = Seq(300, 4), Seq(200, 4)
