@@ -123,7 +123,7 @@ class Prefill:
     tail: int = 0  # FittedSpec.prompt_tail_tokens: a prompt longer than this takes two steps, so two step costs
 
     def steps(self, n: np.ndarray | float) -> np.ndarray | float:
-        return np.where(np.asarray(n) > self.tail, 2.0, 1.0) if self.tail else 1.0
+        return _steps(n, self.tail)
 
     def ms(self, p: np.ndarray | float) -> np.ndarray | float:
         # The split's two steps hold the same causal pairs as one, p(p+1)/2.
@@ -134,6 +134,11 @@ class Prefill:
         """A prompt's `n` tokens computed after `context` already in the cache (perf.fitted_step_s's pairs)."""
         pairs = self.per_pair * n * (context + (n + 1) / 2)
         return float(self.step_ms * self.steps(n) + self.per_token * max(n, self.floor) + pairs)
+
+
+def _steps(n: np.ndarray | float, tail: int) -> np.ndarray | float:
+    """The steps a lone prompt of `n` tokens takes: two where the server prefills its last `tail` apart."""
+    return np.where(np.asarray(n) > tail, 2.0, 1.0) if tail else 1.0
 
 
 def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -154,7 +159,7 @@ def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str, tail: int) -> Prefil
     floor, attention, _ = PREFILL_FORMS[form]
     if form == "line" and not tail:
         return Prefill(form, *_line(px, py))
-    steps = Prefill(form, 0.0, 0.0, tail=tail).steps(px) * np.ones_like(px)
+    steps = _steps(px, tail) * np.ones_like(px)
     pairs = px * (px + 1) / 2 if attention else np.zeros_like(px)
     knees = np.geomspace(px.min(), px.max(), 48) if floor else [0.0]
     best: tuple[float, Prefill] | None = None
