@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from loadgen.client import stamps
 from loadgen.client.http import Attempt, StreamClient
 from loadgen.client.stamps import Delays
 from loadgen.spec.workload import TimeoutSpec
@@ -110,3 +111,29 @@ def test_a_refused_connection_is_a_connect_error_never_sent():
     r = _stream(f"http://127.0.0.1:{port}/v1", "ok")
     assert (r.status, r.error, r.http_status) == ("error", "connect", None)
     assert r.sent_s == r.scheduled_s == 0.0 and r.end_s is not None
+
+
+def test_a_kernel_stamp_is_not_moved_by_a_preemption_while_the_clocks_are_read(monkeypatch):
+    """The kernel stamps arrivals on the wall clock; mapping one onto the run clock reads both clocks. A process
+    preempted between those reads (5 ms here) must not move the arrival by as long as it waited."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    with a, b:
+        if not stamps.enable(b):
+            pytest.skip("no kernel receive stamps on this platform")
+        real_time, calls = time.time, []
+
+        def preempted_once() -> float:
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(0.005)
+            return real_time()
+
+        before = time.perf_counter()
+        a.sendall(b"x")
+        time.sleep(0.02)
+        monkeypatch.setattr(time, "time", preempted_once)
+        data, arrived, read_at = stamps.recv_stamped(b, 16)
+    assert data == b"x" and calls
+    assert before - 0.0005 <= arrived <= read_at - 0.015, (arrived - before, read_at - before)
