@@ -131,7 +131,8 @@ def test_a_stage_that_saturates_ends_early_and_the_next_one_runs(write, tmp_path
     write("ep.yaml", SMALL.format(name="small", price=1.0))
     w = write(
         "w.yaml",
-        "name: sat\nendpoint: ep.yaml\napi: completions\nload: {arrival: poisson, rate: 40}\n"
+        # At most 8 in flight (two slots serve them), so that what is in flight at saturation drains in a second.
+        "name: sat\nendpoint: ep.yaml\napi: completions\nload: {arrival: poisson, rate: 40, concurrency: 8}\n"
         "requests: {prompt_tokens: 128, output_tokens: 40}\n"
         "stop: {requests: 3000, on_saturation: true, saturation_window_s: 3}\n"
         "stages:\n  - {name: over}\n  - {name: calm, load: {arrival: poisson, rate: 4}, stop: {requests: 15, "

@@ -13,14 +13,14 @@ BOUND = 0.02  # |server's count / planned - 1|, request by request
 STAGES = """
 stages:
   - name: one-message
-    requests: {prompt_tokens: {dist: uniform, min: 40, max: 300}, output_tokens: 4}
+    requests: {prompt_tokens: {dist: uniform, min: 40, max: 200}, output_tokens: 4}
     stop: {requests: 3}
   - name: sessions
-    sessions: {turns: 4, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
+    sessions: {turns: 4, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 8,
                system_prompts: {count: 2, tokens: 64}}
     stop: {requests: 6}
   - name: truncated
-    sessions: {turns: 6, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 16,
+    sessions: {turns: 6, think_s: 0, user_tokens: {dist: uniform, min: 40, max: 80}, output_tokens: 8,
                system_prompts: {count: 1, tokens: 48}, max_context: 300, at_context_limit: truncate,
                steady_state: true}
     stop: {requests: 8}

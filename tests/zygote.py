@@ -51,8 +51,10 @@ def _child(job: dict) -> None:
 
 
 def serve() -> None:
+    from loadgen.children import one_blas_thread
     from loadgen.load.runtime import prepare
 
+    one_blas_thread()  # as `main()` does first, before numpy's import below
     prepare()  # Locust's import: gevent's patching, as `main()` does for a load command
     import gevent
     from gevent import monkey

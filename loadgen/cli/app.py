@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from loadgen import __version__
+from loadgen.children import one_blas_thread
 
 LOAD_COMMANDS = (
     "run",
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    one_blas_thread()
     if argv and argv[0] in LOAD_COMMANDS:
         from loadgen.load.runtime import prepare
 

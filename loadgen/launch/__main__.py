@@ -6,8 +6,12 @@ It loads only what the server needs (not the command line's modules), so that a 
 
 import sys
 
-from loadgen.launch.engines import serve
-from loadgen.spec import load_endpoint
+from loadgen.children import one_blas_thread
+
+one_blas_thread()
+
+from loadgen.launch.engines import serve  # noqa: E402 (after the BLAS setting, which must precede numpy)
+from loadgen.spec import load_endpoint  # noqa: E402
 
 host, port = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 3 else ("127.0.0.1", 0)
 serve(load_endpoint(sys.argv[1]), host, port)
