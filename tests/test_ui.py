@@ -26,7 +26,7 @@ from loadgen.live.webtab import shown
 
 TWO_STAGES = (
     "name: ui\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 2}\n"
-    "requests: {prompt_tokens: 32, output_tokens: 64}\nslo: {ttft_ms: 10000}\n"
+    "requests: {prompt_tokens: 32, output_tokens: 16}\nslo: {ttft_ms: 10000}\n"
     "stages:\n  - {name: one, stop: {requests: 5}}\n  - {name: two, stop: {requests: 7}}\n"
 )
 
@@ -138,7 +138,7 @@ def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp
     (started,) = con.execute("SELECT started_at FROM runs").fetchone()
     assert started >= ui.up and abs((started - pressed).total_seconds()) < 1.0  # when Start was pressed
     assert con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM requests").fetchone() == (12, 12)
-    assert con.execute("SELECT count(*) FROM events").fetchone() == (768,)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (192,)
 
     # The tab's figures at the end are the database's: each stage's `summary` row, and the run's.
     (bound,) = con.execute("SELECT client_delay_p99_ms FROM runs").fetchone()
@@ -158,7 +158,7 @@ def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp
     series = live["series"]
     for key in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_tokens_per_s", "in_flight"):
         assert len(series[key]) == len(series["t_s"]) and max(v or 0 for v in series[key]) > 0, key
-    assert sum(series["output_tokens_per_s"]) * series["width_s"] == pytest.approx(768)  # every token, once
+    assert sum(series["output_tokens_per_s"]) * series["width_s"] == pytest.approx(192)  # every token, once
     assert [s["stage"] for s in live["stages"]] == ["one", "two"]
     (two_sent,) = con.execute("SELECT min(sent_s) FROM requests WHERE stage = 'two'").fetchone()
     assert live["stages"][0]["start_s"] < live["stages"][1]["start_s"] <= two_sent
@@ -168,7 +168,7 @@ def test_web_ui_runs_the_workload_and_its_llm_tab_ends_on_the_summary(write, tmp
 def test_llm_tab_renders_its_table_and_charts_in_headless_chromium(write, tmp_path):
     workload = (
         "name: ui\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 2}\n"
-        "requests: {prompt_tokens: 64, output_tokens: 64}\nstop: {requests: 40}\n"
+        "requests: {prompt_tokens: 64, output_tokens: 64}\nstop: {requests: 24}\n"  # about 5 s: Chromium's 2 s in it
     )
     with web_ui(write, tmp_path, workload) as ui:
         get(ui.base + "/swarm", b"")

@@ -116,13 +116,13 @@ def test_a_killed_worker_loses_only_what_was_in_flight(write, tmp_path):
     write("ep.yaml", FAST_ENDPOINT)
     w = write(
         "w.yaml",
-        "name: kill\nendpoint: ep.yaml\nload: {arrival: constant, rate: 10, concurrency: 8}\n"
+        "name: kill\nendpoint: ep.yaml\nload: {arrival: constant, rate: 20, concurrency: 8}\n"
         "requests: {prompt_tokens: 50, output_tokens: 20}\nstop: {requests: 100}\n",
-    )
+    )  # 5 s of load
     db = tmp_path / "k.duckdb"
     proc = _run(w, db)
     victim = _workers_of(proc, 2)[1]
-    began = streaming(proc, 3)  # both workers have sent for a while
+    began = streaming(proc, 1.5)  # both workers have sent for a while: 15 requests each
     victim.kill()
     out, err = proc.communicate(timeout=90)
     err = began + err
@@ -218,7 +218,7 @@ def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
     write("ep.yaml", FAST_ENDPOINT)
     w = write(
         "w.yaml",
-        "name: late\nendpoint: ep.yaml\nload: {arrival: constant, rate: 10, concurrency: 2}\n"
+        "name: late\nendpoint: ep.yaml\nload: {arrival: constant, rate: 20, concurrency: 2}\n"
         "requests: {prompt_tokens: 32, output_tokens: 4}\nstop: {requests: 80}\n",
     )
     db = tmp_path / "late.duckdb"
@@ -233,7 +233,7 @@ def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
         cwd=ROOT,
     )
     first = subprocess.Popen([*COMMAND, "worker", "--master", where], stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    began = streaming(master, 1)  # the first worker has connected and the run started (its load lasts 8 s)
+    began = streaming(master, 1)  # the first worker has connected and the run started (its load lasts 4 s)
     late = loadgen("worker", "--master", where, timeout=60)
     _, err = master.communicate(timeout=90)
     err = began + err
