@@ -159,12 +159,16 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_collection_modifyitems(config, items):
     """Exclusive tests first; then tests that start no server (quick: the other workers' first tests, which the
     exclusive ones wait for); then the rest, with the real-engine tests spread through it (each worker starts its
-    own engine for them), so that few engines run at once and none is left for the end."""
+    own engine for them), so that few engines run at once and none is left for the end. Within each, the long
+    units go first (`slow` tests, and modules set up once, which one worker runs whole): short ones fill the
+    workers' ends, which then end together."""
     first = [i for i in items if _exclusive(i)]
     quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and not _exclusive(i)][: 3 * len(first)]
     placed = {*first, *quick}
-    engine = [i for i in items if i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
-    rest = [i for i in items if not i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
+    long = [i for i in items if i.get_closest_marker("slow") or i.nodeid.split("::")[0] in _SHARED]
+    by_length = long + [i for i in items if i not in set(long)]
+    engine = [i for i in by_length if i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
+    rest = [i for i in by_length if not i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
     every = len(rest) // max(1, len(engine))
     spread = [i for k, e in enumerate(engine) for i in (e, *rest[k * every : (k + 1) * every])]
     items[:] = first + quick + spread + rest[len(engine) * every :]

@@ -9,9 +9,9 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import openai
 import pytest
 
 from conftest import ROOT, loadgen, served
@@ -23,6 +23,9 @@ from loadgen.launch.background import BackgroundServer
 from loadgen.server_metrics.scrape import parse
 from loadgen.spec import load_endpoint
 from loadgen.spec.endpoint import EmulateSpec, EndpointSpec
+
+if TYPE_CHECKING:
+    import openai
 
 M = load_profile("llama-2-7b")
 H100 = load_profile("h100-sxm")
@@ -210,6 +213,8 @@ def server():
 
 
 def client(url: str) -> openai.OpenAI:
+    import openai  # here, not at the top: every worker collects this module, and openai takes 0.5 s to import
+
     return openai.OpenAI(base_url=url, api_key="none", max_retries=0)
 
 
@@ -293,6 +298,8 @@ def test_min_tokens_and_ignore_eos_are_honoured(server):
 
 
 def test_openai_style_errors(server):
+    import openai
+
     c = client(server)
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="gpt-9", prompt="x", max_tokens=1)

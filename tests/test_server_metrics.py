@@ -53,7 +53,6 @@ def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
     assert state[0] == 12 and state[1] >= 10 and 2.0 <= state[2] <= 4.0
 
 
-@pytest.mark.slow
 def test_off_with_an_option(write, tmp_path):
     write("ep.yaml", FAST_ENDPOINT)
     w = write("w.yaml", SHORT)
@@ -83,7 +82,6 @@ def _serving(page: str | None):
     ("page", "said"),
     [(None, "HTTP 404: not sampled"), ("{not: prometheus} at all\n", "not Prometheus text")],
 )
-@pytest.mark.slow
 def test_a_missing_or_broken_metrics_page_never_fails_the_run_and_is_noted_once(write, tmp_path, page, said):
     spec = EndpointSpec.model_validate(
         {"name": "e", "emulate": {"engine": "gpu", "hardware": "h100-sxm", "hardware_overrides": {"overhead_ms": 0.2}}}

@@ -160,7 +160,6 @@ def emulator_answer(tokens: int) -> str:
     return "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(tokens))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("api", ["chat", "completions", "tokens"])
 def test_each_turn_resends_the_last_prompt_then_the_answer_the_server_returned(write, tmp_path, api):
     spec = EndpointSpec.model_validate(
