@@ -122,6 +122,15 @@ def test_a_kernel_stamp_is_not_moved_by_a_preemption_while_the_clocks_are_read(m
     with a, b:
         if not stamps.enable(b):
             pytest.skip("no kernel receive stamps on this platform")
+        # Linux turns stamping on for the whole machine a moment after the first socket asks for it (deferred
+        # work): packets before then come unstamped, and loadgen falls back to the read time. Wait for a stamp.
+        for _ in range(200):
+            a.sendall(b"w")
+            if b.recvmsg(16, 64)[1]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.skip("the kernel stamped no packet within 2 s")
         real_time, calls = time.time, []
 
         def preempted_once() -> float:
