@@ -9,7 +9,7 @@ import sys
 def one_blas_thread() -> None:
     """Before numpy is imported, in each of loadgen's entry points (children inherit it): one BLAS thread unless
     the environment says otherwise. loadgen's numpy work is on small arrays, and OpenBLAS's pool of a thread per
-    core cost each process (an emulator, a worker) about 0.15 s of CPU to start, measured on 2 cores."""
+    core cost each process (an emulator, a worker) about 0.2 s of CPU to start, measured on 2 cores."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 

@@ -165,8 +165,8 @@ def pytest_collection_modifyitems(config, items):
     first = [i for i in items if _exclusive(i)]
     quick = [i for i in items if i.nodeid.split("::")[0] in _QUICK and not _exclusive(i)][: 3 * len(first)]
     placed = {*first, *quick}
-    long = [i for i in items if i.get_closest_marker("slow") or i.nodeid.split("::")[0] in _SHARED]
-    by_length = long + [i for i in items if i not in set(long)]
+    long = {i for i in items if i.get_closest_marker("slow") or i.nodeid.split("::")[0] in _SHARED}
+    by_length = [i for i in items if i in long] + [i for i in items if i not in long]
     engine = [i for i in by_length if i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
     rest = [i for i in by_length if not i.nodeid.startswith("tests/test_llamacpp") and i not in placed]
     every = len(rest) // max(1, len(engine))
