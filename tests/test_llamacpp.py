@@ -140,14 +140,16 @@ def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp
 
 @pytest.mark.exclusive  # the engine's speed sets when the stage saturates (beside other tests' load, it ran 60 s)
 def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_path):
-    """Poisson arrivals far beyond what 8 slots on one thread finish (a few a second): the stage ends once the
-    wait for a first token clearly grows. 12 in flight at most, so that what is in flight drains in two seconds."""
+    """Poisson arrivals far beyond what 8 slots on one thread finish (about ten a second with two-token answers):
+    the stage ends once the wait for a first token clearly grows. 12 in flight at most, so that what is in flight
+    drains in a second; short answers, so that a 4 s window holds the 20 first tokens a judgement needs (measured:
+    saturated at 3-4 s, alone and beside two busy loops)."""
     w = write(
         "sat.yaml",
         f"name: cpu-saturation\nendpoint: {llamacpp}\napi: completions\n"
-        "load: {arrival: poisson, rate: 40, concurrency: 12}\n"
-        "requests: {prompt_tokens: 16, output_tokens: 8}\n"
-        "stop: {requests: 1000, duration_s: 60, on_saturation: true, saturation_window_s: 6}\n",
+        "load: {arrival: poisson, rate: 60, concurrency: 12}\n"
+        "requests: {prompt_tokens: 16, output_tokens: 2}\n"
+        "stop: {requests: 1000, duration_s: 60, on_saturation: true, saturation_window_s: 4}\n",
     )
     db = tmp_path / "r.duckdb"
     res = loadgen("run", str(w), "--db", str(db), timeout=300)

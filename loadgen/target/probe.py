@@ -2,8 +2,10 @@
 chat message's template?) and settle how this run's prompts are made, as plain immutable data (`PromptSetup`).
 
 The probes are a few tiny non-streaming requests, built like the run's own; none of them lands in the results.
-The text probes are prefixes of one prompt, so that a server's prefix cache prefills each word once: on a CPU
-engine a probe's prefill is seconds, and every run probes.
+Prompt words are drawn evenly from prompts.WORDS, so a prompt's tokens a word is, on average, the vocabulary's:
+one probe holds every word once, so the fit takes that average exactly, whatever the tokenizer, from two short
+probes. On a CPU engine a probe's prefill is most of a chat run's start (a chat template ends each prompt, so a
+longer probe is no extension of a shorter one: llama.cpp prefilled each whole, 0.2-1.1 s for 32-256 tokens).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pydantic import BaseModel, ConfigDict
 
 from loadgen.spec.workload import StageSpec
 from loadgen.target.bodies import PATHS, Message, request_body
-from loadgen.target.prompts import make_prompt
+from loadgen.target.prompts import WORDS, make_prompt
 
-PROBE_WORDS = (64, 512)
+LEAD_WORDS = 1  # the first probe: one word; the second: the same and then every word of the vocabulary once
+CHECK_TOKENS = 128  # the third probe, drawn as a run's prompts are
 TOLERANCE = 0.01
 # A chat conversation as a session's turn sends it: a system message, then user and assistant in turn.
 PROBE_ROLES = ("system", "user", "assistant", "user", "assistant", "user")
@@ -92,7 +95,7 @@ class TextCalibration(BaseModel):
 
 
 def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
-    return _usage(ep, api, make_prompt(words, "probe", 0))  # one stream of words: shorter probes are prefixes
+    return _usage(ep, api, make_prompt(words, "probe", 0))  # one stream: its first LEAD_WORDS are the lead
 
 
 def _usage(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> int | None:
@@ -103,20 +106,21 @@ def _usage(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> i
 
 
 def calibrate_text(ep: Endpoint, api: str) -> TextCalibration | None:
-    """Fit tokens = overhead + per_word x words from two probes, then check a third within 1% (refitting once
-    through all three if not). None when the server reports no prompt tokens."""
-    points = [(w, _prompt_tokens(ep, api, w)) for w in PROBE_WORDS]
-    if any(n is None for _, n in points):
+    """Fit tokens = overhead + per_word x words from two probes (a lead, then the lead and the vocabulary), then
+    check a third within 1% (refitting once through all three if not). None when the server reports no prompt
+    tokens."""
+    lead = str(make_prompt(LEAD_WORDS, "probe", 0))
+    w1, n1 = LEAD_WORDS, _usage(ep, api, lead)
+    w2, n2 = LEAD_WORDS + len(WORDS), _usage(ep, api, " ".join([lead, *WORDS]))
+    if n1 is None or n2 is None:
         return None
-    (w1, n1), (w2, n2) = points
     per_word = (n2 - n1) / (w2 - w1)
     if per_word <= 0:
         return None
     cal = TextCalibration(overhead=n1 - per_word * w1, per_word=per_word)
-    target = 256
-    words = cal.words(target)
+    words = cal.words(CHECK_TOKENS)
     got = _prompt_tokens(ep, api, words)
-    if got is None or abs(got / target - 1) <= TOLERANCE:
+    if got is None or abs(got / CHECK_TOKENS - 1) <= TOLERANCE:
         return cal
     xs = [w1, w2, words]
     ys = [n1, n2, got]
