@@ -6,10 +6,10 @@ engines (endpoints/llamacpp-gemma-pd.yaml: the KV cache moves from A to B by slo
    the pair gives it).
 2. Measure the pair end to end, and A alone, at the same loads: closed loops of 1, 2 and 4 users, prompts of 128
    and 512 tokens, 32-token answers.
-3. Predict with `loadgen disagg`'s model (loadgen.analysis.disagg.predict) from the two studies, the link's cost
-   being the handoff the pair measured (requests.kv_handoff_ms, median per prompt length) plus the decode side's
-   first step after a restore: B prefills again the prompt's last few tokens (Gemma 3's sliding-window attention
-   makes llama.cpp go back to a checkpoint), which is B's TTFT for that many tokens.
+3. Predict with `loadgen disagg --prefill engine-a --decode engine-b` from the two studies (its JSON), the
+   link's cost being the handoff the pair measured (requests.kv_handoff_ms, median per prompt length) plus the
+   decode side's first step after a restore: B prefills again the prompt's last few tokens (Gemma 3's
+   sliding-window attention makes llama.cpp go back to a checkpoint), which is B's TTFT for that many tokens.
 4. Print predicted against measured TTFT, TPOT and E2E p50, and the gain against A alone, predicted and measured.
 Bound: every predicted p50 within 15% of the measured one. It takes about 6 minutes on 2 cores, and needs them
 otherwise idle: the engines' speed is what it measures.
@@ -23,12 +23,11 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import orjson
 import yaml
-from common import ROOT, Bounds, query, run_loadgen, write_workload
+from common import ROOT, Bounds, loadgen, query, run_loadgen, write_workload
 
-from loadgen.analysis.disagg import Link, predict
 from loadgen.analysis.phases import fit
-from loadgen.hardware.profiles import load_profile
 
 PROMPTS = (128, 512)
 LOADS = (1, 2, 4)
@@ -40,14 +39,17 @@ BOUND = 15.0
 
 
 def stage(name: str, users: int, n: int, prompt: int, output: int, phase: str | None = None) -> dict:
-    """`n` requests, the first a warm-up. Whole rounds of `users`: a last round with fewer users would decode at a
+    """`n` requests, the first round of `users` a warm-up. Whole rounds: a round with fewer users would decode at a
     smaller batch, and the decode throughput of the stage, from which the model's TPOT at load also comes, with
-    it (a first version, with one request more, predicted 55 ms at 2 users for 44 measured)."""
+    it (a first version, with one request more, predicted 55 ms at 2 users for 44 measured). And a whole round of
+    warm-up: the users move in lockstep, so one warm-up request decodes beside counted ones, whose tokens alone
+    were then counted over the time they shared with it (36.8 decode tokens/s at 2 users for 42 at TPOT p50 47.5
+    ms; the model's TPOT at 2 users came 55 ms for 46-48 measured on the pair)."""
     s = {
         "name": name,
         "load": {"arrival": "closed", "concurrency": users},
         "requests": {"prompt_tokens": prompt, "output_tokens": output},
-        "warmup": {"requests": 1},
+        "warmup": {"requests": users},
         "stop": {"requests": n},
     }
     return {**s, "phase": phase} if phase else s
@@ -59,6 +61,17 @@ STUDY = [stage(f"p{p}", 1, 4, p, 1, "prefill") for p in (16, *PROMPTS)] + [
 LOADED = [stage(f"{p}x{n}", n, 3 * n, p, OUTPUT) for p in PROMPTS for n in LOADS]
 
 
+def disagg(study: Path, workload: Path, handoff_ms: float) -> dict[int, dict]:
+    """`loadgen disagg` as a user runs it: A's prefill, B's decode, the link's cost the handoff (an unbounded
+    link: the measured handoff is the whole transfer), at each load; its JSON rows by load."""
+    out = loadgen(
+        "disagg", str(study), "--prefill", "engine-a", "--decode", "engine-b", "--link", "1e9", "--latency-ms", "0",
+        "--handoff-ms", f"{handoff_ms:.3f}", "--load", ",".join(map(str, LOADS)), "--workload", str(workload),
+        "--model", "llama-2-7b", "--format", "json",
+    )  # fmt: skip
+    return {row["load"]: row for row in orjson.loads(out)}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -67,9 +80,6 @@ def main() -> None:
             ep = t / f"{side}.yaml"
             ep.write_text(yaml.safe_dump({"name": side, "launch": {**ENGINE, "cores": PINNED[side]}}))
             run_loadgen(write_workload(t / f"{side}-study.yaml", side, ep, STUDY), None, study, quiet=True)
-        con = duckdb.connect(str(study), read_only=True)
-        a, b = fit(con, "engine-a"), fit(con, "engine-b")
-        con.close()
         pair, alone = t / "pair.duckdb", t / "alone.duckdb"
         pair_ep = ROOT / "endpoints" / "llamacpp-gemma-pd.yaml"
         run_loadgen(write_workload(t / "pair.yaml", "pair", pair_ep, LOADED), None, pair, quiet=True)
@@ -85,9 +95,16 @@ def main() -> None:
             )
         )
         kv_bytes = dict(query(pair, "SELECT prompt_tokens, median(kv_bytes) FROM requests GROUP BY 1"))
+        # The decode side's first step after a restore: B's TTFT for the tokens it prefills again, from its study.
+        con = duckdb.connect(str(study), read_only=True)
+        restart = fit(con, "engine-b").ttft(RESTART_TOKENS)
+        con.close()
+        # The model's KV size does not enter: the link is the measured handoff.
+        predicted = {}
+        for p in PROMPTS:
+            mix = write_workload(t / f"mix-{p}.yaml", "mix", t / "engine-a.yaml", [stage("m", 1, 1, p, OUTPUT)])
+            predicted[p] = disagg(study, mix, handoff[p] + restart)
 
-    model = load_profile("llama-2-7b")  # its KV size does not enter: the link below is the measured handoff
-    restart = b.ttft(RESTART_TOKENS)
     bounds = Bounds(f"disaggregation on two real llama.cpp engines: predicted against measured p50, {OUTPUT} out")
     print(f"  decode side's first step after a restore ({RESTART_TOKENS} tokens again): {restart:.1f} ms")
     for p in PROMPTS:
@@ -98,15 +115,16 @@ def main() -> None:
     )
     for p in PROMPTS:
         for n in LOADS:
-            link = Link(gbps=1e9, latency_ms=0.0, handoff_ms=handoff[p] + restart)
-            pred = predict(a, b, model, p, OUTPUT, link, n)
+            row = predicted[p][n]
+            ttft_ab, e2e_ab, e2e_a = row["TTFT A→B ms"], row["E2E A→B ms"], row["E2E engine-a ms"]
+            tpot_ab = (e2e_ab - ttft_ab) / (OUTPUT - 1)
             ttft, tpot, e2e = measured[f"{p}x{n}"]
             e2e_alone = measured_alone[f"{p}x{n}"][2]
-            errs = [pred.ttft_ab_ms / ttft - 1, pred.tpot_ab_ms / tpot - 1, pred.e2e_ab_ms / e2e - 1]
-            gain_pred, gain_meas = pred.e2e_a_ms / pred.e2e_ab_ms - 1, e2e_alone / e2e - 1
+            errs = [ttft_ab / ttft - 1, tpot_ab / tpot - 1, e2e_ab / e2e - 1]
+            gain_pred, gain_meas = e2e_a / e2e_ab - 1, e2e_alone / e2e - 1
             print(
-                f"  {p:>6} {n:>4} | {pred.ttft_ab_ms:>9.1f} {ttft:>7.1f} {errs[0]:>+6.1%} | {pred.tpot_ab_ms:>9.1f}"
-                f" {tpot:>7.1f} {errs[1]:>+6.1%} | {pred.e2e_ab_ms:>9.1f} {e2e:>7.1f} {errs[2]:>+6.1%} |"
+                f"  {p:>6} {n:>4} | {ttft_ab:>9.1f} {ttft:>7.1f} {errs[0]:>+6.1%} | {tpot_ab:>9.1f}"
+                f" {tpot:>7.1f} {errs[1]:>+6.1%} | {e2e_ab:>9.1f} {e2e:>7.1f} {errs[2]:>+6.1%} |"
                 f" {gain_pred:>+9.1%} {gain_meas:>+7.1%}"
             )
             for what, err in zip(("TTFT", "TPOT", "E2E"), errs, strict=True):

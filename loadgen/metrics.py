@@ -13,8 +13,12 @@ The phase throughputs aggregate these timestamps over a batch (a stage of phase 
 outside warm-up), each over the time the batch spent in that phase, so that neither phase's time dilutes the other:
     decode_tokens_per_s  = sum(output_tokens - 1) / |union of [first_token, last_token]|   (requests of >= 2 tokens)
     prefill_tokens_per_s = sum(prompt_tokens) / |union of [sent, first_token]|
-where |union| is the total length of the time covered by at least one window. Not batch / TPOT, which is wrong
-wherever requests do not decode together (a GroqRack serves one at a time: its union is the sum of the windows).
+where |union| is the total length of the time covered by at least one window. A server that times its own
+prefills (llama.cpp's timings.prompt_ms) shows when a decode step waited on another request's prompt: the decode
+union leaves out each [first_token - server_prefill_ms, first_token], so a batch's decode throughput is what its
+decode steps give, as a decode engine that never prefills (a split's decode side) has it. Not batch / TPOT, which
+is wrong wherever requests do not decode together (a GroqRack serves one at a time: its union is the sum of the
+windows).
 `stage_tokens_per_s` is the stage's output tokens over its whole span (first send to last end), prefills
 included. The one implementation of the union is `_busy` in store/schema.py.
 """

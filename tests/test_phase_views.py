@@ -82,6 +82,16 @@ def test_decode_throughput_counts_tokens_after_the_first_over_the_union_of_decod
     assert stage_tps == pytest.approx(summary_tps)
 
 
+def test_the_time_the_server_says_it_prefilled_another_prompt_is_no_decode_time(con):
+    """llama.cpp's prompt_ms: request 3's prefill (0.3 s, ending at its first token, 2.5 s) and request 1's (1 s,
+    ending at 2.0, from 1.0 where decoding began) leave the decode windows' union 1.3 s shorter; a prefill no
+    decode window covers (request 4's, ending at 9.0) takes nothing out."""
+    for rid, prefill_ms in [(3, 300.0), (1, 1000.0), (4, 500.0)]:
+        con.execute("UPDATE requests SET server_prefill_ms = ? WHERE request_id = ?", [prefill_ms, rid])
+    (decode_tps,) = con.execute("SELECT decode_tokens_per_s FROM decode WHERE endpoint = 'gpu'").fetchone()
+    assert decode_tps == pytest.approx((4 + 2 + 4 + 1) / (4.0 - 0.3 - 1.0))
+
+
 def test_prefill_throughput_is_prompt_tokens_over_the_union_of_prefill_windows(con):
     row = con.execute("SELECT batch, requests, prefill_tokens_per_s, ttft_p50_ms FROM prefill").fetchone()
     assert row[:2] == (4, 3)

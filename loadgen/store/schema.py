@@ -208,34 +208,68 @@ FROM requests r JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage)
 WHERE st.phase = '{{phase}}' AND {counts("r")}"""
 
 
-def _busy(phase: str, keys: dict[str, str], start: str, end: str, tokens: str, where: str = "TRUE") -> str:
+def _islands(rows: str, partition: str) -> str:
+    """`rows` (a query with columns w0, w1 and `partition`'s) merged into islands, one row per island with its
+    w0, w1 and the rows' other columns summed where named `tokens`. Gaps and islands: a window opens a new island
+    when it starts after every earlier window of its partition has ended."""
+    return f"""
+        SELECT {partition}, island, sum(tokens) AS tokens, min(w0) AS w0, max(w1) AS w1 FROM (
+            SELECT *, sum(CASE WHEN reach IS NULL OR w0 > reach THEN 1 ELSE 0 END)
+                      OVER (PARTITION BY {partition} ORDER BY w0, w1 ROWS UNBOUNDED PRECEDING) AS island
+            FROM (SELECT *, max(w1) OVER (PARTITION BY {partition} ORDER BY w0, w1
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+                  FROM ({rows}))
+        ) GROUP BY ALL"""
+
+
+def _busy(
+    phase: str,
+    keys: dict[str, str],
+    start: str,
+    end: str,
+    tokens: str,
+    where: str = "TRUE",
+    less: tuple[str, str] | None = None,
+) -> str:
     """Per `keys` (and run and stage): the tokens of the phase's requests and the length of the union of their
     [start, end] windows, the time during which at least one of them was in that phase (metrics.py states the
-    definition; this is its one implementation). Gaps and islands: a window opens a new island when it starts
-    after every earlier window has ended. `keys`: output column -> expression."""
+    definition; this is its one implementation). `less`: windows [start, end] (expressions over the stage's
+    requests, NULL where unknown) whose union is taken out of that time. `keys`: output column -> expression."""
     select = ", ".join(f"{expr} AS {name}" for name, expr in keys.items())
     names = ", ".join(keys)
-    return f"""
-    windows AS (
-        SELECT {select}, r.run_id, r.stage, r.{start} AS w0, r.{end} AS w1, {tokens} AS tokens
-        {_PHASE_ROWS.format(phase=phase)} AND r.{start} IS NOT NULL AND r.{end} IS NOT NULL AND {where}
-    ), reach AS (
-        SELECT *, max(w1) OVER (PARTITION BY run_id, stage ORDER BY w0, w1
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach FROM windows
-    ), islands AS (
-        SELECT *, sum(CASE WHEN reach IS NULL OR w0 > reach THEN 1 ELSE 0 END)
-                  OVER (PARTITION BY run_id, stage ORDER BY w0, w1 ROWS UNBOUNDED PRECEDING) AS island FROM reach
-    ), busy AS (
-        SELECT {names}, sum(tokens) AS tokens, sum(w1 - w0) AS busy_s FROM (
-            SELECT {names}, run_id, stage, island, sum(tokens) AS tokens, min(w0) AS w0, max(w1) AS w1
-            FROM islands GROUP BY ALL
+    rows = _PHASE_ROWS.format(phase=phase)
+    windows = f"SELECT {select}, r.run_id, r.stage, r.{start} AS w0, r.{end} AS w1, {tokens} AS tokens {rows} "
+    windows += f"AND r.{start} IS NOT NULL AND r.{end} IS NOT NULL AND {where}"
+    islands = _islands(windows, f"{names}, run_id, stage")
+    if less is None:
+        return f"""
+    busy AS (
+        SELECT {names}, sum(tokens) AS tokens, sum(w1 - w0) AS busy_s FROM ({islands}
         ) GROUP BY ALL
+    )"""
+    stalls = f"SELECT r.run_id, r.stage, {less[0]} AS w0, {less[1]} AS w1, 0 AS tokens {rows} "
+    stalls += f"AND {less[0]} IS NOT NULL AND {less[1]} IS NOT NULL"
+    return f"""
+    islands AS ({islands}
+    ), stalled AS ({_islands(stalls, "run_id, stage")}
+    ), overlap AS (
+        SELECT i.run_id, i.stage, i.island, sum(greatest(least(i.w1, s.w1) - greatest(i.w0, s.w0), 0)) AS s
+        FROM islands i JOIN stalled s ON s.run_id = i.run_id AND s.stage = i.stage
+                                     AND s.w0 < i.w1 AND s.w1 > i.w0
+        GROUP BY ALL
+    ), busy AS (
+        SELECT {names}, sum(tokens) AS tokens, sum(w1 - w0 - coalesce(o.s, 0)) AS busy_s
+        FROM islands i LEFT JOIN overlap o USING (run_id, stage, island)
+        GROUP BY ALL
     )"""
 
 
 _PREFILL_KEYS = {"endpoint": "ru.endpoint", "prompt_tokens": "r.prompt_tokens", "batch": "st.concurrency"}
 _DECODE_KEYS = {"endpoint": "ru.endpoint", "batch": "st.concurrency"}
 _DECODES = "r.output_tokens >= 2"  # a one-token request has no decode phase
+# A request's prefill as the server timed it (llama.cpp's timings.prompt_ms), ending at its first token: a decode
+# step waits while the engine prefills another request's prompt, which is no decode time (NULL: not reported).
+_PREFILLING = ("r.first_token_s - r.server_prefill_ms / 1000.0", "r.first_token_s")
 
 # The Prefill phase, per endpoint, prompt length and batch (the stage's concurrency): TTFT, and prefill
 # throughput: prompt tokens over the time the batch spent prefilling (sent to first token, see metrics.py).
@@ -258,7 +292,7 @@ FROM ttfts t LEFT JOIN busy b USING (endpoint, prompt_tokens, batch)
 # comparison, the stage's output tokens over its whole span as `summary` has it (prefills included).
 DECODE = f"""
 CREATE OR REPLACE VIEW decode AS
-WITH {_busy("decode", _DECODE_KEYS, "first_token_s", "last_token_s", "r.output_tokens - 1", _DECODES).strip()},
+WITH {_busy("decode", _DECODE_KEYS, "first_token_s", "last_token_s", "r.output_tokens - 1", _DECODES, _PREFILLING)},
 stage_rates AS (
     SELECT ru.endpoint, st.concurrency AS batch,
            {pooled_rate("s.output_tokens_per_s", "s.span_s")} AS stage_tokens_per_s
