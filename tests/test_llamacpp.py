@@ -121,17 +121,21 @@ def test_a_study_with_the_real_engine_states_what_it_measured(engine_study, tmp_
 
 @pytest.mark.slow
 def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp, write, tmp_path):
-    """Over concurrency, with TPOT within 120 ms (about 20 ms one at a time, 50 at two, 90-100 at four here, and
-    up to three times that beside other tests' load): one request at a time passes, and the search either finds
-    where the engine stops meeting it or passes every load it tried."""
+    """Over concurrency, with TPOT within 150 ms for 5 requests of 6 (about 20 ms one at a time, 50 at two, 90-100
+    at four here, and up to three times that beside other tests' load, where one at a time, at least one request
+    of six once passed 120 ms): one request at a time passes, and the search either finds where the engine stops meeting it
+    or passes every load it tried."""
     w = write(
         "search.yaml",
         f"name: cpu-capacity\nendpoint: {llamacpp}\napi: completions\nseed: 1\n"
         "load: {arrival: closed, concurrency: 1}\nrequests: {prompt_tokens: 16, output_tokens: 8}\n"
-        "stop: {requests: 6}\nslo: {tpot_ms: 120}\n",
+        "stop: {requests: 6}\nslo: {tpot_ms: 150}\n",
     )
     db = tmp_path / "s.duckdb"
-    res = loadgen("search", str(w), "--over", "concurrency", "--db", str(db), "--max-trials", "3", timeout=600)
+    res = loadgen(
+        "search", str(w), "--over", "concurrency", "--goodput", "0.8", "--db", str(db), "--max-trials", "3",
+        timeout=600,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     con = duckdb.connect(str(db), read_only=True)
     hi_pass, lo_fail = con.execute("SELECT highest_passing, lowest_failing FROM capacity").fetchone()
