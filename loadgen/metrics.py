@@ -8,6 +8,12 @@ itl_ms (per streamed event, table events) = this event's time - the previous eve
 its first: vLLM's benchmark definition; a server that packs several tokens into one event shows fewer, longer
 gaps (TPOT is per token);
 slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
+A reasoning model streams its thinking before its answer (client/openai.py says where each server puts it):
+every token counts in ttft_ms and tpot_ms, thinking included (the first token of any kind; usage counts both);
+answer_ttft_ms = the answer's first event - sent (ttft_ms where nothing was thought); reasoning_tpot_ms = (last
+thinking event - first_token) / (reasoning_tokens - 1) and answer_tpot_ms = (last_token - the answer's first
+event) / (answer tokens - 1), each phase's own decode rate, NULL below 2 tokens in it (answer tokens: output_tokens
+- reasoning_tokens).
 
 The phase throughputs aggregate these timestamps over a batch (a stage of phase prefill or decode, ok requests
 outside warm-up), each over the time the batch spent in that phase, so that neither phase's time dilutes the other:
@@ -41,21 +47,34 @@ class Derived:
     tpot_ms: float | None
     e2e_ms: float | None
     slo_ok: bool
+    answer_ttft_ms: float | None = None
+    reasoning_tpot_ms: float | None = None
+    answer_tpot_ms: float | None = None
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else (a - b) * 1000.0
 
 
+def _per_token(first: float | None, last: float | None, n: int) -> float | None:
+    return (last - first) * 1000.0 / (n - 1) if first is not None and last is not None and n >= 2 else None
+
+
 def derive(r: RequestResult, slo: SloSpec) -> Derived:
     first, last = r.first_token_s, r.last_token_s
     n = r.output_tokens
-    tpot = (last - first) * 1000.0 / (n - 1) if first is not None and last is not None and n >= 2 else None
+    tpot = _per_token(first, last, n)
+    thought = r.reasoning_tokens or 0
+    answer_first = r.answer_first_s
+    last_thought = r.event_times[r.reasoning_events - 1] if r.reasoning_events else None
     ttft, e2e = _ms(first, r.sent_s), _ms(r.end_s, r.sent_s)
     ok = r.status == "ok" and ttft is not None
     if slo.ttft_ms is not None and (ttft is None or ttft > slo.ttft_ms):
         ok = False
     if slo.e2e_ms is not None and (e2e is None or e2e > slo.e2e_ms):
+        ok = False
+    answer_ttft = _ms(answer_first, r.sent_s)
+    if slo.answer_ttft_ms is not None and (answer_ttft is None or answer_ttft > slo.answer_ttft_ms):
         ok = False
     if slo.tpot_ms is not None and tpot is not None and tpot > slo.tpot_ms:  # one token: no decode to judge
         ok = False
@@ -66,6 +85,9 @@ def derive(r: RequestResult, slo: SloSpec) -> Derived:
         tpot_ms=tpot,
         e2e_ms=e2e,
         slo_ok=ok,
+        answer_ttft_ms=answer_ttft,
+        reasoning_tpot_ms=_per_token(first, last_thought, thought),
+        answer_tpot_ms=_per_token(answer_first, last, n - thought),
     )
 
 

@@ -42,7 +42,9 @@ class RequestResult:
     retry_after_s: float | None = None  # the server's Retry-After, when it sent one
     event_times: list[float] = field(default_factory=list)  # one per event carrying output, run clock
     event_tokens: list[int] = field(default_factory=list)
+    reasoning_events: int = 0  # the first events that carried thinking, not answer (client/openai.py: formats)
     usage_completion_tokens: int | None = None
+    usage_reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
     server_prompt_tokens: int | None = None
     cached_tokens: int | None = None  # prompt tokens the server's prefix cache held, when it says
     server_prefill_ms: float | None = None  # the server's own prefill time (llama.cpp's timings.prompt_ms)
@@ -65,12 +67,25 @@ class RequestResult:
         return self.event_times[-1] if self.event_times else None
 
     @property
+    def answer_first_s(self) -> float | None:
+        """The first event of the answer, after any thinking."""
+        return self.event_times[self.reasoning_events] if len(self.event_times) > self.reasoning_events else None
+
+    @property
     def output_tokens(self) -> int:
+        """Every generated token, thinking included (as usage counts them)."""
         if self.usage_completion_tokens is not None:
             return self.usage_completion_tokens
-        if self.tokenizer_tokens is not None:
-            return self.tokenizer_tokens
+        if self.tokenizer_tokens is not None:  # it counts the answer's text; thinking at a token an event
+            return self.tokenizer_tokens + sum(self.event_tokens[: self.reasoning_events])
         return sum(self.event_tokens)
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        """The tokens of thinking: usage's where the server says, else one an event; None where none came."""
+        if self.usage_reasoning_tokens is not None:
+            return self.usage_reasoning_tokens
+        return sum(self.event_tokens[: self.reasoning_events]) if self.reasoning_events else None
 
     @property
     def output_tokens_source(self) -> str:

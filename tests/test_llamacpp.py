@@ -122,9 +122,9 @@ def test_a_study_with_the_real_engine_states_what_it_measured(engine_study, tmp_
 @pytest.mark.slow
 def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp, write, tmp_path):
     """Over concurrency, with TPOT within 150 ms for 5 requests of 6 (about 20 ms one at a time, 50 at two, 90-100
-    at four here, and up to three times that beside other tests' load, where one at a time, at least one request
-    of six once passed 120 ms): one request at a time passes, and the search either finds where the engine stops meeting it
-    or passes every load it tried."""
+    at four here, and up to three times that beside other tests' load, where one at a time, at least one
+    request of six once passed 120 ms): one request at a time passes, and the search either finds where the
+    engine stops meeting it or passes every load it tried."""
     w = write(
         "search.yaml",
         f"name: cpu-capacity\nendpoint: {llamacpp}\napi: completions\nseed: 1\n"

@@ -15,8 +15,10 @@ from loadgen.store.read import reading
 
 def _job(args: argparse.Namespace, workload: WorkloadSpec) -> SearchJob:
     base = workload.stages[0]
-    if base.slo.ttft_ms is None and base.slo.tpot_ms is None and base.slo.e2e_ms is None:
-        raise SpecError(args.workload, "a search needs an SLO to meet: set slo (ttft_ms, tpot_ms and/or e2e_ms)")
+    if all(v is None for v in base.slo.model_dump().values()):
+        raise SpecError(
+            args.workload, "a search needs an SLO to meet: set slo (ttft_ms, answer_ttft_ms, tpot_ms and/or e2e_ms)"
+        )
     if base.load.arrival == "trace" or base.sessions is not None:
         raise SpecError(args.workload, "a search varies a rate or a concurrency: a trace or sessions stage has none")
     if base.stop.requests is None and base.stop.duration_s is None:

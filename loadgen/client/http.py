@@ -50,7 +50,9 @@ class _Received:
     retry_after_s: float | None = None
     event_times: list[float] = field(default_factory=list)
     event_tokens: list[int] = field(default_factory=list)
+    reasoning_events: int = 0
     usage_completion_tokens: int | None = None
+    usage_reasoning_tokens: int | None = None
     server_prompt_tokens: int | None = None
     cached_tokens: int | None = None
     server_prefill_ms: float | None = None
@@ -305,15 +307,19 @@ class StreamClient:
                 if c.done:
                     done = True
                     continue
-                if c.text:
-                    if got.text_parts is not None:
-                        got.text_parts.append(c.text)
+                if c.text or c.reasoning:  # a token of any kind: thinking is generated output too
+                    if c.text and got.text_parts is not None:
+                        got.text_parts.append(c.text)  # the answer alone (a session resends it; thinking not)
                     if not times and self.first is not None:
                         self.first.close()  # the first token came in time
+                    if not c.text and got.reasoning_events == len(times):
+                        got.reasoning_events += 1  # thinking before the answer's first event
                     times.append(now)
                     tokens.append(1)
                 if c.completion_tokens is not None:
                     got.usage_completion_tokens = c.completion_tokens
+                if c.reasoning_tokens is not None:
+                    got.usage_reasoning_tokens = c.reasoning_tokens
                 if c.prompt_tokens is not None:
                     got.server_prompt_tokens = c.prompt_tokens
                 if c.cached_tokens is not None:

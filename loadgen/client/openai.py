@@ -13,8 +13,10 @@ from loadgen.results import ErrorKind
 class Chunk:
     """What one streamed `data:` payload told us."""
 
-    text: str = ""  # generated text it added
-    completion_tokens: int | None = None  # usage.completion_tokens, when present
+    text: str = ""  # generated text it added: the answer
+    reasoning: str = ""  # thinking it added, where the server streams it apart from the answer (see read_chunk)
+    completion_tokens: int | None = None  # usage.completion_tokens, when present (thinking included)
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens, when present
     prompt_tokens: int | None = None  # usage.prompt_tokens, when present
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server reused
     prefill_ms: float | None = None  # timings.prompt_ms: the server's own prefill time (llama.cpp)
@@ -51,6 +53,8 @@ def read_chunk(payload: bytes) -> Chunk:
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(text, str):
             out.text = text
+        if isinstance(delta, dict):
+            out.reasoning = _thinking(delta)
     usage = obj.get("usage")
     if isinstance(usage, dict):
         ct, pt = usage.get("completion_tokens"), usage.get("prompt_tokens")
@@ -59,6 +63,10 @@ def read_chunk(payload: bytes) -> Chunk:
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         out.cached_tokens = cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+        # OpenAI's usage object counts a reasoning model's thinking inside completion_tokens and apart here.
+        details = usage.get("completion_tokens_details")
+        thought = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        out.reasoning_tokens = thought if isinstance(thought, int) and not isinstance(thought, bool) else None
     timings = obj.get("timings")  # llama.cpp's own account, in the last event (with usage, or without it)
     if isinstance(timings, dict):
         out.prefill_ms, out.decode_ms = _number(timings.get("prompt_ms")), _number(timings.get("predicted_ms"))
@@ -68,6 +76,21 @@ def read_chunk(payload: bytes) -> Chunk:
         kv = handoff.get("kv_bytes")
         out.kv_bytes = kv if isinstance(kv, int) and not isinstance(kv, bool) else None
     return out
+
+
+# Where a chat stream's delta carries thinking, apart from its `content`:
+# - `reasoning_content`: DeepSeek's API (api-docs.deepseek.com, "Reasoning Model"), vLLM's reasoning parsers up to
+#   0.10 (docs.vllm.ai, "Reasoning Outputs"), llama.cpp's server with --reasoning-format deepseek (its README);
+# - `reasoning`: vLLM from 0.11 ("reasoning used to be called reasoning_content", the same page of 0.11's docs).
+THINKING_KEYS = ("reasoning_content", "reasoning")
+
+
+def _thinking(delta: dict) -> str:
+    for key in THINKING_KEYS:
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _number(x: object) -> float | None:

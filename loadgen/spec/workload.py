@@ -234,6 +234,7 @@ class StopSpec(Strict):
 
 class SloSpec(Strict):
     ttft_ms: PositiveFloat | None = None
+    answer_ttft_ms: PositiveFloat | None = None  # a reasoning model's answer, after its thinking (metrics.py)
     tpot_ms: PositiveFloat | None = None
     e2e_ms: PositiveFloat | None = None
 

@@ -161,6 +161,7 @@ class Store:
         ev_idx: list[int] = []
         ev_t: list[float] = []
         ev_tok: list[int] = []
+        ev_phase: list[str] = []
         for r, d in batch:
             for name, values in cols.items():
                 values.append(getattr(d if name in _DERIVED else r, name))
@@ -169,12 +170,14 @@ class Store:
             ev_idx.extend(range(n))
             ev_t.extend(r.event_times)
             ev_tok.extend(r.event_tokens)
+            ev_phase.extend(["reasoning"] * r.reasoning_events + ["answer"] * (n - r.reasoning_events))
         req_frame = {name: np.array(values, dtype=object) for name, values in cols.items()}  # noqa: F841
         ev_frame = {  # noqa: F841
             "request_id": np.array(ev_req, dtype=np.int64),
             "idx": np.array(ev_idx, dtype=np.int32),
             "t_s": np.array(ev_t, dtype=np.float64),
             "tokens": np.array(ev_tok, dtype=np.int32),
+            "phase": np.array(ev_phase, dtype=object),
         }
         ev_frame["itl_ms"] = itl_ms(ev_frame["t_s"], ev_frame["idx"])
         # DuckDB reads the local dicts of arrays above by name (a replacement scan), far faster than executemany.
@@ -184,9 +187,9 @@ class Store:
             self.con.execute(f"INSERT INTO requests (run_id, {req_names}) SELECT ?, * FROM req_frame", [run_id])
             if ev_req:
                 self.con.execute(
-                    "INSERT INTO events (run_id, request_id, idx, t_s, tokens, itl_ms) "
-                    "SELECT ?, request_id, idx, t_s, tokens, CASE WHEN isnan(itl_ms) THEN NULL ELSE itl_ms END "
-                    "FROM ev_frame",
+                    "INSERT INTO events (run_id, request_id, idx, t_s, tokens, itl_ms, phase) "
+                    "SELECT ?, request_id, idx, t_s, tokens, CASE WHEN isnan(itl_ms) THEN NULL ELSE itl_ms END, "
+                    "phase FROM ev_frame",
                     [run_id],
                 )
             self.con.execute("COMMIT")

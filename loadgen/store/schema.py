@@ -50,6 +50,10 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("server_decode_ms", "DOUBLE"),  # its own decode time (timings.predicted_ms), else NULL
     ("kv_handoff_ms", "DOUBLE"),  # a prefill/decode pair's KV move, save + copy + restore (handoff.total_ms)
     ("kv_bytes", "BIGINT"),  # ... and the KV bytes it moved (handoff.kv_bytes), else NULL
+    ("reasoning_tokens", "INTEGER"),  # a reasoning model's thinking, inside output_tokens; NULL where none came
+    ("answer_ttft_ms", "DOUBLE"),  # time to the answer's first token, after any thinking (metrics.py)
+    ("reasoning_tpot_ms", "DOUBLE"),  # the thinking's own time per token
+    ("answer_tpot_ms", "DOUBLE"),  # the answer's own time per token
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
@@ -79,6 +83,7 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("t_s", "DOUBLE NOT NULL"),
     ("tokens", "INTEGER NOT NULL"),
     ("itl_ms", "DOUBLE"),  # inter-token latency: the gap since the request's previous event (NULL for its first)
+    ("phase", "VARCHAR DEFAULT 'answer'"),  # reasoning (a thinking model's thought) | answer
 )
 
 EVENTS = "CREATE TABLE IF NOT EXISTS events ({})".format(", ".join(f"{name} {kind}" for name, kind in EVENT_COLUMNS))
