@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # The class of a request that did not end ok (requests.error); `interrupted` goes with status `interrupted`;
-# `not_sent`, `worker_lost` and `session_ended` (an earlier turn of its session got no answer) with `not_sent`.
+# `not_sent`, `worker_lost` and `session_ended` (an earlier turn of its session got no answer) with `not_sent`;
+# `no_answer`: a complete stream of thinking with no answer after it (status `error`, its events kept).
 ErrorKind = Literal[
     "timeout",
+    "no_answer",
     "connect",
     "http_429",
     "http_4xx",

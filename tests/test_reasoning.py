@@ -47,9 +47,9 @@ def _rows(db, sql: str) -> list[tuple]:
         return con.execute(sql).fetchall()
 
 
-def thinking_server(key: str):
+def thinking_server(key: str, answers: int = ANSWER):
     """A middleware that answers chat as a reasoning model does: the first token 30 ms after the request, 40
-    tokens of thinking, then 20 of answer, 5 ms apart, and usage counting all 60 with 40 of reasoning."""
+    tokens of thinking, then 20 of answer (or `answers`), 5 ms apart, and usage counting all with 40 of reasoning."""
 
     @web.middleware
     async def answer(request, handler):
@@ -59,13 +59,13 @@ def thinking_server(key: str):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await asyncio.sleep(FIRST_S)
-        for i in range(THOUGHTS + ANSWER):
+        for i in range(THOUGHTS + answers):
             delta = {key: f"t{i} "} if i < THOUGHTS else {"content": f"a{i} "}
             await resp.write(b"data: " + _event(delta) + b"\n\n")
             await asyncio.sleep(GAP_S)
         usage = {
             "prompt_tokens": 16,
-            "completion_tokens": THOUGHTS + ANSWER,
+            "completion_tokens": THOUGHTS + answers,
             "completion_tokens_details": {"reasoning_tokens": THOUGHTS},
         }
         await resp.write(b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\ndata: [DONE]\n\n")
@@ -104,3 +104,20 @@ def test_ttft_is_the_first_thought_and_the_answer_has_its_own_first_token_and_ra
     # The thinking comes first in every stream: no reasoning event after an answer event.
     late = "WHERE a.phase = 'answer' AND r.phase = 'reasoning' AND r.idx > a.idx"
     assert _rows(db, f"SELECT count(*) FROM events a JOIN events r USING (run_id, request_id) {late}") == [(0,)]
+
+
+def test_a_stream_of_thinking_with_no_answer_is_an_error_of_its_own_that_keeps_its_tokens(write, tmp_path):
+    """vLLM issue 42548: a model that spends its whole budget thinking returns no answer. The row is an error
+    (`no_answer`: out of latency percentiles and goodput, counted in `errors`), its thinking kept."""
+    spec = EndpointSpec.model_validate(yaml.safe_load(FAST_ENDPOINT))
+    with emulator_in_thread(spec, thinking_server("reasoning_content", answers=0)) as url:
+        w = write(
+            "w.yaml",
+            f"name: no-answer\nendpoint: {url}\napi: chat\nrequests: {{prompt_tokens: 16, output_tokens: 40}}\n"
+            "stop: {requests: 2}\n",
+        )
+        res = loadgen("run", str(w), "--db", str(tmp_path / "r.duckdb"), "--server-metrics", "0")
+    assert res.returncode == 0, res.stderr
+    got = _rows(tmp_path / "r.duckdb", "SELECT status, error, reasoning_tokens, answer_ttft_ms FROM requests")
+    assert got == [("error", "no_answer", THOUGHTS, None)] * 2
+    assert _rows(tmp_path / "r.duckdb", "SELECT errors, ttft_p50_ms FROM summary") == [(2, None)]

@@ -253,6 +253,12 @@ class StreamClient:
             if "text/event-stream" not in ctype:
                 raise Failed("malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")
             got.end_s = self._read_events(got, resp, t0)
+            if got.reasoning_events and got.reasoning_events == len(got.event_times):
+                raise Failed(  # vLLM issue 42548: a reasoning model can spend its whole budget thinking
+                    "no_answer",
+                    f"{got.reasoning_events} events of thinking and no answer (max_tokens {a.max_tokens})",
+                    at_s=got.end_s,
+                )
         except Failed as e:
             failure = e
         except gevent.GreenletExit:

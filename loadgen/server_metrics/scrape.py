@@ -10,6 +10,7 @@ once, and sampling goes on (or stops, when the server has no such page).
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -117,7 +118,7 @@ class Sampler:
                 self._give_up(f"HTTP {e.code}: not sampled")
             else:
                 self._problem(f"HTTP {e.code}: not sampled")
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             self._problem(f"not reached ({getattr(e, 'reason', e)}); samples are missing where it was not")
         return None
 

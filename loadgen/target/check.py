@@ -6,6 +6,7 @@ here it is one line that says what the server answered and the likely fix.
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -25,7 +26,7 @@ class WrongEndpoint(Exception):
 def _call(ep: Endpoint, path: str, api: str | None = None) -> tuple[int, bytes]:
     try:
         return call(ep, path, api, "hello")
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
 

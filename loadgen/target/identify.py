@@ -15,6 +15,7 @@ Detected where the server says it, never assumed in silence:
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
     try:
         code, body = call(target, url_path)
         return orjson.loads(body) if code == 200 else None
-    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException, orjson.JSONDecodeError):
         return None
 
 

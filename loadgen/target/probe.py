@@ -10,6 +10,7 @@ longer probe is no extension of a shorter one: llama.cpp prefilled each whole, 0
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ def _post(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> tu
     try:
         code, body = call(ep, PATHS[api], api, prompt)
         return code, orjson.loads(body) if code == 200 else {}
-    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException, orjson.JSONDecodeError):
         return 0, {}  # the run itself will report what is wrong
 
 
