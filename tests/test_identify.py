@@ -170,3 +170,22 @@ def test_the_model_file_says_whether_llamacpp_prefills_a_prompts_last_tokens_apa
     assert model_prompt_tail({"model_path": str(tmp_path / "x.gguf")}) is None
     assert model_prompt_tail({"model_path": str(tmp_path / "absent.gguf")}) is None
     assert model_prompt_tail({}) is None
+
+
+def test_a_probe_answer_that_breaks_off_mid_body_is_no_count_not_a_crash():
+    """A server that starts its answer and drops the connection (http.client's IncompleteRead): the probe
+    reports no count, as for any unusable answer, and the run goes on to say what is wrong."""
+    from loadgen.target.probe import calibrate_text
+
+    @web.middleware
+    async def broken(request, handler):
+        if request.method != "POST":
+            return await handler(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"usage": ')
+        raise RuntimeError("the server drops the connection")
+
+    with emulator_in_thread(EMULATED, broken) as url:
+        ep = Endpoint(base_url=url, headers={}, server="vllm", model="llama-2-7b")
+        assert calibrate_text(ep, "chat") is None
