@@ -99,6 +99,10 @@ def test_ttft_is_the_first_thought_and_the_answer_has_its_own_first_token_and_ra
         assert GAP_S * 1000 * 0.9 <= tpot < GAP_S * 1000 * 3
         assert GAP_S * 1000 * 0.9 <= reasoning_tpot < GAP_S * 1000 * 3
         assert GAP_S * 1000 * 0.9 <= answer_tpot < GAP_S * 1000 * 3
+    # The summary shows the answer's first token and the thinking's share, where a stage thought.
+    out = " ".join(res.stdout.split())
+    assert "answer TTFT p50 ms" in out and "thinking tokens % │ 66.7%" in out, res.stdout
+    assert _rows(db, "SELECT round(reasoning_share, 4) FROM summary") == [(round(THOUGHTS / (THOUGHTS + ANSWER), 4),)]
     phases = _rows(db, "SELECT phase, count(*) FROM events GROUP BY 1 ORDER BY 1")
     assert phases == [("answer", 3 * ANSWER), ("reasoning", 3 * THOUGHTS)]
     # The thinking comes first in every stream: no reasoning event after an answer event.

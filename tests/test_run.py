@@ -113,6 +113,7 @@ def test_run_lands_every_request_and_event_per_the_contract(setup, api):
     res = loadgen("run", str(w), "--db", str(db))
     assert res.returncode == 0, res.stderr
     assert "TTFT p50" in res.stdout and "goodput" in res.stdout
+    assert "answer TTFT" not in res.stdout and "thinking" not in res.stdout  # no reasoning model here
 
     for table, cols in CONTRACT_COLUMNS.items():
         have = {r["column_name"]: r["column_type"] for r in rows(db, f"DESCRIBE {table}")}

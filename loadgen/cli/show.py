@@ -88,14 +88,25 @@ SUMMARY_COLUMNS = (
     ("output_tokens_per_s", "out tok/s"),
     ("requests_per_s", "req/s"),
     ("goodput_rps", "goodput req/s"),
-    ("cached_share", "cached prompt %"),  # shown where the server reports cached tokens
+    ("cached_share", "cached prompt %"),
+    ("answer_ttft_p50_ms", "answer TTFT p50"),
+    ("answer_ttft_p90_ms", "answer TTFT p90"),
+    ("reasoning_share", "thinking tokens %"),
 )
+# Columns shown only where a stage has the figure that says they apply: cached tokens the server reported, and a
+# reasoning model's thinking.
+SHOWN_WHERE = {
+    "cached_share": "cached_share",
+    "answer_ttft_p50_ms": "reasoning_share",
+    "answer_ttft_p90_ms": "reasoning_share",
+    "reasoning_share": "reasoning_share",
+}
 
 
 def _cell(key: str, v: Any) -> str:
     if key.endswith("_ms"):
         return _ms(v)
-    if key == "cached_share":
+    if key.endswith("_share"):
         return "-" if v is None else f"{v:.1%}"
     return _num(v)
 
@@ -103,7 +114,9 @@ def _cell(key: str, v: Any) -> str:
 def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     """Few stages: one column per stage (fits a narrow terminal); many stages (sweeps): one row per stage."""
     columns = [
-        (k, label) for k, label in SUMMARY_COLUMNS if k != "cached_share" or any(r.get(k) is not None for r in rows)
+        (k, label)
+        for k, label in SUMMARY_COLUMNS
+        if k not in SHOWN_WHERE or any(r.get(SHOWN_WHERE[k]) is not None for r in rows)
     ]
     if len(rows) <= 5:
         t = table(title)

@@ -152,6 +152,11 @@ WITH gaps AS (
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
         / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
+    -- a reasoning model's: the answer's first token (TTFT where nothing was thought), and the thinking's share of
+    -- the output tokens of the requests that thought (NULL where none did)
+    {_pcts("answer_ttft_ms", "answer_ttft", (50, 90))},
+    sum(reasoning_tokens) FILTER (WHERE {counts()})
+        / nullif(sum(output_tokens) FILTER (WHERE {counts()} AND reasoning_tokens IS NOT NULL), 0) AS reasoning_share,
     {SPAN} AS span_s
     FROM {requests}
     WHERE {measured()}
