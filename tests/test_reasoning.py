@@ -60,21 +60,23 @@ def thinking_server(key: str, answers: int = ANSWER):
         await resp.prepare(request)
         await asyncio.sleep(FIRST_S)
         for i in range(THOUGHTS + answers):
-            delta = {key: f"t{i} "} if i < THOUGHTS else {"content": f"a{i} "}
+            if key == "inline":  # no parser: the thought in the text, between tags (DeepSeek-R1's)
+                delta = {"content": f"<think>t{i} " if i == 0 else f"t{i} </think>" if i == THOUGHTS - 1 else f"t{i} "}
+                delta = delta if i < THOUGHTS else {"content": f"a{i} "}
+            else:
+                delta = {key: f"t{i} "} if i < THOUGHTS else {"content": f"a{i} "}
             await resp.write(b"data: " + _event(delta) + b"\n\n")
             await asyncio.sleep(GAP_S)
-        usage = {
-            "prompt_tokens": 16,
-            "completion_tokens": THOUGHTS + answers,
-            "completion_tokens_details": {"reasoning_tokens": THOUGHTS},
-        }
+        usage = {"prompt_tokens": 16, "completion_tokens": THOUGHTS + answers}
+        if key != "inline":  # a server with no parser does not know which tokens were thought
+            usage["completion_tokens_details"] = {"reasoning_tokens": THOUGHTS}
         await resp.write(b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\ndata: [DONE]\n\n")
         return resp
 
     return answer
 
 
-@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning", "inline"])
 def test_ttft_is_the_first_thought_and_the_answer_has_its_own_first_token_and_rate(write, tmp_path, key):
     """The issue's server: TTFT is the first thinking token (30 ms, not the answer's 230), TPOT spreads the 60
     tokens over their own span (5 ms, not 60 tokens over the answer's 20-token window: 1.75 ms), and the
@@ -84,7 +86,9 @@ def test_ttft_is_the_first_thought_and_the_answer_has_its_own_first_token_and_ra
         w = write(
             "w.yaml",
             f"name: thinking\nendpoint: {url}\napi: chat\nload: {{arrival: closed, concurrency: 1}}\n"
-            "requests: {prompt_tokens: 16, output_tokens: 64}\nstop: {requests: 3}\nslo: {answer_ttft_ms: 5000}\n",
+            "requests: {prompt_tokens: 16, output_tokens: 64"
+            + (", think_tags: ['<think>', '</think>']" if key == "inline" else "")
+            + "}\nstop: {requests: 3}\nslo: {answer_ttft_ms: 5000}\n",
         )
         db = tmp_path / "r.duckdb"
         res = loadgen("run", str(w), "--db", str(db), "--server-metrics", "0")
@@ -125,3 +129,17 @@ def test_a_stream_of_thinking_with_no_answer_is_an_error_of_its_own_that_keeps_i
     got = _rows(tmp_path / "r.duckdb", "SELECT status, error, reasoning_tokens, answer_ttft_ms FROM requests")
     assert got == [("error", "no_answer", THOUGHTS, None)] * 2
     assert _rows(tmp_path / "r.duckdb", "SELECT errors, ttft_p50_ms FROM summary") == [(2, None)]
+
+
+def test_inline_thinking_is_split_at_its_tags_even_across_chunks():
+    """Tags split between chunks are held until whole; an empty opening tag starts in thinking (a chat template
+    that opens it in the prompt); a model that answers at once has no thinking."""
+    from loadgen.client.thinking import InlineThinking
+
+    t = InlineThinking("<think>", "</think>")
+    got = [t.feed(c) for c in ["<th", "ink>", "Let me", " see</", "think>", "\n\n", "42"]]
+    assert got == [("", ""), ("", ""), ("Let me", ""), (" see", ""), ("", ""), ("", "\n\n"), ("", "42")]
+    t = InlineThinking("", "</think>")
+    assert [t.feed(c) for c in ["hmm", "</think>", "ok"]] == [("hmm", ""), ("", ""), ("", "ok")]
+    t = InlineThinking("<think>", "</think>")
+    assert [t.feed(c) for c in ["\n", "Hello", " there"]] == [("", ""), ("", "\nHello"), ("", " there")]

@@ -22,6 +22,7 @@ from loadgen.client import stamps
 from loadgen.client.openai import error_message, read_chunk
 from loadgen.client.sse import SSEParser
 from loadgen.client.stamps import Delays
+from loadgen.client.thinking import InlineThinking
 from loadgen.results import ErrorKind, RequestResult
 from loadgen.spec.workload import TimeoutSpec
 
@@ -78,6 +79,7 @@ class Attempt:
     path: str
     body: bytes
     keep_text: bool = False  # keep the output text (a tokenizer will count it)
+    think_tags: tuple[str, str] | None = None  # thinking inline in the text between these (client/thinking.py)
     retries: int = 0
 
     def result(
@@ -252,7 +254,7 @@ class StreamClient:
             ctype = str(resp.get("content-type") or "")
             if "text/event-stream" not in ctype:
                 raise Failed("malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")
-            got.end_s = self._read_events(got, resp, t0)
+            got.end_s = self._read_events(got, resp, t0, InlineThinking(*a.think_tags) if a.think_tags else None)
             if got.reasoning_events and got.reasoning_events == len(got.event_times):
                 raise Failed(  # vLLM issue 42548: a reasoning model can spend its whole budget thinking
                     "no_answer",
@@ -293,8 +295,11 @@ class StreamClient:
             end_s = failure.at_s if failure.at_s is not None else time.perf_counter() - t0
         return a.result(sent_s, end_s, got, failure)
 
-    def _read_events(self, got: _Received, resp: HTTPSocketResponse, t0: float) -> float:
-        """Read the stream to its end into `got`; returns when it ended, or raises Failed."""
+    def _read_events(
+        self, got: _Received, resp: HTTPSocketResponse, t0: float, inline: InlineThinking | None = None
+    ) -> float:
+        """Read the stream to its end into `got`; returns when it ended, or raises Failed. `inline`: thinking
+        written in the text between tags, split from the answer."""
         parser = SSEParser()
         times, tokens = got.event_times, got.event_tokens
         done = False
@@ -313,12 +318,18 @@ class StreamClient:
                 if c.done:
                     done = True
                     continue
-                if c.text or c.reasoning:  # a token of any kind: thinking is generated output too
-                    if c.text and got.text_parts is not None:
-                        got.text_parts.append(c.text)  # the answer alone (a session resends it; thinking not)
+                text, thinking = c.text, bool(c.reasoning)
+                if inline is not None and text:
+                    thought, text = inline.feed(text)
+                    # A tag is a token of thinking; text held back (a tag's start, whitespace before any tag)
+                    # is no event yet.
+                    thinking = bool(thought) or (not text.strip() and inline.state != "before")
+                if text or thinking:  # a token of any kind: thinking is generated output too
+                    if text and got.text_parts is not None:
+                        got.text_parts.append(text)  # the answer alone (a session resends it; thinking not)
                     if not times and self.first is not None:
                         self.first.close()  # the first token came in time
-                    if not c.text and got.reasoning_events == len(times):
+                    if thinking and not text.strip() and got.reasoning_events == len(times):
                         got.reasoning_events += 1  # thinking before the answer's first event
                     times.append(now)
                     tokens.append(1)

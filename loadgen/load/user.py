@@ -153,6 +153,7 @@ class StreamUser(User):
             path=target.path,
             body=target.body,
             keep_text=tok is not None or item.session is not None,  # counted, or resent by the next turn
+            think_tags=stage.requests.think_tags,
         )
         c.recorder.sending()
         r: RequestResult | None = None

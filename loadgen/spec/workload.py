@@ -223,6 +223,9 @@ class RequestsSpec(Strict):
     # a tokenizer.json (relative to the workload file): exact text prompt lengths, and output tokens counted
     # with it when the server reports no usage
     tokenizer: str | None = None
+    # a reasoning model's thinking written inline in the answer's text between these tags, where the server sends
+    # it in no field of its own (client/thinking.py): e.g. ["<think>", "</think>"]; "" opens with the output
+    think_tags: tuple[str, Annotated[str, Field(min_length=1)]] | None = None
 
 
 class StopSpec(Strict):
