@@ -6,8 +6,6 @@ here it is one line that says what the server answered and the likely fix.
 
 from __future__ import annotations
 
-import http.client
-import urllib.error
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -16,7 +14,7 @@ import orjson
 from loadgen.client.openai import error_message
 from loadgen.spec.redact import redact_url
 from loadgen.target.bodies import PATHS
-from loadgen.target.probe import Endpoint, call
+from loadgen.target.probe import CALL_FAILED, Endpoint, call
 
 
 class WrongEndpoint(Exception):
@@ -26,7 +24,7 @@ class WrongEndpoint(Exception):
 def _call(ep: Endpoint, path: str, api: str | None = None) -> tuple[int, bytes]:
     try:
         return call(ep, path, api, "hello")
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+    except CALL_FAILED as e:
         reason = getattr(e, "reason", e)
         raise WrongEndpoint(f"cannot reach the endpoint at {redact_url(ep.base_url)}: {reason}") from None
 

@@ -15,8 +15,6 @@ Detected where the server says it, never assumed in silence:
 
 from __future__ import annotations
 
-import http.client
-import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import orjson
 from loadgen.spec.redact import redact_url
 from loadgen.target import gguf
 from loadgen.target.check import models, v1_hint
-from loadgen.target.probe import Endpoint, call
+from loadgen.target.probe import CALL_FAILED, Endpoint, call
 
 ASSUMED_SERVER = "vllm"
 
@@ -83,7 +81,7 @@ def _get_json(ep: Endpoint, url_path: str, root: bool = False) -> object:
     try:
         code, body = call(target, url_path)
         return orjson.loads(body) if code == 200 else None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, orjson.JSONDecodeError):
+    except (*CALL_FAILED, orjson.JSONDecodeError):
         return None
 
 

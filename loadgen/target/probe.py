@@ -40,11 +40,16 @@ class Endpoint(BaseModel):
     model: str
 
 
+# What `call` raises where the endpoint cannot be reached or breaks off its answer (urllib's URLError is an
+# OSError; http.client's IncompleteRead, a body cut short, is not).
+CALL_FAILED = (OSError, http.client.HTTPException)
+
+
 def call(
     ep: Endpoint, path: str, api: str | None = None, prompt: str | list[int] | list[Message] = ""
 ) -> tuple[int, bytes]:
     """GET `path`, or with `api`, POST a one-token, non-streaming request as the run builds them; the status and
-    body of the answer, an HTTP error's included. An unreachable endpoint raises URLError or OSError."""
+    body of the answer, an HTTP error's included; raises CALL_FAILED."""
     data = None if api is None else request_body(api, ep.server, ep.model, prompt, 1, stream=False)
     headers = ep.headers if data is None else {**ep.headers, "Content-Type": "application/json"}
     req = urllib.request.Request(ep.base_url.rstrip("/") + path, data=data, headers=headers)
@@ -59,7 +64,7 @@ def _post(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> tu
     try:
         code, body = call(ep, PATHS[api], api, prompt)
         return code, orjson.loads(body) if code == 200 else {}
-    except (urllib.error.URLError, OSError, http.client.HTTPException, orjson.JSONDecodeError):
+    except (*CALL_FAILED, orjson.JSONDecodeError):
         return 0, {}  # the run itself will report what is wrong
 
 
@@ -95,10 +100,6 @@ class TextCalibration(BaseModel):
         return self.overhead + self.per_message * (messages - 1)
 
 
-def _prompt_tokens(ep: Endpoint, api: str, words: int) -> int | None:
-    return _usage(ep, api, make_prompt(words, "probe", 0))  # one stream: its first LEAD_WORDS are the lead
-
-
 def _usage(ep: Endpoint, api: str, prompt: str | list[int] | list[Message]) -> int | None:
     code, out = _post(ep, api, prompt)
     usage = out.get("usage") if isinstance(out, dict) else None
@@ -120,7 +121,7 @@ def calibrate_text(ep: Endpoint, api: str) -> TextCalibration | None:
         return None
     cal = TextCalibration(overhead=n1 - per_word * w1, per_word=per_word)
     words = cal.words(CHECK_TOKENS)
-    got = _prompt_tokens(ep, api, words)
+    got = _usage(ep, api, make_prompt(words, "probe", 0))  # the lead's stream of words
     if got is None or abs(got / CHECK_TOKENS - 1) <= TOLERANCE:
         return cal
     xs = [w1, w2, words]
