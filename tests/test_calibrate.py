@@ -395,23 +395,29 @@ def test_an_emulated_vllm_endpoint_says_its_limits_and_policy(tmp_path):
 
 
 def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
-    """A llama.cpp server that prefills a prompt's last 64 tokens in a step of their own (a sliding-window model,
-    as its GET /props model file said): a lone prompt beyond 64 tokens costs two steps, and the fit finds the step
-    and the token costs under that. On the twin, a prompt that arrives while another prefills joins the other's
-    tail step: both wait for that whole step, and the newcomer's own tail is a step after it."""
+    """A llama.cpp server that ends a step before a prompt's last 4 tokens and a ubatch (512) before those (its
+    context checkpoints, for a sliding-window model, as its GET /props model file said): a lone prompt costs a
+    step per stretch, and the fit finds the step and the token costs under that. On the twin, a prompt that
+    arrives while another prefills joins the other's next step, the tail's too: both wait for that whole step,
+    and the newcomer's own tail is a step after it (as the packaged engine did: a 160-token prompt's first token
+    after 990 ms with a 112-token one sent 34 ms after it, 590 ms alone)."""
     said = {
         "name": "real", "server": "llamacpp", "model": "m",
-        "limits": {"slots": 4, "ctx_per_slot": 2048, "prompt_tail": 64},
+        "limits": {"slots": 4, "ctx_per_slot": 2048, "prompt_tail": 4},
         "detected": {"prompt_tail": "GET /props model_path: sliding-window attention"},
     }  # fmt: skip
+
+    def truth(p: int) -> float:
+        return STEP_MS * (1 + (p > 4) + (p > 4 + 512)) + PER_TOKEN_MS * p
+
     db = synthetic(tmp_path / "tail.duckdb", {1: 20.0, 4: 50.0}, prefill=(64, 256, 512, 1024), slots=None,
-                   endpoint=said, prefill_ms=lambda p: STEP_MS * (2 if p > 64 else 1) + PER_TOKEN_MS * p)  # fmt: skip
+                   endpoint=said, prefill_ms=truth)  # fmt: skip
     f, rows = fit(duckdb.connect(str(db), read_only=True), "real", str(db))
-    assert f.prompt_tail_tokens == 64
+    assert (f.prompt_tail_tokens, f.checkpoint_ubatch_tokens) == (4, 512)
     assert f.prefill_step_ms == pytest.approx(STEP_MS, abs=0.01)
     assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-3)
     assert f.calibration is not None
-    assert "a prompt's last 64 tokens prefilled apart, from GET /props model_path" in f.calibration.limits
+    assert "a prompt's last 4 tokens prefilled apart, and a step ending 512 tokens before them" in f.calibration.limits
     assert all(r.ttft_error == pytest.approx(0, abs=1e-3) for r in rows if r.stage.batch == 1)
     plain = {**said, "limits": {**said["limits"], "prompt_tail": 0}, "detected": {"prompt_tail": "GET /props x"}}
     db = synthetic(tmp_path / "plain.duckdb", {1: 20.0, 4: 50.0}, slots=None, endpoint=plain)
@@ -420,22 +426,25 @@ def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
     assert "no prompt tokens apart, from GET /props x" in g.calibration.limits
 
     engine = FittedEngine(f.model_copy(update={"request_ms": 0.0, "gather_ms": 0.0}), model_profile("llama-2-7b"))
-    first, second = Seq(300, 4), Seq(200, 4)
-    for seq in (first, second):
-        seq.on_tokens = lambda _n: None
-    engine.submit(first)
-    steps = [engine.plan()]
-    engine.complete(steps[0])
-    engine.submit(second)  # during the first's prefill, before its tail
-    for _ in range(2):
-        steps.append(engine.plan())
-        engine.complete(steps[-1])
-    assert [[(q is first, n) for q, n in s.prefill] for s in steps] == [
-        [(True, 236)],
-        [(True, 64), (False, 136)],
-        [(False, 64)],
-    ]
-    assert [q is first for q in steps[2].decode] == [True]  # the first token came at the tail step's end
+
+    def served(*arrivals: tuple[int, Seq]) -> list[list[tuple[int, int]]]:
+        """Each step's prompt chunks, (which request, tokens), with each request submitted before step k."""
+        steps, seqs = [], [q for _, q in arrivals]
+        for q in seqs:
+            q.on_tokens = lambda _n: None
+        while len(steps) < 8 and not all(q.prefilled >= q.prompt for q in seqs):
+            for k, q in arrivals:
+                if k == len(steps):
+                    engine.submit(q)
+            steps.append(engine.plan())
+            engine.complete(steps[-1])
+        return [[(seqs.index(q), n) for q, n in s.prefill] for s in steps]
+
+    assert served((0, Seq(1100, 1))) == [[(0, 584)], [(0, 512)], [(0, 4)]]
+    first, second = Seq(160, 4), Seq(112, 4)
+    assert served((0, first), (1, second)) == [[(0, 156)], [(0, 4), (1, 108)], [(1, 4)]]
+    # the first's first token came at the end of the step that held the second's bulk
+    assert first.generated == 2 and second.generated == 1
 
 
 def test_prompts_ending_together_cost_each_its_first_token(tmp_path):

@@ -154,7 +154,7 @@ def gguf_file(path, meta: dict) -> Path:
 
 
 def test_the_model_file_says_whether_llamacpp_prefills_a_prompts_last_tokens_apart(tmp_path):
-    """llama.cpp's server prefills a prompt's last 64 tokens apart for a sliding-window or recurrent model: read
+    """llama.cpp's server prefills a prompt's last 4 tokens apart for a sliding-window or recurrent model: read
     from the GGUF file GET /props names, past a vocabulary array; not for a plain one; nothing claimed where the
     file is not there or not GGUF."""
     vocab = ["<bos>", "a", "b"] * 100
@@ -164,9 +164,9 @@ def test_the_model_file_says_whether_llamacpp_prefills_a_prompts_last_tokens_apa
     gguf_file(tmp_path / "m.gguf", {"general.architecture": "mamba", "mamba.ssm.conv_kernel": 4})
     (tmp_path / "x.gguf").write_bytes(b"not a model")
     tails = {p: model_prompt_tail({"model_path": str(tmp_path / p)}) for p in ("g.gguf", "l.gguf", "m.gguf")}
-    assert tails["g.gguf"] == (64, "GET /props model_path: sliding-window attention "
+    assert tails["g.gguf"] == (4, "GET /props model_path: sliding-window attention "
                                    "(gemma3.attention.sliding_window 512 in the GGUF file)")  # fmt: skip
-    assert tails["l.gguf"][0] == 0 and tails["m.gguf"][0] == 64
+    assert tails["l.gguf"][0] == 0 and tails["m.gguf"][0] == 4
     assert model_prompt_tail({"model_path": str(tmp_path / "x.gguf")}) is None
     assert model_prompt_tail({"model_path": str(tmp_path / "absent.gguf")}) is None
     assert model_prompt_tail({}) is None

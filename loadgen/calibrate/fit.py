@@ -54,8 +54,9 @@ from loadgen.calibrate.measured import (
     resent_turns,
 )
 from loadgen.calibrate.simulate import replay
-from loadgen.hardware.perf import piecewise
+from loadgen.hardware.perf import piecewise, prompt_stops
 from loadgen.spec.endpoint import Calibration, FittedSpec, PromptCacheSpec, Serving
+from loadgen.target.gguf import UBATCH
 
 LINE_MISS = 0.05  # the most a decode line may miss a measured batch by and still stand for them
 
@@ -120,25 +121,32 @@ class Prefill:
     per_token: float
     floor: float = 0.0  # tokens
     per_pair: float = 0.0
-    tail: int = 0  # FittedSpec.prompt_tail_tokens: a prompt longer than this takes two steps, so two step costs
+    stops: tuple[int, int] = (0, 0)  # FittedSpec.prompt_tail_tokens, checkpoint_ubatch_tokens: a step cost each
 
-    def steps(self, n: np.ndarray | float) -> np.ndarray | float:
-        return _steps(n, self.tail)
+    def steps(self, n: np.ndarray | float, context: int = 0) -> np.ndarray | float:
+        return _steps(n, self.stops, context)
 
     def ms(self, p: np.ndarray | float) -> np.ndarray | float:
-        # The split's two steps hold the same causal pairs as one, p(p+1)/2.
+        # The split's steps hold the same causal pairs as one, p(p+1)/2.
         pairs = self.per_pair * p * (p + 1) / 2
         return self.step_ms * self.steps(p) + self.per_token * np.maximum(p, self.floor) + pairs
 
     def at(self, n: int, context: int) -> float:
         """A prompt's `n` tokens computed after `context` already in the cache (perf.fitted_step_s's pairs)."""
         pairs = self.per_pair * n * (context + (n + 1) / 2)
-        return float(self.step_ms * self.steps(n) + self.per_token * max(n, self.floor) + pairs)
+        return float(self.step_ms * self.steps(n, context) + self.per_token * max(n, self.floor) + pairs)
 
 
-def _steps(n: np.ndarray | float, tail: int) -> np.ndarray | float:
-    """The steps a lone prompt of `n` tokens takes: two where the server prefills its last `tail` apart."""
-    return np.where(np.asarray(n) > tail, 2.0, 1.0) if tail else 1.0
+def _steps(n: np.ndarray | float, stops: tuple[int, int], context: int = 0) -> np.ndarray | float:
+    """The steps a lone prompt's `n` tokens after `context` cached take: one per stretch between the places
+    where the server ends a step (perf.prompt_stops)."""
+    if not stops[0]:
+        return 1.0
+
+    def count(k: float) -> float:
+        return float(sum(1 for s in prompt_stops(int(k) + context, *stops) if s > context))
+
+    return np.vectorize(count, otypes=[float])(n) if np.ndim(n) else count(float(n))
 
 
 def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -155,17 +163,17 @@ def _nonneg(a: np.ndarray, y: np.ndarray) -> np.ndarray:
         cols.remove(int(np.argmin(coef)))
 
 
-def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str, tail: int) -> Prefill:
+def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str, stops: tuple[int, int]) -> Prefill:
     floor, attention, _ = PREFILL_FORMS[form]
-    if form == "line" and not tail:
+    if form == "line" and not stops[0]:
         return Prefill(form, *_line(px, py))
-    steps = _steps(px, tail) * np.ones_like(px)
+    steps = _steps(px, stops) * np.ones_like(px)
     pairs = px * (px + 1) / 2 if attention else np.zeros_like(px)
     knees = np.geomspace(px.min(), px.max(), 48) if floor else [0.0]
     best: tuple[float, Prefill] | None = None
     for k in knees:
         c = _nonneg(np.column_stack([steps, np.maximum(px, k), pairs]), py)
-        f = Prefill(form, float(c[0]), float(c[1]), float(k), float(c[2]), tail)
+        f = Prefill(form, float(c[0]), float(c[1]), float(k), float(c[2]), stops)
         err = float(np.sum((f.ms(px) / py - 1) ** 2))
         if best is None or err < best[0] - 1e-12:
             best = (err, f)
@@ -173,7 +181,9 @@ def _prefill_fit(px: np.ndarray, py: np.ndarray, form: str, tail: int) -> Prefil
     return best[1]
 
 
-def _prefill(px: np.ndarray, py: np.ndarray, tail: int = 0) -> tuple[Prefill, dict[str, float | None]]:
+def _prefill(
+    px: np.ndarray, py: np.ndarray, stops: tuple[int, int] = (0, 0)
+) -> tuple[Prefill, dict[str, float | None]]:
     """The form that best predicts each measured prompt length from the others; on a tie (within 0.1 point)
     the one with fewer figures, and the line where too few lengths were measured to tell."""
     loo: dict[str, float | None] = {}
@@ -184,14 +194,14 @@ def _prefill(px: np.ndarray, py: np.ndarray, tail: int = 0) -> tuple[Prefill, di
         errs = []
         for i in range(len(px)):
             keep = np.arange(len(px)) != i
-            errs.append(abs(float(_prefill_fit(px[keep], py[keep], form, tail).ms(px[i])) / py[i] - 1))
+            errs.append(abs(float(_prefill_fit(px[keep], py[keep], form, stops).ms(px[i])) / py[i] - 1))
         loo[form] = float(np.mean(errs))
     chosen = "line"
     for form, err in loo.items():  # in order of figures: a later form must do better by more than 0.1 point
         ref = loo[chosen]
         if err is not None and (ref is None or err < ref - 0.001):
             chosen = form
-    return _prefill_fit(px, py, chosen, tail), loo
+    return _prefill_fit(px, py, chosen, stops), loo
 
 
 def _context(decode: list[Stage]) -> tuple[float, str]:
@@ -234,7 +244,7 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
     serving = Serving.model_validate(emulate.get("serving") or {}) if emulate.get("engine") == "gpu" else None
     out: dict = {
         "said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch),
-        "tail": 0,
+        "tail": 0, "ubatch": 0,
     }  # fmt: skip
     if slots:
         out["slots"], where = slots, "--slots"
@@ -281,12 +291,23 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
     fitted = emulate.get("fitted") or {}
     if "prompt_tail" in said:
         out["tail"] = said["prompt_tail"]
+        # llama.cpp's second checkpoint is a ubatch before the tail: --ubatch-size, 512 unless the launch says
+        out["ubatch"] = min(launch.get("batch", UBATCH), UBATCH) if out["tail"] else 0
         where = (spec.get("detected") or {}).get("prompt_tail", "the server")
-        apart = f"a prompt's last {out['tail']} tokens prefilled apart" if out["tail"] else "no prompt tokens apart"
+        apart = (
+            f"a prompt's last {out['tail']} tokens prefilled apart, and a step ending {out['ubatch']} tokens "
+            "before them (llama.cpp's context checkpoints at its --ubatch-size)"
+            if out["tail"]
+            else "no prompt tokens apart"
+        )
         out["said"].append(f"{apart}, from {where}")
     elif fitted.get("prompt_tail_tokens"):
         out["tail"] = fitted["prompt_tail_tokens"]
-        out["said"].append(f"a prompt's last {out['tail']} tokens prefilled apart, from the endpoint file as stored")
+        out["ubatch"] = fitted.get("checkpoint_ubatch_tokens", 0)
+        out["said"].append(
+            f"a prompt's last {out['tail']} tokens prefilled apart (and {out['ubatch']} before them), from the "
+            "endpoint file as stored"
+        )
     return out
 
 
@@ -379,7 +400,7 @@ def fit(
     server = all(s.prefill_ms is not None for s in prefill)
     px = np.array([s.prompt for s in prefill], dtype=float)
     py = np.array([s.prefill_ms if server else s.ttft_ms for s in prefill], dtype=float)
-    pf, prefill_loo = _prefill(px, py, limits["tail"])
+    pf, prefill_loo = _prefill(px, py, (limits["tail"], limits["ubatch"]))
     request_ms = float(np.median([s.ttft_ms - s.prefill_ms for s in prefill])) if server else 0.0
 
     per_context, context_said = _context(decode)
@@ -433,6 +454,7 @@ def fit(
         max_context=ctx // limits["slots"] if ctx and limits["slots"] and limits["per_slot"] else None,
         chunked_prefill=True,
         prompt_tail_tokens=limits["tail"],
+        checkpoint_ubatch_tokens=limits["ubatch"],
         prompt_cache=cache,
     )
 

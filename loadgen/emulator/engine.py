@@ -249,7 +249,7 @@ class GpuEngine(Engine):
         super().__init__(model)
         self.serving = serving
         self.prefill_only = False
-        self.prompt_tail = 0  # FittedSpec.prompt_tail_tokens
+        self.prompt_stops = (0, 0)  # FittedSpec.prompt_tail_tokens, checkpoint_ubatch_tokens
         self.kv_capacity = kv_capacity
         self.kv_used = 0
         self.queue: deque[Seq] = deque()  # not yet admitted
@@ -342,10 +342,10 @@ class GpuEngine(Engine):
         return Step(self.step_s(prefill, decoding), prefill, decoding)
 
     def _chunk(self, q: Seq, budget: int) -> int:
-        """The prompt tokens of `q` this step computes: what is left, within the budget, stopping short of the
-        prompt's tail (prompt_tail) where more than the tail is left."""
-        left = q.prompt - q.prefilled
-        return min(left - self.prompt_tail if left > self.prompt_tail else left, budget)
+        """The prompt tokens of `q` this step computes: up to the prompt's next stop (its end, or where the
+        server ends a step before its tail: perf.prompt_stops), within the budget."""
+        stop = next(s for s in perf.prompt_stops(q.prompt, *self.prompt_stops) if s > q.prefilled)
+        return min(stop - q.prefilled, budget)
 
     def hand_off(self, seq: Seq) -> None:
         """Remove the sequence and free its KV cache, without finishing it (it goes on elsewhere)."""
@@ -379,7 +379,7 @@ class FittedEngine(GpuEngine):
         self.fitted = fitted
         self._gathering = False
         self._batching(model, fitted.serving(), fitted.kv_tokens or self.UNBOUNDED_KV)
-        self.prompt_tail = fitted.prompt_tail_tokens
+        self.prompt_stops = (fitted.prompt_tail_tokens, fitted.checkpoint_ubatch_tokens)
         pc = fitted.prompt_cache
         if pc is not None and pc.kind == "slots":
             self.cache = SlotCache(fitted.slots, pc.similarity, pc.kept_offset)

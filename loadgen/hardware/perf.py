@@ -33,12 +33,13 @@ answer), else 0: on the packaged llama.cpp engine it is small (measured idle: 20
 sequence, under 2% for chat-sized contexts); on the emulated A100 it is the KV cache's read, 0.49 us a token.
 A step either holds prompt chunks beside the decodes (chunked_prefill, as llama.cpp and vLLM V1 batch), or
 prefills alone while the decodes wait (prefill-first, vLLM V0's default): the calibration says which it chose
-and why. Where the server prefills a prompt's last tokens in a step of their own (prompt_tail_tokens: llama.cpp
-does, 64, for a sliding-window, recurrent or hybrid model), a lone prompt beyond them is two steps, each with
-its prefill_step. Each prompt that ends in a step computes its first token's logits; a lone prefill's step holds
-one such, and prefill_per_completion is each further one's (on the packaged Gemma, whose 262,144-word output
-layer costs about a decode step, about 20 ms), fitted from the decode stages' first tokens, which a closed
-loop's users prefill together.
+and why. Where the server ends a step before a prompt's last tokens (prompt_tail_tokens; llama.cpp does, to take
+context checkpoints for a sliding-window, recurrent or hybrid model: 4 tokens before the end, and a ubatch
+before that, checkpoint_ubatch_tokens), a lone prompt is a step per stretch between those stops, each with
+its prefill_step (prompt_stops). Each prompt that ends in a step computes its first token's logits; a lone
+prefill's step holds one such, and prefill_per_completion is each further one's (on the packaged Gemma, whose
+262,144-word output layer costs about a decode step, about 20 ms), fitted from the decode stages' first tokens,
+which a closed loop's users prefill together.
 """
 
 from __future__ import annotations
@@ -80,6 +81,19 @@ def piecewise(x: float, points: Mapping[int, float]) -> float:
     x0, x1 = xs[i - 1], xs[i]
     y0, y1 = points[x0], points[x1]
     return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0)
+
+
+def prompt_stops(prompt: int, tail: int, ubatch: int = 0) -> list[int]:
+    """Where a prompt's prefill ends a step, in tokens from its start, ascending and ending at the prompt: before
+    its last `tail` tokens and `ubatch` tokens before those, where the prompt holds them (llama.cpp's server takes
+    a context checkpoint at each, measured from its log: a 1,100-token Gemma 3 prompt prefilled as 584, 512 and 4
+    tokens, a 160-token one as 156 and 4)."""
+    stops = [prompt]
+    if tail and prompt > tail:
+        stops.insert(0, prompt - tail)
+        if ubatch and prompt - tail > ubatch:
+            stops.insert(0, prompt - tail - ubatch)
+    return stops
 
 
 def fitted_step_s(

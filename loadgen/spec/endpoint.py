@@ -143,11 +143,13 @@ class FittedSpec(Strict):
     # True: prompt chunks ride with the decodes (llama.cpp, vLLM V1); False: a step prefills while the decodes
     # wait (prefill-first, vLLM V0's default).
     chunked_prefill: bool = True
-    # A prompt's last this many tokens are prefilled in a step of their own, its first token at that step's end:
-    # llama.cpp's server does so (64) to take a context checkpoint, for a model with sliding-window attention
-    # (Gemma 3), a recurrent or a hybrid one (tools/server/server-context.cpp, `do_checkpoint`). A prompt that
-    # arrives while another prefills joins that tail's step, and both first tokens wait for the whole of it.
+    # A prompt's last this many tokens are prefilled in a step of their own, its first token at that step's end,
+    # and where the prompt is longer than the tail and a ubatch, a step also ends that ubatch before the tail
+    # (perf.prompt_stops): llama.cpp's server does so (4 and its n_ubatch, 512) to take context checkpoints, for
+    # a model with sliding-window attention (Gemma 3), a recurrent or a hybrid one. A prompt that arrives while
+    # another prefills joins that other's next step, its tail's too, and both first tokens wait for all of it.
     prompt_tail_tokens: NonNegativeInt = 0
+    checkpoint_ubatch_tokens: NonNegativeInt = 0
     max_context: PositiveInt | None = None  # prompt plus output per request at most (llama.cpp: ctx / slots)
     prompt_cache: PromptCacheSpec | None = None  # none: every prompt computed whole
     calibration: Calibration | None = None

@@ -1,9 +1,12 @@
 """What a llama.cpp server's model file says about how the server schedules it: read from the GGUF file's
 metadata (the format: ggml-org/ggml docs/gguf.md), not assumed.
 
-llama.cpp's server prefills a prompt's last 64 tokens in a step of their own, to take a context checkpoint, for a
-model with sliding-window attention (unless it runs with --swa-full), a recurrent one or a hybrid one
-(tools/server/server-context.cpp, `do_checkpoint`; the model's `n_swa` is its `<arch>.attention.sliding_window`).
+llama.cpp's server prefills a prompt's last 4 tokens in a step of their own, and ends a step one ubatch before
+them, to take context checkpoints, for a model with sliding-window attention (unless it runs with --swa-full), a
+recurrent one or a hybrid one (tools/server/server-context.cpp, `do_checkpoint`; the model's `n_swa` is its
+`<arch>.attention.sliding_window`). Measured from the packaged engine's debug log (xllamacpp 2026.10, Gemma 3): a
+160-token prompt prefilled as 156 then 4 tokens ("created context checkpoint ... n_tokens = 156"), 600 as 84, 512
+and 4, 1,100 as 584, 512 and 4. (Earlier llama.cpp builds kept 64 tokens apart.)
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import mmap
 import struct
 from pathlib import Path
 
-CHECKPOINT_TAIL = 64  # llama.cpp's server: the prompt tokens prefilled apart, for the checkpoint
+CHECKPOINT_TAIL = 4  # llama.cpp's server: the prompt tokens prefilled apart, for the checkpoint
+UBATCH = 512  # llama.cpp's default --ubatch-size: its other checkpoint is this many tokens before the tail
 
 # GGUF value types: their fixed sizes in bytes (8 is a string, 9 an array).
 _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
