@@ -8,6 +8,11 @@ itl_ms (per streamed event, table events) = this event's time - the previous eve
 its first: vLLM's benchmark definition; a server that packs several tokens into one event shows fewer, longer
 gaps (TPOT is per token);
 slo_ok: ok status and every SLO the workload sets is met (a TPOT SLO is vacuous for one-token outputs).
+A request the workload abandoned (`requests.cancel`: status `cancelled`) keeps its timestamps and the tokens it
+got, but counts in no latency or token aggregate, and in no SLO share: it is never good (goodput_rps counts the
+requests meeting every SLO), and slo_share and a search's pass are over the requests the workload let finish,
+as an abandon planned by the workload says nothing of the server. The summary counts them (`cancelled`), apart
+from errors; a user who gave up waiting for a first token (`before_first_token`) shows there too.
 A reasoning model streams its thinking before its answer (client/openai.py says where each server puts it):
 every token counts in ttft_ms and tpot_ms, thinking included (the first token of any kind; usage counts both);
 answer_ttft_ms = the answer's first event - sent (ttft_ms where nothing was thought); reasoning_tpot_ms = (last

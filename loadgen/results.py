@@ -36,7 +36,7 @@ class RequestResult:
     max_tokens: int
     warmup: bool = False  # a stage's first requests, kept in the database but out of `summary`
     end_s: float | None = None
-    status: str = "ok"  # ok | error | interrupted | not_sent
+    status: str = "ok"  # ok | error | interrupted | not_sent | cancelled (the workload abandoned it: no error)
     error: ErrorKind | None = None
     error_detail: str | None = None
     http_status: int | None = None

@@ -367,6 +367,7 @@ def emulator_in_thread(endpoint, *middlewares):
     from aiohttp import web
 
     from loadgen.emulator.server import Emulator
+    from loadgen.launch.serving import app_runner
 
     ready = threading.Event()
     box: dict = {}
@@ -374,7 +375,7 @@ def emulator_in_thread(endpoint, *middlewares):
     async def main() -> None:
         app = Emulator(endpoint).app()
         app.middlewares.extend(middlewares)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        runner = app_runner(app, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

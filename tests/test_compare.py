@@ -162,3 +162,18 @@ def test_bad_input_is_one_line_and_exit_2(dbs, tmp_path):
         assert res.returncode == 2, (args, res.stderr)
         assert said in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
         assert res.stdout == ""
+
+
+def test_a_run_that_thought_is_compared_on_its_answers_first_token_too(dbs, tmp_path):
+    """Where either side thought, its time to the answer's first token is compared beside TTFT (the runs above,
+    which did not think, have no such rows): here every answer 100 ms after the first token."""
+    measured, _ = dbs
+    sql = "UPDATE requests SET reasoning_tokens = 2, answer_ttft_ms = ttft_ms + 100 WHERE status = 'ok'"
+    thought = _edited(measured, tmp_path / "thought.duckdb", sql)
+    rows = _json(str(measured), "fast-emu", "fast-emu", "--b-db", str(thought))
+    answer = {r["quantile"]: r for r in rows if r["stage"] is None and r["metric"] == "answer_ttft_ms"}
+    ttft = {r["quantile"]: r for r in rows if r["stage"] is None and r["metric"] == "ttft_ms"}
+    assert set(answer) == {"p50", "p90"}
+    for q in answer:
+        assert answer[q]["a"] == pytest.approx(ttft[q]["a"])  # nothing thought: the answer's first token is TTFT's
+        assert answer[q]["b"] == pytest.approx(ttft[q]["b"] + 100)

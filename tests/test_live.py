@@ -63,6 +63,20 @@ def test_windows_place_each_figure_where_it_was_observed():
     assert w.series()["output_tokens_per_s"] == [5.0, 3.0, 1.0, 2.0]
 
 
+def test_a_reasoning_models_answer_ttft_is_charted_where_its_answer_began():
+    """A request that thought: its answer TTFT in the window of the answer's first event; one that did not think
+    adds none (its answer TTFT is its TTFT, already charted)."""
+    w = Windows(width_s=1.0)
+    thought = request(0, 0.1, [0.3, 0.6, 1.4, 1.6])
+    thought.reasoning_events = 2  # thinking at 0.3 and 0.6; the answer from 1.4
+    plain = request(1, 0.2, [0.5, 0.7])
+    for r in (thought, plain):
+        w.add(r, derive(r, SloSpec()))
+    s = w.series()
+    assert s["answer_ttft_p50_ms"] == [None, pytest.approx(1300.0)]
+    assert s["ttft_p50_ms"][0] == pytest.approx(np.percentile([200.0, 300.0], 50))
+
+
 def test_a_long_run_joins_windows_computing_each_point_from_the_recorded_values():
     w = Windows(width_s=1.0, max_points=3)
     for i in range(7):  # windows 0..6: more than 3 points' worth, so points join 3 windows each

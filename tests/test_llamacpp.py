@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import duckdb
 import orjson
@@ -252,3 +253,39 @@ def test_a_twin_of_the_real_engine_serves_its_figures(engine_study, write, tmp_p
     ).fetchone()
     assert family == "llamacpp"
     assert ttft == pytest.approx(measured_ttft, rel=0.2) and tpot == pytest.approx(measured_tpot, rel=0.2)
+
+
+def _slots_and_metrics(base: str) -> tuple[list[dict], dict[str, float]]:
+    import urllib.request
+
+    root = base.removesuffix("/v1")
+    with urllib.request.urlopen(root + "/slots", timeout=5) as r:
+        slots = orjson.loads(r.read())
+    with urllib.request.urlopen(root + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    metrics = {ln.split()[0]: float(ln.split()[-1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+    return slots, metrics
+
+
+def test_an_abandoned_stream_frees_the_engines_slot(llamacpp):
+    """loadgen's client abandons a 400-token answer after 3 tokens (requests.cancel): the row is `cancelled` with
+    its 3 tokens, and llama.cpp stops the request: its slot is idle again and its requests_processing gauge back
+    at 0 long before the answer would have ended (about 15 s here), as its /slots and /metrics show."""
+    from loadgen.client.http import Attempt, StreamClient
+    from loadgen.client.stamps import Delays
+    from loadgen.schedule.cancel import Cancel
+    from loadgen.spec.workload import TimeoutSpec
+
+    body = orjson.dumps({"model": "gemma-3-270m-q4_k_m", "prompt": "Tell me a long story.", "max_tokens": 400,
+                         "ignore_eos": True, "stream": True})  # fmt: skip
+    attempt = Attempt(1, "s", 0.0, 8, 400, False, "/completions", body, cancel=Cancel(after_tokens=3))
+    client = StreamClient(llamacpp, {}, TimeoutSpec(), Delays())
+    r = client.stream(attempt, time.perf_counter())
+    assert (r.status, r.output_tokens, r.error) == ("cancelled", 3, None)
+    t0 = time.perf_counter()
+    while True:
+        slots, metrics = _slots_and_metrics(llamacpp)
+        if not any(s["is_processing"] for s in slots) and metrics["llamacpp:requests_processing"] == 0:
+            break
+        assert time.perf_counter() - t0 < 2, f"the engine still serves the abandoned request: {metrics}"
+        time.sleep(0.05)

@@ -143,3 +143,93 @@ def test_inline_thinking_is_split_at_its_tags_even_across_chunks():
     assert [t.feed(c) for c in ["hmm", "</think>", "ok"]] == [("hmm", ""), ("", ""), ("", "ok")]
     t = InlineThinking("<think>", "</think>")
     assert [t.feed(c) for c in ["\n", "Hello", " there"]] == [("", ""), ("", "\nHello"), ("", " there")]
+
+
+def _thinking_endpoint(fmt: str, spends: bool) -> str:
+    reasoning = f"reasoning: {{tokens: 30, format: {fmt}, spends_max_tokens: {str(spends).lower()}}}"
+    return FAST_ENDPOINT.replace("overhead_ms: 0.2}", f"overhead_ms: 2}}, {reasoning}")
+
+
+def _run_thinking(write, tmp_path, fmt: str, spends: bool, workload: str):
+    """The workload (naming ep.yaml) on an emulated model that thinks 30 tokens; its database."""
+    write("ep.yaml", _thinking_endpoint(fmt, spends))
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(write("w.yaml", workload)), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    return db
+
+
+@pytest.mark.parametrize("fmt", ["reasoning_content", "reasoning", "think_tags"])
+def test_the_emulator_serves_a_reasoning_model_in_each_format(write, tmp_path, fmt):
+    """An emulated model that thinks 30 tokens, then answers 20 of its own (spends_max_tokens false): its
+    thinking streamed in the format's shape, read back as thinking; usage counts all 50; the thinking is decode
+    work, so the decode view's rate is 1000 / TPOT at batch 1."""
+    tags = ", think_tags: ['<think>', '</think>']" if fmt == "think_tags" else ""
+    db = _run_thinking(
+        write, tmp_path, fmt, False,
+        "name: emu-thinking\nendpoint: ep.yaml\napi: chat\nload: {arrival: closed, concurrency: 1}\n"
+        f"requests: {{prompt_tokens: 16, output_tokens: 20{tags}}}\n"
+        "stages: [{name: b1, phase: decode, stop: {requests: 3}}]\n",
+    )  # fmt: skip
+    rows = _rows(db, "SELECT status, output_tokens, reasoning_tokens, ttft_ms, answer_ttft_ms FROM requests")
+    assert len(rows) == 3
+    for status, out, thought, ttft, answer_ttft in rows:
+        assert (status, out, thought) == ("ok", 50, 30)
+        assert answer_ttft > ttft
+    ((rate, tpot),) = _rows(db, "SELECT decode_tokens_per_s, tpot_p50_ms FROM decode")
+    assert rate * tpot / 1000 == pytest.approx(1, rel=0.05)
+
+
+def test_thinking_that_spends_max_tokens_can_leave_no_answer(write, tmp_path):
+    """As vLLM's: 30 tokens of thinking within max_tokens 20 leave no answer (no_answer, the 20 kept); within 40,
+    an answer of 10."""
+    db = _run_thinking(
+        write, tmp_path, "reasoning_content", True,
+        "name: emu-budget\nendpoint: ep.yaml\napi: chat\nload: {arrival: closed, concurrency: 1}\n"
+        "stages:\n  - {name: short, requests: {prompt_tokens: 16, output_tokens: 20}, stop: {requests: 2}}\n"
+        "  - {name: long, requests: {prompt_tokens: 16, output_tokens: 40}, stop: {requests: 2}}\n",
+    )  # fmt: skip
+    got = _rows(db, "SELECT stage, status, error, output_tokens, reasoning_tokens FROM requests ORDER BY request_id")
+    assert got == [("short", "error", "no_answer", 20, 20)] * 2 + [("long", "ok", None, 40, 30)] * 2
+
+
+def test_each_family_is_asked_for_thinking_in_its_own_words():
+    """enable_thinking through the chat template's kwargs (vLLM, SGLang, llama.cpp), reasoning_effort where the
+    API has it ("none" turns thinking off on OpenAI's and Groq's), a budget in each server's own field; a family
+    with no way to say one of these is an error naming it."""
+    from loadgen.target.bodies import thinking_fields
+
+    assert thinking_fields("vllm", False, None, 100) == {
+        "chat_template_kwargs": {"enable_thinking": False}, "thinking_token_budget": 100
+    }  # fmt: skip
+    assert thinking_fields("sglang", True, "high", 100) == {
+        "reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": True, "thinking_budget": 100}
+    }  # fmt: skip
+    assert thinking_fields("llamacpp", None, None, 64) == {"thinking_budget_tokens": 64}
+    assert thinking_fields("openai", False, None, None) == {"reasoning_effort": "none"}
+    assert thinking_fields("groq", None, "low", None) == {"reasoning_effort": "low"}
+    with pytest.raises(ValueError, match="the groq family takes no per-request thinking budget"):
+        thinking_fields("groq", None, None, 10)
+    with pytest.raises(ValueError, match="the tgi family has no way to turn thinking off"):
+        thinking_fields("tgi", False, None, None)
+    with pytest.raises(ValueError, match="the llamacpp family takes no reasoning_effort"):
+        thinking_fields("llamacpp", None, "high", None)
+
+
+def test_a_run_asks_the_emulated_model_to_think_less_or_not_at_all(write, tmp_path):
+    """The emulator answers as asked: no thinking where enable_thinking is false, 10 tokens of its 30 within a
+    budget of 10 (each stage's requests carry the fields); a family that cannot be asked stops the run first."""
+    db = _run_thinking(
+        write, tmp_path, "reasoning_content", False,
+        "name: asked\nendpoint: ep.yaml\napi: chat\nload: {arrival: closed, concurrency: 1}\n"
+        "requests: {prompt_tokens: 16, output_tokens: 20}\nstop: {requests: 2}\nstages:\n"
+        "  - {name: none, requests: {thinking: {enabled: false}}}\n"
+        "  - {name: short, requests: {thinking: {budget_tokens: 10}}}\n",
+    )  # fmt: skip
+    got = _rows(db, "SELECT stage, status, output_tokens, coalesce(reasoning_tokens, 0) FROM requests ORDER BY 1")
+    assert got == [("none", "ok", 20, 0)] * 2 + [("short", "ok", 30, 10)] * 2
+    write("ep.yaml", "server: groq\n" + _thinking_endpoint("reasoning_content", spends=False))
+    res = loadgen("run", str(tmp_path / "w.yaml"), "--db", str(tmp_path / "no.duckdb"))
+    assert res.returncode == 2
+    assert "stage short: requests.thinking" in res.stderr and "takes no per-request thinking budget" in res.stderr
+    assert not (tmp_path / "no.duckdb").exists()

@@ -37,14 +37,26 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
     row = s.stage(stage) or {}
     errors = s.errors.get(stage, {})
     by_class = ", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
+    thought = row.get("reasoning_share")
+    cancelled = row.get("cancelled") or 0
     return [
         head,
         f"TTFT p50/p90/p99 {_pcts(row, 'ttft')} ms   TPOT {_pcts(row, 'tpot')} ms   ITL {_pcts(row, 'itl')} ms",
+        *(
+            [
+                f"answer TTFT p50/p90 {_ms(row.get('answer_ttft_p50_ms'))}/{_ms(row.get('answer_ttft_p90_ms'))} ms   "
+                f"thinking {thought:.0%} of output tokens"
+            ]
+            if thought is not None
+            else []
+        ),  # fmt: skip
         f"E2E p50 {_ms(row.get('e2e_p50_ms'))} ms   out tok/s {_ms(row.get('output_tokens_per_s'))}   "
         f"req/s {_ms(row.get('requests_per_s'))}   goodput {_ms(row.get('goodput_rps'))} req/s   "
         f"lag p99 {_ms(row.get('lag_p99_ms'))} ms   timing bound {_ms(s.timing_bound_ms)} ms",
         f"stage stored: requests {row.get('requests', 0)} (warm-up left out)   errors {row.get('errors', 0)}   "
-        f"not sent {row.get('not_sent', 0)}" + (f"   by class: {by_class}" if by_class else ""),
+        f"not sent {row.get('not_sent', 0)}"
+        + (f"   cancelled {cancelled}" if cancelled else "")
+        + (f"   by class: {by_class}" if by_class else ""),
     ]
 
 

@@ -37,6 +37,7 @@ from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.spec.workload import StageSpec
 from loadgen.store import Store
 from loadgen.target import probe
+from loadgen.target.bodies import thinking_asked
 from loadgen.target.check import WrongEndpoint, check_endpoint
 from loadgen.target.identify import ASSUMED_SERVER, Identity, Unidentified, identify
 from loadgen.target.tokenize import tokenizer
@@ -153,6 +154,11 @@ def execute(
             except (WrongEndpoint, Unidentified) as e:
                 raise Failure(str(e)) from None
             server, model = identity.server, identity.model
+            for stage in workload.stages:  # a family that cannot be asked for the thinking asked: before any load
+                try:
+                    thinking_asked(server, stage)
+                except ValueError as e:
+                    raise SpecError(str(wpath), str(e), where=f"stage {stage.name}: requests.thinking") from None
             for note in identity.notes:
                 show.err.print(f"[yellow]note:[/] {note}", highlight=False)
             notes += identity.notes

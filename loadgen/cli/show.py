@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -74,6 +74,7 @@ SUMMARY_COLUMNS = (
     ("requests", "requests"),
     ("errors", "errors"),
     ("not_sent", "not sent"),
+    ("cancelled", "cancelled"),
     ("ttft_p50_ms", "TTFT p50"),
     ("ttft_p90_ms", "TTFT p90"),
     ("ttft_p99_ms", "TTFT p99"),
@@ -93,13 +94,14 @@ SUMMARY_COLUMNS = (
     ("answer_ttft_p90_ms", "answer TTFT p90"),
     ("reasoning_share", "thinking tokens %"),
 )
-# Columns shown only where a stage has the figure that says they apply: cached tokens the server reported, and a
-# reasoning model's thinking.
-SHOWN_WHERE = {
-    "cached_share": "cached_share",
-    "answer_ttft_p50_ms": "reasoning_share",
-    "answer_ttft_p90_ms": "reasoning_share",
-    "reasoning_share": "reasoning_share",
+# Columns shown only where a stage has the figure that says they apply: cached tokens the server reported, a
+# reasoning model's thinking, and requests the workload abandoned.
+SHOWN_WHERE: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "cancelled": lambda r: bool(r.get("cancelled")),
+    "cached_share": lambda r: r.get("cached_share") is not None,
+    **dict.fromkeys(
+        ("answer_ttft_p50_ms", "answer_ttft_p90_ms", "reasoning_share"), lambda r: r.get("reasoning_share") is not None
+    ),
 }
 
 
@@ -114,9 +116,7 @@ def _cell(key: str, v: Any) -> str:
 def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     """Few stages: one column per stage (fits a narrow terminal); many stages (sweeps): one row per stage."""
     columns = [
-        (k, label)
-        for k, label in SUMMARY_COLUMNS
-        if k not in SHOWN_WHERE or any(r.get(SHOWN_WHERE[k]) is not None for r in rows)
+        (k, label) for k, label in SUMMARY_COLUMNS if k not in SHOWN_WHERE or any(SHOWN_WHERE[k](r) for r in rows)
     ]
     if len(rows) <= 5:
         t = table(title)

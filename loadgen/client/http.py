@@ -24,6 +24,7 @@ from loadgen.client.sse import SSEParser
 from loadgen.client.stamps import Delays
 from loadgen.client.thinking import InlineThinking
 from loadgen.results import ErrorKind, RequestResult
+from loadgen.schedule.cancel import Cancel
 from loadgen.spec.workload import TimeoutSpec
 
 Recv = Callable[[socket.socket, int], tuple[bytes, float, float]]
@@ -31,6 +32,10 @@ Recv = Callable[[socket.socket, int], tuple[bytes, float, float]]
 
 class StreamBroken(Exception):
     """The connection closed before the HTTP message was complete."""
+
+
+class Abandoned(Exception):
+    """The workload's point of abandon for this request came (schedule/cancel.py)."""
 
 
 class Failed(Exception):
@@ -80,11 +85,19 @@ class Attempt:
     body: bytes
     keep_text: bool = False  # keep the output text (a tokenizer will count it)
     think_tags: tuple[str, str] | None = None  # thinking inline in the text between these (client/thinking.py)
+    cancel: Cancel | None = None  # where the workload abandons it (schedule/cancel.py)
     retries: int = 0
 
     def result(
-        self, sent_s: float | None, end_s: float | None, got: _Received, failure: Failed | None
+        self, sent_s: float | None, end_s: float | None, got: _Received, failure: Failed | None, abandoned: bool
     ) -> RequestResult:
+        if abandoned and self.cancel is not None:  # not an error: the client closed the stream, as planned
+            status, error, detail = "cancelled", None, self.cancel.said(len(got.event_times))
+        elif failure is not None:
+            status = "interrupted" if failure.kind == "interrupted" else "error"
+            error, detail = failure.kind, failure.detail
+        else:
+            status, error, detail = "ok", None, None
         return RequestResult(
             request_id=self.request_id,
             stage=self.stage,
@@ -94,9 +107,9 @@ class Attempt:
             max_tokens=self.max_tokens,
             warmup=self.warmup,
             end_s=end_s,
-            status="ok" if failure is None else ("interrupted" if failure.kind == "interrupted" else "error"),
-            error=None if failure is None else failure.kind,
-            error_detail=None if failure is None else failure.detail,
+            status=status,
+            error=error,
+            error_detail=detail,
             retries=self.retries,
             **{name: getattr(got, name) for name in _RECEIVED},
         )
@@ -176,6 +189,7 @@ class StreamClient:
         self.delays = delays
         self.buffered = (0.0, 0.0)  # when the response's first bytes arrived, and when they were read
         self.first: gevent.Timeout | None = None  # the first-token timeout of the request in flight
+        self.abandon: gevent.Timeout | None = None  # its abandon while no token has come (before_first_token)
 
     def connect(self) -> None:
         """Open the connection ahead of the first request, so that no TTFT pays for a handshake that later
@@ -234,14 +248,17 @@ class StreamClient:
         t = self.timeouts
         total = gevent.Timeout(t.total_s, TotalTimeout) if t.total_s else None
         self.first = gevent.Timeout(t.first_token_s, FirstTokenTimeout) if t.first_token_s else None
+        cancel = a.cancel
+        abandon = gevent.Timeout(cancel.after_s, Abandoned) if cancel and cancel.after_s is not None else None
+        self.abandon = abandon if cancel and cancel.before_first_token else None
         got = _Received(text_parts=[] if a.keep_text else None)
         sent_s: float | None = None
         failure: Failed | None = None
+        abandoned = False
         try:
-            if total is not None:
-                total.start()
-            if self.first is not None:
-                self.first.start()
+            for timer in (total, self.first, abandon):
+                if timer is not None:
+                    timer.start()
             resp, sent_s = self._send(a.path, a.body, t0)
             got.http_status = resp.status_code
             if resp.status_code != 200:
@@ -254,7 +271,8 @@ class StreamClient:
             ctype = str(resp.get("content-type") or "")
             if "text/event-stream" not in ctype:
                 raise Failed("malformed", f"expected a text/event-stream response, got {ctype or 'no content type'}")
-            got.end_s = self._read_events(got, resp, t0, InlineThinking(*a.think_tags) if a.think_tags else None)
+            inline = InlineThinking(*a.think_tags) if a.think_tags else None
+            got.end_s = self._read_events(got, resp, t0, inline, cancel.after_tokens if cancel else None)
             if got.reasoning_events and got.reasoning_events == len(got.event_times):
                 raise Failed(  # vLLM issue 42548: a reasoning model can spend its whole budget thinking
                     "no_answer",
@@ -263,6 +281,8 @@ class StreamClient:
                 )
         except Failed as e:
             failure = e
+        except Abandoned:
+            abandoned = True
         except gevent.GreenletExit:
             failure = Failed("interrupted", "the run stopped while this request was in flight")
         except FirstTokenTimeout:
@@ -284,22 +304,31 @@ class StreamClient:
         except Exception as e:  # the HTTP parser rejects what the server sent
             failure = Failed("malformed", f"{type(e).__name__}: {e}"[:300])
         finally:
-            for timer in (total, self.first):
+            for timer in (total, self.first, abandon):
                 if timer is not None:
                     timer.close()
-            # Keep the connection only after a complete response that allows keep-alive.
-            if resp is None or not resp.message_complete or resp.should_close() or failure is not None:
+            # Keep the connection only after a complete response that allows keep-alive: an abandoned stream
+            # is closed, which is how a server learns of it.
+            if resp is None or not resp.message_complete or resp.should_close() or failure or abandoned:
                 self.close()
         end_s = got.end_s
         if failure is not None:
             end_s = failure.at_s if failure.at_s is not None else time.perf_counter() - t0
-        return a.result(sent_s, end_s, got, failure)
+        elif abandoned:
+            end_s = time.perf_counter() - t0
+        return a.result(sent_s, end_s, got, failure, abandoned)
 
     def _read_events(
-        self, got: _Received, resp: HTTPSocketResponse, t0: float, inline: InlineThinking | None = None
+        self,
+        got: _Received,
+        resp: HTTPSocketResponse,
+        t0: float,
+        inline: InlineThinking | None = None,
+        abandon_at: int | None = None,
     ) -> float:
         """Read the stream to its end into `got`; returns when it ended, or raises Failed. `inline`: thinking
-        written in the text between tags, split from the answer."""
+        written in the text between tags, split from the answer; `abandon_at`: the output tokens after which the
+        workload abandons it (raises Abandoned)."""
         parser = SSEParser()
         times, tokens = got.event_times, got.event_tokens
         done = False
@@ -327,12 +356,16 @@ class StreamClient:
                 if text or thinking:  # a token of any kind: thinking is generated output too
                     if text and got.text_parts is not None:
                         got.text_parts.append(text)  # the answer alone (a session resends it; thinking not)
-                    if not times and self.first is not None:
-                        self.first.close()  # the first token came in time
+                    if not times:
+                        for timer in (self.first, self.abandon):
+                            if timer is not None:
+                                timer.close()  # the first token came in time
                     if thinking and not text.strip() and got.reasoning_events == len(times):
                         got.reasoning_events += 1  # thinking before the answer's first event
                     times.append(now)
                     tokens.append(1)
+                    if abandon_at is not None and len(times) >= abandon_at:
+                        raise Abandoned
                 if c.completion_tokens is not None:
                     got.usage_completion_tokens = c.completion_tokens
                 if c.reasoning_tokens is not None:

@@ -35,6 +35,7 @@ class Seq:
         "pending",
         "done",
         "cancelled",
+        "thinking",
         "prefill_s",
         "keys",
         "answer_keys",
@@ -57,6 +58,7 @@ class Seq:
         self.pending = 0  # produced but not yet taken by the HTTP handler
         self.done = False
         self.cancelled = False  # the client went away
+        self.thinking = 0  # of its target, the tokens a reasoning model thinks before it answers
         self.prefill_s = 0.0  # time spent in steps that prefilled it (for layer-wise KV transfer)
         # On the engine's clock (the event loop's, time.monotonic): the start of the first step that prefilled it,
         # and when its first and last tokens were released, for llama.cpp's per-request timings (shapes.py).
@@ -220,6 +222,14 @@ class Engine:
         """The sequence is done (or its client left): free its place and wake its handler, which returns."""
         self.hand_off(seq)
         seq.finish()
+
+    def cancel(self, seq: Seq) -> None:
+        """Its client went away: it stops, and its place and KV cache are free now, not at the next step (vLLM
+        aborts the request of a closed stream; llama.cpp releases its slot). A step already computing it ends
+        as planned, without it."""
+        seq.cancelled = True
+        self.retire(seq)
+        self._wake.set()
 
     @property
     def running(self) -> int:
@@ -504,6 +514,11 @@ class Disaggregated:
 
     def submit(self, seq: Seq) -> None:
         self.prefill.submit(seq)
+
+    def cancel(self, seq: Seq) -> None:
+        """On whichever side holds it (a sequence in transfer is dropped where it arrives)."""
+        for side in (self.prefill, self.decode):
+            side.cancel(seq)
 
     def transfer_s(self, seq: Seq) -> float:
         """The KV cache goes over the link, less the prefix blocks the decode side's cache already holds."""

@@ -17,6 +17,7 @@ from loadgen.emulator import shapes
 from loadgen.emulator.engine import Backend, FittedEngine, GpuEngine, Seq, build, engines
 from loadgen.emulator.prefix import block_keys
 from loadgen.emulator.shapes import OUTPUT_WORDS, EventBytes
+from loadgen.schedule.lengths import LengthSampler
 from loadgen.spec.endpoint import EndpointSpec
 
 _ANSWER_WORDS = [w.strip() for w in OUTPUT_WORDS]
@@ -93,6 +94,11 @@ class Emulator:
         self.model = endpoint.model or self.spec.model  # the name it serves: the file's, or the profile's
         self.backend: Backend = build(self.spec)
         self.rng = np.random.default_rng(self.spec.seed)
+        # a reasoning model's thinking lengths, on a stream of their own
+        reasoning = self.spec.reasoning
+        self.thoughts = (
+            LengthSampler(reasoning.tokens, np.random.default_rng([self.spec.seed, 1])) if reasoning else None
+        )
         self.requests_total = 0
         # The block size of the engines' prefix caches (None: no engine keeps one).
         self.caches = [e.cache for e in engines(self.backend) if getattr(e, "cache", None) is not None]
@@ -219,7 +225,9 @@ class Emulator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=False)
 
-    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], list, int, int]:
+    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], list, int, int, str]:
+        """The request's body, prompt, the tokens it will be answered with (thinking included), of those the
+        thinking, and its finish reason; raises BadRequest as the server would answer."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -250,12 +258,32 @@ class Emulator:
                 "the request does not fit the emulated hardware (its KV cache, or a compiled input length)"
             )
         # Without ignore_eos the model may stop early: its natural length is drawn from the emulator's seed.
-        if body.get("ignore_eos") is True:
+        ignore_eos = body.get("ignore_eos") is True
+        if ignore_eos:
             target = max_tokens
         else:
             natural = 1 + int(self.rng.exponential(self.spec.eos_mean_tokens))
             target = min(max_tokens, max(natural, min_tokens, 1))
-        return body, prompt, max_tokens, target
+        thinking, budget = 0, target
+        if (r := self.spec.reasoning) is not None:
+            thought = self._asked(body, self.thoughts())
+            if r.spends_max_tokens:  # the answer gets what the thinking leaves, perhaps nothing
+                target = max_tokens if ignore_eos else min(max_tokens, thought + target)
+                thinking = min(thought, target)
+                budget = target
+            else:
+                thinking, target = thought, thought + target
+        return body, prompt, target, thinking, "length" if budget == max_tokens else "stop"
+
+    def _asked(self, body: dict[str, Any], thought: int) -> int:
+        """The thinking a request gets of the `thought` drawn, as it asked (target/bodies.py thinking_fields):
+        none where it turned thinking off, at most its budget (vLLM's and llama.cpp's fields)."""
+        kwargs = body.get("chat_template_kwargs")
+        off = isinstance(kwargs, dict) and kwargs.get("enable_thinking") is False
+        if off or body.get("reasoning_effort") == "none":
+            return 0
+        budget = body.get("thinking_budget_tokens" if self.family == "llamacpp" else "thinking_token_budget")
+        return min(thought, budget) if isinstance(budget, int) and budget >= 0 else thought
 
     def _fault(self) -> str | None:
         f = self.spec.faults
@@ -274,7 +302,7 @@ class Emulator:
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body, prompt, max_tokens, target = self._parse(await request.read(), chat)
+            body, prompt, target, thinking, finish = self._parse(await request.read(), chat)
         except BadRequest as e:
             return _error(str(e), e.status, e.kind)
         fault = self._fault()
@@ -296,7 +324,7 @@ class Emulator:
             "created": int(time.time()),
             "model": self.model,
         }
-        finish = "length" if target == max_tokens else "stop"
+        seq.thinking = thinking
         try:
             if not body.get("stream"):
                 while await seq.take():
@@ -305,20 +333,26 @@ class Emulator:
             return await self._stream(request, body, head, chat, seq, finish, fault)
         finally:
             if not seq.done:
-                seq.cancelled = True  # the client went away: the engine frees its place
+                self.backend.cancel(seq)  # the client went away: the engine frees its place
 
-    def _usage(self, seq: Seq) -> dict[str, Any]:
-        return shapes.usage(self.family, seq, caches=bool(self.block))
+    def _usage(self, seq: Seq, chat: bool) -> dict[str, Any]:
+        r = self.spec.reasoning
+        parsed = r is not None and r.format != "think_tags" and chat
+        return shapes.usage(self.family, seq, caches=bool(self.block), parsed=parsed)
 
     def _whole(self, head: dict, chat: bool, n: int, finish: str, seq: Seq) -> web.Response:
         text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-        if chat:
+        r = self.spec.reasoning
+        if chat and r is not None and r.format != "think_tags" and seq.thinking:  # the thought in its own field
+            cut = sum(len(OUTPUT_WORDS[i % len(OUTPUT_WORDS)]) for i in range(seq.thinking))
+            choice["message"] = {"role": "assistant", "content": text[cut:] or None, r.format: text[:cut]}
+        elif chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
         out = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [choice]}
-        out["usage"] = self._usage(seq)
+        out["usage"] = self._usage(seq, chat)
         if self.family == "llamacpp":
             out["timings"] = shapes.timings(seq)
         return web.Response(body=orjson.dumps(out), content_type="application/json")
@@ -336,7 +370,8 @@ class Emulator:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        events = EventBytes(self.family, head, chat, finish, seq.target)
+        r = self.spec.reasoning
+        events = EventBytes(self.family, head, chat, finish, seq.target, seq.thinking, r.format if r else "")
         # The headers went out with prepare(); the first body bytes go through aiohttp, later ones straight to the
         # transport (_stream_fast). vLLM's shape opens with a role-only chat event, or an SSE comment.
         if opening := events.opening():
@@ -352,7 +387,7 @@ class Emulator:
         opts = body.get("stream_options")
         # llama.cpp's completions streams send usage whether asked or not; chat streams, as vLLM's, only if asked.
         asked = (isinstance(opts, dict) and bool(opts.get("include_usage"))) or (self.family == "llamacpp" and not chat)
-        usage = self._usage(seq) if asked and not self.spec.faults.omit_stream_usage else None
+        usage = self._usage(seq, chat) if asked and not self.spec.faults.omit_stream_usage else None
         timings = shapes.timings(seq) if self.family == "llamacpp" else None
         await resp.write(events.closing(usage, timings) + b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -366,7 +401,7 @@ class Emulator:
         def push(n: int) -> None:
             nonlocal sent
             if transport is None or transport.is_closing():
-                seq.cancelled = True
+                self.backend.cancel(seq)
                 return
             data = events.tokens(sent, n)
             sent += n
@@ -393,7 +428,7 @@ class Emulator:
                 fault = "done"
             await resp.write(data)
             if fault == "drop" and sent >= seq.target // 2:
-                seq.cancelled = True
+                self.backend.cancel(seq)
                 assert request.transport is not None
                 request.transport.abort()  # the connection drops mid-stream, with no chunked terminator
                 return

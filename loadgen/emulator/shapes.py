@@ -12,8 +12,8 @@ llama.cpp's shape, as its own server (tools/server, checked against the xllamacp
 - usage always has `prompt_tokens_details.cached_tokens` (llama.cpp's `cache_n`), and `timings` is the engine's
   own clock: `prompt_ms` from the step that started its prefill to its first token, `predicted_ms` from its first
   token to its last, `predicted_n` counting the first;
-- a client that leaves mid-stream is noticed at the next write and its request cancelled, the tokens made until
-  then counted: the same here, as in vLLM's shape;
+- a client that leaves mid-stream has its request cancelled and its slot freed, the tokens made until then
+  counted: here at once (the emulator's handler is cancelled when its connection closes), in either shape;
 - /metrics has llama.cpp's names (server.py), its counters growing as the engine computes, where llama.cpp adds a
   request's prompt tokens once its prompt is done and its predicted tokens once it ends.
 Not emulated: llama.cpp's per-slot context limit and its slot selection by prompt similarity (the emulated GPU
@@ -37,21 +37,50 @@ def _sse(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-class EventBytes:
-    """The SSE events of one response, built once per word: each token then costs a lookup, not a JSON dump."""
+THINK_TAGS = ("<think>", "</think>")  # a reasoning model's thought in the text, where no parser takes it out
 
-    def __init__(self, family: Family, head: dict, chat: bool, finish: str, target: int):
+
+class EventBytes:
+    """The SSE events of one response, built once per word: each token then costs a lookup, not a JSON dump.
+    A reasoning model's first `thinking` tokens are its thought (ReasoningSpec): in `style`'s field of a chat
+    event, or between THINK_TAGS in the text (`think_tags`, and any completions answer)."""
+
+    def __init__(
+        self, family: Family, head: dict, chat: bool, finish: str, target: int, thinking: int = 0, style: str = ""
+    ):
         self.family, self.head, self.chat, self.finish, self.target = family, head, chat, finish, target
-        prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
-        key = b'"delta":{"content":' if chat else b'"text":'
-        close = b"}" if chat else b""
-        self.mid = [prefix + key + orjson.dumps(w) + close + b',"finish_reason":null}]}\n\n' for w in OUTPUT_WORDS]
+        self.thinking = thinking
+        self.prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+        self.key = b'"delta":{"content":' if chat else b'"text":'
         # vLLM marks the last token's event with the finish reason; llama.cpp sends a finish event after it.
-        last = finish if family == "vllm" else None
-        self.last = [
-            prefix + key + orjson.dumps(w) + close + b',"finish_reason":' + orjson.dumps(last) + b"}]}\n\n"
-            for w in OUTPUT_WORDS
-        ]
+        self.last_reason = finish if family == "vllm" else None
+        self.mid = [self._event(self.key, w, False) for w in OUTPUT_WORDS]
+        self.last = [self._event(self.key, w, True) for w in OUTPUT_WORDS]
+        self.tagged = not chat or style == "think_tags"
+        if thinking and not self.tagged:
+            field = b'"delta":{"content":null,"' + style.encode() + b'":'
+            self.thought = [self._event(field, w, False) for w in OUTPUT_WORDS]
+            self.thought_last = [self._event(field, w, True) for w in OUTPUT_WORDS]
+
+    def _event(self, key: bytes, word: str, last: bool) -> bytes:
+        reason = orjson.dumps(self.last_reason) if last else b"null"
+        close = b"}" if self.chat else b""
+        return self.prefix + key + orjson.dumps(word) + close + b',"finish_reason":' + reason + b"}]}\n\n"
+
+    def _token(self, i: int) -> bytes:
+        last, word = i == self.target - 1, i % len(OUTPUT_WORDS)
+        if i >= self.thinking:
+            return (self.last if last else self.mid)[word]
+        if not self.tagged:
+            return (self.thought_last if last else self.thought)[word]
+        # The tags are tokens of the thought: its first and its last.
+        if i == 0:
+            tag = THINK_TAGS[0] + (THINK_TAGS[1] if self.thinking == 1 else "")
+        elif i == self.thinking - 1:
+            tag = THINK_TAGS[1]
+        else:
+            return (self.last if last else self.mid)[word]
+        return self._event(self.key, tag, last)
 
     def _role(self, content: str | None) -> bytes:
         delta = {"role": "assistant", "content": content}
@@ -64,8 +93,11 @@ class EventBytes:
         return self._role("") if self.chat else b": stream\n\n"
 
     def tokens(self, start: int, n: int) -> bytes:
-        k = len(OUTPUT_WORDS)
-        out = b"".join((self.last if i == self.target - 1 else self.mid)[i % k] for i in range(start, start + n))
+        if self.thinking:
+            out = b"".join(self._token(i) for i in range(start, start + n))
+        else:
+            k = len(OUTPUT_WORDS)
+            out = b"".join((self.last if i == self.target - 1 else self.mid)[i % k] for i in range(start, start + n))
         if start == 0 and self.chat and self.family == "llamacpp":
             return self._role(None) + out
         return out
@@ -87,9 +119,9 @@ def _said(usage: dict | None, timings: dict | None) -> dict[str, Any]:
     return {k: v for k, v in (("usage", usage), ("timings", timings)) if v is not None}
 
 
-def usage(family: Family, seq: Seq, caches: bool) -> dict[str, Any]:
+def usage(family: Family, seq: Seq, caches: bool, parsed: bool = False) -> dict[str, Any]:
     """The usage object once the request is done: vLLM reports cached tokens where it keeps a prefix cache,
-    llama.cpp always."""
+    llama.cpp always; `parsed`: a reasoning parser split the thinking out."""
     out: dict[str, Any] = {
         "prompt_tokens": seq.prompt,
         "completion_tokens": seq.target,
@@ -97,6 +129,8 @@ def usage(family: Family, seq: Seq, caches: bool) -> dict[str, Any]:
     }
     if caches or family == "llamacpp":
         out["prompt_tokens_details"] = {"cached_tokens": seq.cached}
+    if parsed and seq.thinking:  # the thinking, counted apart where a parser took it out of the text
+        out["completion_tokens_details"] = {"reasoning_tokens": seq.thinking}
     return out
 
 

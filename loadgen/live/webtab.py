@@ -23,6 +23,7 @@ COLUMNS = (
     ("requests", "Requests"),
     ("errors", "Errors"),
     ("not_sent", "Not sent"),
+    ("cancelled", "Cancelled"),  # abandoned by the workload (requests.cancel): not errors
     ("errors_by_class", "Errors by class"),  # as the `errors` view and the summary's table: not-sent ones too
     ("ttft_p50_ms", "TTFT p50 ms"),
     ("ttft_p90_ms", "TTFT p90 ms"),
@@ -34,6 +35,7 @@ COLUMNS = (
     ("itl_p90_ms", "ITL p90 ms"),
     ("itl_p99_ms", "ITL p99 ms"),
     ("e2e_p50_ms", "E2E p50 ms"),
+    ("answer_ttft_p50_ms", "Answer TTFT p50 ms"),  # a reasoning model's answer after its thinking (TTFT if none)
     ("output_tokens_per_s", "Out tok/s"),
     ("requests_per_s", "Req/s"),
     ("goodput_rps", "Goodput req/s"),

@@ -1,7 +1,8 @@
 """The live view's figures over time: per window of the run clock, from each request as it ends.
 
-A request counts as it does in `summary` (ok, outside warm-up). Its TTFT falls in the window of its first token,
-its TPOT in the window of its last token, and its output tokens are spread over its streamed events, each
+A request counts as it does in `summary` (ok, outside warm-up). Its TTFT falls in the window of its first token
+(a reasoning model's answer TTFT, where it thought, in its answer's first token's), its TPOT in the window of its
+last token, and its output tokens are spread over its streamed events, each
 event's share in the window it arrived in (so a window's tokens/s grows as the requests streaming through it
 end). Requests in flight are sampled as the run goes. Percentiles interpolate linearly between the recorded
 values, as DuckDB's quantile_cont does for `summary`.
@@ -38,6 +39,7 @@ def _pcts(values: list[float]) -> tuple[float | None, float | None]:
 @dataclass
 class _Window:
     ttft: list[float] = field(default_factory=list)
+    answer_ttft: list[float] = field(default_factory=list)  # a reasoning model's, of requests that thought
     tpot: list[float] = field(default_factory=list)
     tokens: float = 0.0
     in_flight: list[int] = field(default_factory=list)
@@ -67,6 +69,8 @@ class Windows:
             return
         if d.ttft_ms is not None:
             self._at(r.event_times[0]).ttft.append(d.ttft_ms)
+        if r.reasoning_events and d.answer_ttft_ms is not None and r.answer_first_s is not None:
+            self._at(r.answer_first_s).answer_ttft.append(d.answer_ttft_ms)
         if d.tpot_ms is not None:
             self._at(r.event_times[-1]).tpot.append(d.tpot_ms)
         # Events come in time order: count each window's share at once, not event by event (this runs on the
@@ -90,11 +94,14 @@ class Windows:
         if p not in self._figures:
             members = [w for i in range(p * self._k, (p + 1) * self._k) if (w := self._windows.get(i)) is not None]
             ttft = _pcts([v for w in members for v in w.ttft])
+            answer_ttft = _pcts([v for w in members for v in w.answer_ttft])
             tpot = _pcts([v for w in members for v in w.tpot])
             in_flight = [n for w in members for n in w.in_flight]
             self._figures[p] = {
                 "ttft_p50_ms": ttft[0],
                 "ttft_p99_ms": ttft[1],
+                "answer_ttft_p50_ms": answer_ttft[0],
+                "answer_ttft_p99_ms": answer_ttft[1],
                 "tpot_p50_ms": tpot[0],
                 "tpot_p99_ms": tpot[1],
                 "output_tokens_per_s": sum(w.tokens for w in members) / (self._k * self.width_s),

@@ -12,6 +12,7 @@ from loadgen.client.http import Attempt, StreamClient
 from loadgen.load.dispatch import Dispatch, in_conversation, unsent_row
 from loadgen.load.state import RunState
 from loadgen.results import RequestResult
+from loadgen.schedule import cancel
 from loadgen.schedule.plan import Planned
 from loadgen.target.targeter import Target
 
@@ -123,7 +124,7 @@ class StreamUser(User):
         row = unsent_row(item, d.stage, None, d.first_id)
         row.error = "session_ended"
         row.error_detail = (
-            f"turn {failed.turn} (request {failed.request_id}) ended with {r.error}: "
+            f"turn {failed.turn} (request {failed.request_id}) ended with {r.error or r.status}: "
             "the session cannot go on without its answer"
         )
         self.ctx.recorder.add_unsent(row, d.stage.slo)
@@ -154,6 +155,7 @@ class StreamUser(User):
             body=target.body,
             keep_text=tok is not None or item.session is not None,  # counted, or resent by the next turn
             think_tags=stage.requests.think_tags,
+            cancel=cancel.draw(stage.requests.cancel, c.description.seed, item.request_id),
         )
         c.recorder.sending()
         r: RequestResult | None = None
@@ -194,6 +196,6 @@ class StreamUser(User):
             name=path,
             response_time=e2e or 0.0,
             response_length=r.output_tokens,
-            exception=None if r.status == "ok" else Exception(f"{r.error}: {r.error_detail}"),
+            exception=None if r.status in ("ok", "cancelled") else Exception(f"{r.error}: {r.error_detail}"),
             context={},
         )

@@ -1,6 +1,7 @@
 """Comparing two runs or endpoints, in one database or in two (a measured server's run and its twin's): p50 and
-p90 of TTFT, TPOT, E2E and ITL and the output tokens per second, per stage (stages matched by name) and over the
-whole run, with the error B/A - 1 and 95% bootstrap intervals of B - A.
+p90 of TTFT, TPOT, E2E and ITL (and of a reasoning model's time to its answer's first token, where either side
+thought) and the output tokens per second, per stage (stages matched by name) and over the whole run, with the
+error B/A - 1 and 95% bootstrap intervals of B - A.
 
 Every figure is the store's own: the quantiles are the `summary` view's query over each side's requests (several
 runs of an endpoint pooled), the rates the `summary` and `run_summary` views' (several runs: `pooled_rate`).
@@ -20,8 +21,9 @@ from loadgen.store.schema import counts, pooled_rate, summary_select
 # The quantiles compared, and the metrics whose requests' values the bootstrap resamples (ITL is a quantile of
 # gaps within requests, not of requests: it has no interval here, nor has the rate).
 QUANTILES = (50, 90)
-LATENCIES = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")
-RESAMPLED = ("ttft_ms", "tpot_ms", "e2e_ms")
+LATENCIES = ("ttft_ms", "answer_ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")
+RESAMPLED = ("ttft_ms", "answer_ttft_ms", "tpot_ms", "e2e_ms")
+THOUGHT = "reasoning_share"  # the summary's: not None where the stage's requests thought
 RATE = "output_tokens_per_s"
 RESAMPLES = 2000
 
@@ -84,7 +86,7 @@ def _side(con: duckdb.DuckDBPyConnection, who: str, side: str) -> _Side:
         for row in cur.fetchall():
             got = dict(zip(names, row, strict=True))
             stage = got["stage"] if keys == "stage" else None
-            figures[stage] = {c: got[c] for c in columns}
+            figures[stage] = {c: got[c] for c in (*columns, THOUGHT)}
             if stage is not None:
                 starts[stage] = got["start_s"]
     rates = f"SELECT {{key}}, {pooled_rate(RATE)} FROM {{view}} WHERE list_contains($runs, run_id) GROUP BY ALL"
@@ -150,7 +152,10 @@ def compare_runs(
     out = []
     for stage in stages:
         fa, fb = sa.figures[stage], sb.figures[stage]
+        thought = fa[THOUGHT] is not None or fb[THOUGHT] is not None
         for metric in LATENCIES:
+            if metric == "answer_ttft_ms" and not thought:  # TTFT again, where nothing was thought
+                continue
             draw = None
             if metric in RESAMPLED:
                 empty = np.array([])

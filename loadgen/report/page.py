@@ -12,6 +12,7 @@ import orjson
 
 from loadgen.analysis.findings import Finding, by_prefill_mode, verdict
 from loadgen.report import figures
+from loadgen.store.schema import counts
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -118,8 +119,8 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
         "<h3>Requests and rates</h3>",
         _table(
             con,
-            "SELECT ru.endpoint, s.run_id, s.stage, s.requests, s.errors, s.not_sent, s.output_tokens_per_s, "
-            f"s.requests_per_s, s.goodput_rps, s.lag_p50_ms, s.lag_p99_ms, s.span_s {order}",
+            "SELECT ru.endpoint, s.run_id, s.stage, s.requests, s.errors, s.not_sent, s.cancelled, "
+            f"s.output_tokens_per_s, s.requests_per_s, s.goodput_rps, s.lag_p50_ms, s.lag_p99_ms, s.span_s {order}",
         ),
         "<h3>Latencies (ms)</h3>",
         _table(
@@ -129,6 +130,19 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
             f"s.ttft_sched_p50_ms, s.ttft_sched_p99_ms {order}",
         ),
     ]
+    (thought,) = con.execute("SELECT count(*) FROM summary WHERE reasoning_share IS NOT NULL").fetchone()
+    if thought:  # a reasoning model: when the answer came after the thinking, and each phase's own pace
+        parts += [
+            "<h3>Reasoning (ms)</h3>",
+            _table(
+                con,
+                "SELECT s.run_id, s.stage, s.reasoning_share, s.ttft_p50_ms, s.answer_ttft_p50_ms, "
+                "s.answer_ttft_p90_ms, median(r.reasoning_tpot_ms) AS reasoning_tpot_p50_ms, "
+                f"median(r.answer_tpot_ms) AS answer_tpot_p50_ms FROM summary s JOIN requests r USING (run_id, stage) "
+                f"JOIN runs ru USING (run_id) WHERE s.reasoning_share IS NOT NULL AND {counts('r')} "
+                "GROUP BY ALL ORDER BY any_value(ru.started_at), any_value(s.start_s)",
+            ),
+        ]
     if dists:
         parts += ["<h2>Distributions</h2>", *map(_img, dists)]
     if reuse:

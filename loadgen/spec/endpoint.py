@@ -14,7 +14,7 @@ from loadgen.hardware.profiles import (
     model_profile,
     profile_names,
 )
-from loadgen.spec.workload import Strict
+from loadgen.spec.workload import LengthSpec, Strict
 
 # Server families differ in how they are told to produce exactly max_tokens tokens (see client/openai.py).
 Server = Literal["vllm", "sglang", "tgi", "trtllm", "llamacpp", "groq", "openai", "emulator"]
@@ -166,6 +166,21 @@ class FittedSpec(Strict):
         )
 
 
+class ReasoningSpec(Strict):
+    """An emulated reasoning model: each answer opens with `tokens` of thinking (drawn per request from the
+    emulator's seed), decoded as any output is and streamed in a reasoning parser's field of a chat event:
+    `reasoning_content` (DeepSeek's API, vLLM's parsers up to 0.10, llama.cpp's --reasoning-format deepseek) or
+    `reasoning` (vLLM from 0.11); or `think_tags`, written in the answer's text between <think> and </think>, as
+    a server with no parser does (a completions answer always has it so). Usage counts the thinking in
+    completion_tokens, and apart in completion_tokens_details.reasoning_tokens where a parser split it."""
+
+    tokens: LengthSpec
+    format: Literal["reasoning_content", "reasoning", "think_tags"] = "reasoning_content"
+    # True: thinking spends max_tokens, as vLLM's does, and may spend all of it (no answer: vLLM issue 42548);
+    # False: the answer has max_tokens of its own after the thinking.
+    spends_max_tokens: bool = True
+
+
 class EmulateSpec(Strict):
     """The emulator's performance model: one engine (gpu, groq, or fitted from a measured server: a twin) or a
     disaggregated prefill/decode pair."""
@@ -183,6 +198,7 @@ class EmulateSpec(Strict):
     link: LinkSpec | None = None
     fitted: FittedSpec | None = None  # fitted: its figures (loadgen calibrate writes them)
     eos_mean_tokens: PositiveFloat = 256.0  # mean natural length when a request does not ask for ignore_eos
+    reasoning: ReasoningSpec | None = None  # a model that thinks before it answers
     seed: int = 0
     faults: FaultSpec = FaultSpec()
 

@@ -126,6 +126,12 @@ SecondsSpec = Annotated[
 ]
 
 
+OptionalSeconds = Annotated[
+    Annotated[Seconds | UniformSeconds | ExponentialSeconds | LognormalSeconds, Field(discriminator="dist")] | None,
+    BeforeValidator(_bare_number((int, float))),
+]
+
+
 class SystemPromptsSpec(Strict):
     """System prompts that sessions share: `count` distinct ones, each `tokens` long (drawn once per prompt)."""
 
@@ -209,6 +215,36 @@ class LoadSpec(Strict):
         return 1 if self.arrival == "closed" else 256
 
 
+class ThinkingSpec(Strict):
+    """Asking a reasoning model to think or not, how hard, and how long at most: each server family is asked in
+    its own words (target/bodies.py, `thinking_fields`, with the sources); a family with no way to say one of
+    these stops the run before it starts."""
+
+    enabled: bool | None = None
+    effort: Annotated[str, Field(min_length=1)] | None = None  # reasoning_effort: e.g. none, low, medium, high
+    budget_tokens: PositiveInt | None = None  # the thinking's tokens at most
+
+
+class CancelSpec(Strict):
+    """Requests the client abandons mid-stream, as a chat UI's stop button or an agent's timeout do
+    (schedule/cancel.py): a `share` of them, each at its own point, drawn from `after_s` (seconds after its
+    send) or `after_tokens` (output tokens of any kind received); with `before_first_token`, at after_s only
+    where no token has come by then (a user who gives up waiting)."""
+
+    share: Annotated[float, Field(gt=0, le=1)]
+    after_s: OptionalSeconds = None
+    after_tokens: OptionalLength = None
+    before_first_token: bool = False
+
+    @model_validator(mode="after")
+    def _one_point(self) -> CancelSpec:
+        if (self.after_s is None) == (self.after_tokens is None):
+            raise ValueError("give one of after_s (seconds after the send) or after_tokens (output tokens received)")
+        if self.before_first_token and self.after_s is None:
+            raise ValueError("before_first_token goes with after_s: the time a user waits for the first token")
+        return self
+
+
 DEFAULT_PROMPT = Fixed(value=512)
 DEFAULT_OUTPUT = Fixed(value=128)
 
@@ -226,6 +262,8 @@ class RequestsSpec(Strict):
     # a reasoning model's thinking written inline in the answer's text between these tags, where the server sends
     # it in no field of its own (client/thinking.py): e.g. ["<think>", "</think>"]; "" opens with the output
     think_tags: tuple[str, Annotated[str, Field(min_length=1)]] | None = None
+    cancel: CancelSpec | None = None  # requests the client abandons mid-stream
+    thinking: ThinkingSpec | None = None  # a reasoning model asked to think, or not, or for so long
 
 
 class StopSpec(Strict):

@@ -36,7 +36,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tpot_ms", "DOUBLE"),
     ("e2e_ms", "DOUBLE"),
     ("slo_ok", "BOOLEAN"),
-    ("status", "VARCHAR NOT NULL"),  # ok | error | interrupted | not_sent
+    ("status", "VARCHAR NOT NULL"),  # ok | error | interrupted | not_sent | cancelled
     ("error", "VARCHAR"),
     ("error_detail", "VARCHAR"),
     ("http_status", "INTEGER"),
@@ -137,8 +137,9 @@ WITH gaps AS (
     {keys},
     min(scheduled_s) AS start_s,
     count(*) AS requests,
-    count(*) FILTER (WHERE NOT ({counts()}) AND status <> 'not_sent') AS errors,
+    count(*) FILTER (WHERE NOT ({counts()}) AND status NOT IN ('not_sent', 'cancelled')) AS errors,
     count(*) FILTER (WHERE status = 'not_sent') AS not_sent,
+    count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
     {_pcts("ttft_ms", "ttft", (50, 90, 99))},
     {_pcts("tpot_ms", "tpot", (50, 90, 99))},
     {_pcts("e2e_ms", "e2e", (50, 90, 99))},
@@ -148,7 +149,8 @@ WITH gaps AS (
     count(*) FILTER (WHERE {counts()}) / nullif({SPAN}, 0) AS requests_per_s,
     count(*) FILTER (WHERE slo_ok) / nullif({SPAN}, 0) AS goodput_rps,
     count(*) FILTER (WHERE slo_ok) AS slo_met,
-    count(*) FILTER (WHERE slo_ok) / nullif(count(*), 0) AS slo_share,
+    -- of the requests the workload let finish: one it abandoned (cancelled) says nothing of the server's SLO
+    count(*) FILTER (WHERE slo_ok) / nullif(count(*) FILTER (WHERE status <> 'cancelled'), 0) AS slo_share,
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
     sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
         / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
@@ -184,7 +186,7 @@ RUN_SUMMARY = _summary("run_summary", "run_id")
 ERRORS = f"""
 CREATE OR REPLACE VIEW errors AS
 SELECT run_id, stage, error, count(*) AS requests, any_value(error_detail) AS example
-FROM requests WHERE {measured()} AND NOT ({counts()})
+FROM requests WHERE {measured()} AND NOT ({counts()}) AND status <> 'cancelled'
 GROUP BY run_id, stage, error
 """
 
@@ -409,8 +411,9 @@ WHERE r.sent_s IS NOT NULL
 HELD_BACK_MS = 100
 TRIAL_STAGES = f"""
 CREATE OR REPLACE VIEW trial_stages AS
+-- requests: those judged (a cancelled one says nothing of the server's SLO)
 SELECT t.run_id, t.stage, t.over, t.load, t.target, coalesce(s.slo_met, 0) AS slo_met,
-       coalesce(s.requests, 0) AS requests, s.slo_share, s.lag_p50_ms, s.output_tokens_per_s,
+       coalesce(s.requests - s.cancelled, 0) AS requests, s.slo_share, s.lag_p50_ms, s.output_tokens_per_s,
        st.ended IS NOT NULL AS saturated, coalesce(s.lag_p50_ms > {HELD_BACK_MS}, FALSE) AS held_back
 FROM trials t JOIN stages st USING (run_id, stage) LEFT JOIN summary s USING (run_id, stage)
 """

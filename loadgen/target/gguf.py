@@ -6,7 +6,7 @@ them, to take context checkpoints, for a model with sliding-window attention (un
 recurrent one or a hybrid one (tools/server/server-context.cpp, `do_checkpoint`; the model's `n_swa` is its
 `<arch>.attention.sliding_window`). Measured from the packaged engine's debug log (xllamacpp 2026.10, Gemma 3): a
 160-token prompt prefilled as 156 then 4 tokens ("created context checkpoint ... n_tokens = 156"), 600 as 84, 512
-and 4, 1,100 as 584, 512 and 4. (Earlier llama.cpp builds kept 64 tokens apart.)
+and 4, 1,100 as 584, 512 and 4.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from loadgen.schedule.plan import Planned
 from loadgen.spec.workload import StageSpec
-from loadgen.target.bodies import PATHS, request_body
+from loadgen.target.bodies import PATHS, request_body, thinking_asked
 from loadgen.target.conversation import Conversation, Part
 from loadgen.target.probe import PromptSetup, TextCalibration
 from loadgen.target.prompts import make_prompt
@@ -51,7 +51,9 @@ class Targeter:
         return self._target(stage, item, self.prompt(stage, item))
 
     def _target(self, stage: StageSpec, item: Planned, prompt: str | list[int] | list) -> Target:
-        body = request_body(stage.api, self.server, stage.model or self.model, prompt, item.output_tokens)
+        model = stage.model or self.model
+        thinking = thinking_asked(self.server, stage)
+        body = request_body(stage.api, self.server, model, prompt, item.output_tokens, thinking=thinking)
         return Target(PATHS[stage.api], body, self._tokenizer(stage))
 
     # -- sessions --

@@ -6,6 +6,9 @@
   const TAB = "llm";
   const CHARTS = [
     { key: "ttft", title: "TTFT (ms)", lines: [["ttft_p50_ms", "p50", "#1976d2"], ["ttft_p99_ms", "p99", "#d32f2f"]] },
+    // A reasoning model's answer after its thinking: drawn only where a request thought (`optional`).
+    { key: "answer_ttft", title: "Answer TTFT (ms)", optional: true,
+      lines: [["answer_ttft_p50_ms", "p50", "#1976d2"], ["answer_ttft_p99_ms", "p99", "#d32f2f"]] },
     { key: "tpot", title: "TPOT (ms)", lines: [["tpot_p50_ms", "p50", "#1976d2"], ["tpot_p99_ms", "p99", "#d32f2f"]] },
     { key: "tokens", title: "Output tokens/s", lines: [["output_tokens_per_s", "tok/s", "#2e7d32"]] },
     { key: "in_flight", title: "Requests in flight", lines: [["in_flight", "in flight", "#6a1b9a"]] },
@@ -85,7 +88,9 @@
     if (!onTab()) return;
     try {
       const live = await (await fetch("./loadgen/live")).json();
-      box.innerHTML = CHARTS.map((c) => chart(c, live.series, live.stages, live.series.width_s)).join("");
+      const drawn = CHARTS.filter((c) => !c.optional ||
+        c.lines.some(([k]) => (live.series[k] || []).some((v) => v !== null)));
+      box.innerHTML = drawn.map((c) => chart(c, live.series, live.stages, live.series.width_s)).join("");
       box.dataset.final = live.final ? "1" : "0";
       place();
     } catch (e) {
