@@ -129,6 +129,19 @@ def test_terminal_panel_shows_the_current_stage_figures():
     assert "━" in text  # the progress bar
 
 
+def test_the_panel_says_a_reasoning_models_answer_ttft_and_the_abandoned_requests_where_there_are():
+    from loadgen.cli.panel import figures
+
+    feed = feed_with_figures()
+    plain = " ".join(figures(progress(), feed.snapshot, "main"))
+    assert "answer TTFT" not in plain and "cancelled" not in plain
+    feed.snapshot.stages[0] |= {"reasoning_share": 0.4, "answer_ttft_p50_ms": 812.5, "answer_ttft_p90_ms": 1500.0}
+    feed.snapshot.stages[0] |= {"cancelled": 3}
+    lines = " ".join(figures(progress(), feed.snapshot, "main"))
+    assert "answer TTFT p50/p90 812.5/1,500.0 ms   thinking 40% of output tokens" in lines
+    assert "not sent 2   cancelled 3" in lines
+
+
 def test_without_a_terminal_the_panel_prints_plain_lines_now_and_then():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=80, color_system=None)
