@@ -82,11 +82,12 @@ def test_study_fills_one_database_with_both_phases_per_endpoint(study_db):
     decode = {(e, b): (t, tok, stage) for e, b, t, tok, stage in rows}
     assert decode[(GROQ_NAME, 1)][0] < decode[("emulated-h100", 1)][0]  # the GroqRack wins TPOT at batch 1
     # Decode-phase throughput: one at a time, the GroqRack decodes at 1 / TPOT whatever the batch (not at 8 / TPOT,
-    # as batching would; beside other tests' load the mean token time drifts up to 8% from the median one), and the
+    # as batching would; beside other tests' load the mean token time drifts from the median one: up to 17% on a
+    # fresh clone's suite, an emulator starved of its core releasing late tokens together), and the
     # decode phase's figure is far above the stage's, whose span holds the slow token-serial prefills.
     for batch in (1, 8):
         tpot, tok, stage = decode[(GROQ_NAME, batch)]
-        assert tok == pytest.approx(1000 / tpot, rel=0.15)
+        assert tok == pytest.approx(1000 / tpot, rel=0.25)
         assert stage < 0.8 * tok
     assert decode[("emulated-h100", 1)][1] < decode[(GROQ_NAME, 1)][1]  # the GroqRack leads at batch 1 ...
     assert decode[("emulated-h100", 8)][1] > decode[(GROQ_NAME, 8)][1]  # ... and the GPU overtakes
