@@ -285,7 +285,7 @@ stages:
 
 
 LLAMACPP_ENDPOINT = """name: llamacpp-gemma
-launch: {kind: llamacpp, threads: 1, slots: 8, ctx: 16384}
+launch: {kind: llamacpp, threads: 1, slots: 8, ctx: 16384, kv_unified: true}
 """
 
 

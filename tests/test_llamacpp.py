@@ -43,9 +43,10 @@ def test_an_endpoint_file_starts_the_engine_and_stops_it(write, tmp_path):
     assert endpoint["server"] == "llamacpp"
     assert endpoint["model"] == "gemma-3-270m-q4_k_m"
     assert endpoint["detected"] == {"model": "GET /v1/models", "limits": "GET /props", "prompt_tail": GEMMA_TAIL}
-    # Its slots and a slot's context as the engine says them: the file's 8 slots, 16,384 tokens over them; and
-    # from Gemma 3's file, that the server prefills a prompt's last 4 tokens apart.
-    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048, "prompt_tail": 4}
+    # Its slots and a slot's context as the engine says them: the file's 8 slots sharing one KV buffer of 16,384
+    # tokens, which any slot may fill; and from Gemma 3's file, that the server prefills a prompt's last 4 tokens
+    # apart.
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 16384, "prompt_tail": 4}
 
 
 def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
@@ -61,7 +62,7 @@ def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
     assert endpoint["detected"] == {
         "server": "GET /props", "model": "GET /v1/models", "limits": "GET /props", "prompt_tail": GEMMA_TAIL
     }  # fmt: skip
-    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 2048, "prompt_tail": 4}  # 8 slots, 16384 tokens
+    assert endpoint["limits"] == {"slots": 8, "ctx_per_slot": 16384, "prompt_tail": 4}  # 8 slots, one KV buffer
     assert "assumed" not in (note or "")
     assert "token-ID" not in res.stderr  # the native server takes token-ID prompts
 

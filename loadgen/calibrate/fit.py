@@ -243,7 +243,9 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
     emulate = spec.get("emulate") or {}
     serving = Serving.model_validate(emulate.get("serving") or {}) if emulate.get("engine") == "gpu" else None
     out: dict = {
-        "said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048, "per_slot": bool(launch),
+        # llama.cpp splits its context among the slots, but for a unified KV buffer, which any slot may fill
+        "said": [], "slots": None, "kv": None, "chunked": None, "batch_tokens": 2048,
+        "per_slot": bool(launch) and not launch.get("kv_unified"),
         "tail": 0, "ubatch": 0,
     }  # fmt: skip
     if slots:
@@ -271,7 +273,10 @@ def _limits(con: duckdb.DuckDBPyConnection, endpoint: str, spec: dict, slots: in
         out["said"].append(f"KV {out['kv']} tokens from the launch (llama.cpp's --ctx-size)")
     elif said.get("ctx_per_slot") and out["slots"]:
         out["kv"], out["per_slot"] = said["ctx_per_slot"] * out["slots"], True
-        out["said"].append(f"KV {out['kv']} tokens from the server's GET /props ({said['ctx_per_slot']} a slot, n_ctx)")
+        out["said"].append(
+            f"KV {out['kv']} tokens from the server's GET /props ({said['ctx_per_slot']} a slot, n_ctx; a server "
+            "with a unified KV buffer, --kv-unified, says the whole of it a slot: give --slots 1 or its endpoint file)"
+        )
     else:
         out["said"].append("KV unbounded: nothing says it")
     if spec.get("server") == "llamacpp" or emulate.get("server") == "llamacpp":

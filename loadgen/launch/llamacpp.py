@@ -62,6 +62,7 @@ def serve(name: str, launch: LlamaCppLaunch, host: str, port: int) -> None:
     p.n_ctx = launch.ctx  # the whole KV cache; each slot holds ctx / slots tokens
     p.n_batch = launch.batch
     p.n_ubatch = min(launch.batch, p.n_ubatch)
+    p.kv_unified = launch.kv_unified
     p.cpuparams.n_threads = launch.threads
     p.cpuparams_batch.n_threads = launch.threads
     # A streaming request holds an HTTP thread until it ends; scrapes and probes need threads beside them.

@@ -245,6 +245,10 @@ class LlamaCppLaunch(Strict):
     slots: PositiveInt = 4  # requests decoded together (continuous batching): llama-server's --parallel
     ctx: PositiveInt = 8192  # KV-cache tokens over all slots (each slot holds ctx / slots): --ctx-size
     batch: PositiveInt = 2048  # prompt tokens per llama_decode call at most: --batch-size
+    # One KV buffer for all slots (--kv-unified). Without it (llama.cpp's default with --parallel), each slot has
+    # its own, and a decode step's cost depends on which slots hold its sequences, not only on how many: on the
+    # packaged engine, 4 sequences took 66-99 ms a step by their slots, 67-73 with one buffer.
+    kv_unified: bool = False
     http_threads: PositiveInt = 8  # HTTP threads beyond one per slot, for scrapes and requests that wait
     slot_save_path: str | None = None  # where POST /slots/{id}?action=save writes KV files (none: disabled)
     cores: list[NonNegativeInt] | None = None  # CPUs to pin the engine to (Linux), e.g. off the load generator's
