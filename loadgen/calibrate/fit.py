@@ -419,8 +419,8 @@ def fit(
     a, b = _line(bx, by)
     # The line where it predicts the batches left out as well as the table (fewer figures, and it extrapolates
     # as a roofline at fixed context would) and misses no measured batch by more than LINE_MISS; else the table,
-    # which is every measured batch's own step (llama.cpp on one thread is no line: 47, 65 and 116 ms at 2, 4 and
-    # 6 sequences, and 98 at 8).
+    # which is every measured batch's own step (llama.cpp on one thread is no line: an odd batch costs more than
+    # the next even one, 87, 68, 106, 86, 127 and 100 ms at 3 to 8 sequences).
     line_miss = float(np.max(np.abs((a + b * bx) / by - 1)))
     if (
         loo["line"] is not None
