@@ -400,7 +400,8 @@ def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
     step per stretch, and the fit finds the step and the token costs under that. On the twin, a prompt that
     arrives while another prefills joins the other's next step, the tail's too: both wait for that whole step,
     and the newcomer's own tail is a step after it (as the packaged engine did: a 160-token prompt's first token
-    after 990 ms with a 112-token one sent 34 ms after it, 590 ms alone)."""
+    after 990 ms with a 112-token one sent 34 ms after it, 590 ms alone); a chat prompt brings only its first
+    step, up to where its last user message begins."""
     said = {
         "name": "real", "server": "llamacpp", "model": "m",
         "limits": {"slots": 4, "ctx_per_slot": 2048, "prompt_tail": 4},
@@ -445,6 +446,11 @@ def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):
     assert served((0, first), (1, second)) == [[(0, 156)], [(0, 4), (1, 108)], [(1, 4)]]
     # the first's first token came at the end of the step that held the second's bulk
     assert first.generated == 2 and second.generated == 1
+    # A chat prompt's first step ends where its last user message begins (after the template's first token in a
+    # one-message prompt): joining another's tail step, it brings that one token, and delays it no more.
+    chat = Seq(112, 4)
+    chat.lead = 1
+    assert served((0, Seq(160, 4)), (1, chat)) == [[(0, 156)], [(0, 4), (1, 1)], [(1, 107)], [(1, 4)]]
 
 
 def test_prompts_ending_together_cost_each_its_first_token(tmp_path):

@@ -36,6 +36,7 @@ class Seq:
         "done",
         "cancelled",
         "thinking",
+        "lead",
         "prefill_s",
         "keys",
         "answer_keys",
@@ -59,6 +60,7 @@ class Seq:
         self.done = False
         self.cancelled = False  # the client went away
         self.thinking = 0  # of its target, the tokens a reasoning model thinks before it answers
+        self.lead = 0  # a chat prompt's tokens before its last user message (perf.prompt_stops)
         self.prefill_s = 0.0  # time spent in steps that prefilled it (for layer-wise KV transfer)
         # On the engine's clock (the event loop's, time.monotonic): the start of the first step that prefilled it,
         # and when its first and last tokens were released, for llama.cpp's per-request timings (shapes.py).
@@ -354,7 +356,7 @@ class GpuEngine(Engine):
     def _chunk(self, q: Seq, budget: int) -> int:
         """The prompt tokens of `q` this step computes: up to the prompt's next stop (its end, or where the
         server ends a step before its tail: perf.prompt_stops), within the budget."""
-        stop = next(s for s in perf.prompt_stops(q.prompt, *self.prompt_stops) if s > q.prefilled)
+        stop = next(s for s in perf.prompt_stops(q.prompt, *self.prompt_stops, q.lead) if s > q.prefilled)
         return min(stop - q.prefilled, budget)
 
     def hand_off(self, seq: Seq) -> None:

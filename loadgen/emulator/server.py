@@ -73,6 +73,14 @@ def _prompt(body: dict[str, Any], chat: bool) -> list:
     raise BadRequest("'prompt' must be a string or a list of token IDs")
 
 
+def _lead(body: dict[str, Any]) -> int:
+    """A chat prompt's words before its last user message, at least one (its start: llama.cpp takes a context
+    checkpoint there, after the template's first token in a one-message prompt; perf.prompt_stops)."""
+    messages = body["messages"]
+    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=0)
+    return max(len(_prompt({"messages": messages[:last]}, True)) if last else 0, 1)
+
+
 def _positive_int(body: dict[str, Any], *keys: str) -> int | None:
     for key in keys:
         value = body.get(key)
@@ -317,6 +325,9 @@ class Emulator:
         if self.block:  # one pass over the prompt and the answer to come: the prompt's keys lead
             keys = block_keys(prompt + answer_tokens(target - 1), self.block)
         seq = Seq(prompt_tokens, target, keys[: prompt_tokens // self.block] if self.block else (), keys)
+        seq.thinking = thinking
+        if chat:
+            seq.lead = _lead(body)
         self.backend.submit(seq)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
@@ -324,7 +335,6 @@ class Emulator:
             "created": int(time.time()),
             "model": self.model,
         }
-        seq.thinking = thinking
         try:
             if not body.get("stream"):
                 while await seq.take():

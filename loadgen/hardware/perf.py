@@ -83,16 +83,19 @@ def piecewise(x: float, points: Mapping[int, float]) -> float:
     return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0)
 
 
-def prompt_stops(prompt: int, tail: int, ubatch: int = 0) -> list[int]:
+def prompt_stops(prompt: int, tail: int, ubatch: int = 0, lead: int = 0) -> list[int]:
     """Where a prompt's prefill ends a step, in tokens from its start, ascending and ending at the prompt: before
-    its last `tail` tokens and `ubatch` tokens before those, where the prompt holds them (llama.cpp's server takes
-    a context checkpoint at each, measured from its log: a 1,100-token Gemma 3 prompt prefilled as 584, 512 and 4
-    tokens, a 160-token one as 156 and 4)."""
+    its last `tail` tokens and `ubatch` tokens before those, where the prompt holds them, and at `lead`, where a
+    chat prompt's last user message begins (llama.cpp's server takes a context checkpoint at each, measured from
+    its log: a 1,100-token Gemma 3 prompt prefilled as 584, 512 and 4 tokens, a 160-token one as 156 and 4, a
+    one-message chat prompt of 184 tokens as 1, 179 and 4)."""
     stops = [prompt]
     if tail and prompt > tail:
         stops.insert(0, prompt - tail)
         if ubatch and prompt - tail > ubatch:
             stops.insert(0, prompt - tail - ubatch)
+        if 0 < lead < stops[0]:
+            stops.insert(0, lead)
     return stops
 
 
