@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -45,14 +45,19 @@ def _error(message: str, status: int, kind: str, headers: dict[str, str] | None 
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-def _prompt(body: dict[str, Any], chat: bool) -> list:
-    """The prompt's tokens: its whitespace-separated words (all messages' in turn), or its token IDs."""
+def _prompt(body: dict[str, Any], chat: bool) -> tuple[list, int]:
+    """The prompt's tokens: its whitespace-separated words (all messages' in turn), or its token IDs; and a chat
+    prompt's words before its last user message, at least one (llama.cpp takes a context checkpoint where that
+    message begins, after the template's first token in a one-message prompt: perf.prompt_stops), else 0."""
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list")
         words: list = []
+        lead = 0
         for m in messages:
+            if isinstance(m, dict) and m.get("role") == "user":
+                lead = len(words)
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):
                 words += content.split()
@@ -62,23 +67,26 @@ def _prompt(body: dict[str, Any], chat: bool) -> list:
                         words += str(p.get("text", "")).split()
             else:
                 raise BadRequest("each message needs a 'content' string")
-        return words
+        return words, max(lead, 1)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return prompt.split()
+        return prompt.split(), 0
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
+        return prompt, 0
     raise BadRequest("'prompt' must be a string or a list of token IDs")
 
 
-def _lead(body: dict[str, Any]) -> int:
-    """A chat prompt's words before its last user message, at least one (its start: llama.cpp takes a context
-    checkpoint there, after the template's first token in a one-message prompt; perf.prompt_stops)."""
-    messages = body["messages"]
-    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=0)
-    return max(len(_prompt({"messages": messages[:last]}, True)) if last else 0, 1)
+class _Request(NamedTuple):
+    """A request as the emulator parsed it."""
+
+    body: dict[str, Any]
+    prompt: list
+    lead: int  # _prompt's: a chat prompt's words before its last user message
+    target: int  # the tokens it will be answered with, thinking included
+    thinking: int  # of those, the thought
+    finish: str  # its finish reason
 
 
 def _positive_int(body: dict[str, Any], *keys: str) -> int | None:
@@ -233,9 +241,8 @@ class Emulator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=False)
 
-    def _parse(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], list, int, int, str]:
-        """The request's body, prompt, the tokens it will be answered with (thinking included), of those the
-        thinking, and its finish reason; raises BadRequest as the server would answer."""
+    def _parse(self, raw: bytes, chat: bool) -> _Request:
+        """The request; raises BadRequest as the server would answer."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -245,7 +252,7 @@ class Emulator:
         model = body.get("model", self.model)
         if model != self.model:
             raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
-        prompt = _prompt(body, chat)
+        prompt, lead = _prompt(body, chat)
         prompt_tokens = len(prompt)
         if self.spec.faults.reject_token_prompts and not chat and not isinstance(body.get("prompt"), str):
             raise BadRequest("prompt must be a string", 422, "UnprocessableEntity")
@@ -281,7 +288,7 @@ class Emulator:
                 budget = target
             else:
                 thinking, target = thought, thought + target
-        return body, prompt, target, thinking, "length" if budget == max_tokens else "stop"
+        return _Request(body, prompt, lead, target, thinking, "length" if budget == max_tokens else "stop")
 
     def _asked(self, body: dict[str, Any], thought: int) -> int:
         """The thinking a request gets of the `thought` drawn, as it asked (target/bodies.py thinking_fields):
@@ -310,7 +317,7 @@ class Emulator:
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body, prompt, target, thinking, finish = self._parse(await request.read(), chat)
+            body, prompt, lead, target, thinking, finish = self._parse(await request.read(), chat)
         except BadRequest as e:
             return _error(str(e), e.status, e.kind)
         fault = self._fault()
@@ -325,9 +332,7 @@ class Emulator:
         if self.block:  # one pass over the prompt and the answer to come: the prompt's keys lead
             keys = block_keys(prompt + answer_tokens(target - 1), self.block)
         seq = Seq(prompt_tokens, target, keys[: prompt_tokens // self.block] if self.block else (), keys)
-        seq.thinking = thinking
-        if chat:
-            seq.lead = _lead(body)
+        seq.thinking, seq.lead = thinking, lead
         self.backend.submit(seq)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
@@ -345,18 +350,23 @@ class Emulator:
             if not seq.done:
                 self.backend.cancel(seq)  # the client went away: the engine frees its place
 
-    def _usage(self, seq: Seq, chat: bool) -> dict[str, Any]:
+    def _thought_field(self, chat: bool) -> str | None:
+        """The delta field a reasoning model's thought goes in; None where it stays in the text (think_tags, and
+        any completions answer: no parser takes it out there)."""
         r = self.spec.reasoning
-        parsed = r is not None and r.format != "think_tags" and chat
+        return r.format if r is not None and r.format != "think_tags" and chat else None
+
+    def _usage(self, seq: Seq, chat: bool) -> dict[str, Any]:
+        parsed = self._thought_field(chat) is not None
         return shapes.usage(self.family, seq, caches=bool(self.block), parsed=parsed)
 
     def _whole(self, head: dict, chat: bool, n: int, finish: str, seq: Seq) -> web.Response:
         text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-        r = self.spec.reasoning
-        if chat and r is not None and r.format != "think_tags" and seq.thinking:  # the thought in its own field
+        field = self._thought_field(chat)
+        if field is not None and seq.thinking:  # the thought in its own field
             cut = sum(len(OUTPUT_WORDS[i % len(OUTPUT_WORDS)]) for i in range(seq.thinking))
-            choice["message"] = {"role": "assistant", "content": text[cut:] or None, r.format: text[:cut]}
+            choice["message"] = {"role": "assistant", "content": text[cut:] or None, field: text[:cut]}
         elif chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -380,8 +390,7 @@ class Emulator:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        r = self.spec.reasoning
-        events = EventBytes(self.family, head, chat, finish, seq.target, seq.thinking, r.format if r else "")
+        events = EventBytes(self.family, head, chat, finish, seq.target, seq.thinking, self._thought_field(chat))
         # The headers went out with prepare(); the first body bytes go through aiohttp, later ones straight to the
         # transport (_stream_fast). vLLM's shape opens with a role-only chat event, or an SSE comment.
         if opening := events.opening():

@@ -42,11 +42,18 @@ THINK_TAGS = ("<think>", "</think>")  # a reasoning model's thought in the text,
 
 class EventBytes:
     """The SSE events of one response, built once per word: each token then costs a lookup, not a JSON dump.
-    A reasoning model's first `thinking` tokens are its thought (ReasoningSpec): in `style`'s field of a chat
-    event, or between THINK_TAGS in the text (`think_tags`, and any completions answer)."""
+    A reasoning model's first `thinking` tokens are its thought (ReasoningSpec): in the delta's `field`, or,
+    without one, between THINK_TAGS in the text."""
 
     def __init__(
-        self, family: Family, head: dict, chat: bool, finish: str, target: int, thinking: int = 0, style: str = ""
+        self,
+        family: Family,
+        head: dict,
+        chat: bool,
+        finish: str,
+        target: int,
+        thinking: int = 0,
+        field: str | None = None,
     ):
         self.family, self.head, self.chat, self.finish, self.target = family, head, chat, finish, target
         self.thinking = thinking
@@ -56,11 +63,11 @@ class EventBytes:
         self.last_reason = finish if family == "vllm" else None
         self.mid = [self._event(self.key, w, False) for w in OUTPUT_WORDS]
         self.last = [self._event(self.key, w, True) for w in OUTPUT_WORDS]
-        self.tagged = not chat or style == "think_tags"
-        if thinking and not self.tagged:
-            field = b'"delta":{"content":null,"' + style.encode() + b'":'
-            self.thought = [self._event(field, w, False) for w in OUTPUT_WORDS]
-            self.thought_last = [self._event(field, w, True) for w in OUTPUT_WORDS]
+        self.tagged = field is None
+        if thinking and field is not None:
+            key = b'"delta":{"content":null,"' + field.encode() + b'":'
+            self.thought = [self._event(key, w, False) for w in OUTPUT_WORDS]
+            self.thought_last = [self._event(key, w, True) for w in OUTPUT_WORDS]
 
     def _event(self, key: bytes, word: str, last: bool) -> bytes:
         reason = orjson.dumps(self.last_reason) if last else b"null"

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from loadgen.spec.endpoint import LlamaCppLaunch
+from loadgen.target.gguf import UBATCH
 
 
 def model_path(launch: LlamaCppLaunch) -> Path:
@@ -61,7 +62,7 @@ def serve(name: str, launch: LlamaCppLaunch, host: str, port: int) -> None:
     p.n_parallel = launch.slots
     p.n_ctx = launch.ctx  # the whole KV cache; each slot holds ctx / slots tokens
     p.n_batch = launch.batch
-    p.n_ubatch = min(launch.batch, p.n_ubatch)
+    p.n_ubatch = min(launch.batch, UBATCH)  # llama.cpp's default, which the twin's fit assumes too
     p.kv_unified = launch.kv_unified
     p.cpuparams.n_threads = launch.threads
     p.cpuparams_batch.n_threads = launch.threads

@@ -10,7 +10,6 @@ once, and sampling goes on (or stops, when the server has no such page).
 
 from __future__ import annotations
 
-import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,6 +18,8 @@ import gevent
 import gevent.event
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
+
+from loadgen.target.probe import CALL_FAILED
 
 Sample = tuple[float, str, str, float]  # run-clock time, name, labels (JSON), value
 Writer = Callable[[list[Sample]], None]
@@ -118,7 +119,7 @@ class Sampler:
                 self._give_up(f"HTTP {e.code}: not sampled")
             else:
                 self._problem(f"HTTP {e.code}: not sampled")
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        except CALL_FAILED as e:  # unreachable, or an answer cut short
             self._problem(f"not reached ({getattr(e, 'reason', e)}); samples are missing where it was not")
         return None
 
