@@ -123,6 +123,7 @@ class Progress:
     in_flight: int
     stage: str
     elapsed_s: float
+    in_flight_s: float = 0.0  # requests x seconds in flight since the run began (see Recorder)
     stage_start_s: float | None = None  # when the current stage's clock started (run clock), once it has
     timing_bound_ms: float | None = None  # loadgen's own stamping-error bound so far (p99), where known live
 

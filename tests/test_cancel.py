@@ -101,7 +101,9 @@ def test_a_user_who_gives_up_waiting_abandons_only_a_late_first_token(write, tmp
     gave_up = [r for r in rows if r[0] == "cancelled"]
     finished = [r for r in rows if r[0] == "ok"]
     assert gave_up and finished and len(gave_up) + len(finished) == 16
-    assert all(tokens == 0 and ttft is None and 140 < e2e < 350 for _, tokens, ttft, e2e in gave_up)
+    # The user's 0.15 s run from the request's start, connection included; e2e from its send (5 ms later here,
+    # up to tens on a loaded machine): well before the stalled first token's 400 ms.
+    assert all(tokens == 0 and ttft is None and 100 < e2e < 350 for _, tokens, ttft, e2e in gave_up)
     assert all(tokens == 120 and ttft < 150 and e2e > 150 for _, tokens, ttft, e2e in finished)
 
 

@@ -46,9 +46,10 @@ def test_windows_place_each_figure_where_it_was_observed():
         w.add(r, derive(r, SloSpec()))
     for r in (request(3, 0.0, [0.5, 0.6], status="error"), request(4, 0.0, [0.5, 0.6], warmup=True)):
         w.add(r, derive(r, SloSpec()))  # neither counts, as in `summary`
-    w.sample(0.5, 2, "main", 0.0)
-    w.sample(0.9, 4, "main", 0.0)
-    w.sample(2.2, 1, "two", 2.0)
+    # Requests x seconds in flight so far: 4 in flight from 0.5 to 0.9 s, then 1 until 2.5 s.
+    w.sample(0.5, 1.0, "main", 0.0)
+    w.sample(0.9, 2.6, "main", 0.0)
+    w.sample(2.5, 4.2, "two", 2.0)
     s = w.series()
     assert s["t_s"] == [0.0, 1.0, 2.0, 3.0] and s["width_s"] == 1.0
     assert s["output_tokens_per_s"] == [4.0, 3.0, 1.0, 1.0]  # each token in the window it arrived in
@@ -56,7 +57,8 @@ def test_windows_place_each_figure_where_it_was_observed():
     assert s["ttft_p99_ms"][0] == pytest.approx(np.percentile([200.0, 500.0], 99))
     assert s["ttft_p50_ms"][1] == pytest.approx(400.0) and s["ttft_p50_ms"][2] is None
     assert s["tpot_p50_ms"] == [pytest.approx(200.0), pytest.approx(500.0), None, pytest.approx(1000.0)]
-    assert s["in_flight"] == [3.0, None, 1.0, None]  # the mean of the samples taken in each window
+    # The mean over the time sampled in each window: window 0 saw 4 for 0.4 s and 1 for 0.1 s.
+    assert s["in_flight"] == [pytest.approx(3.4), pytest.approx(1.0), pytest.approx(1.0), None]
     assert w.stages == [("main", 0.0), ("two", 2.0)]
     late = request(5, 0.0, [0.4, 3.9])  # a request that streamed through every window ends: they change
     w.add(late, derive(late, SloSpec()))

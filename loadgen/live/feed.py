@@ -59,7 +59,7 @@ class LiveFeed:
         self.snapshot.progress = p
         if p.timing_bound_ms is not None:
             self.snapshot.timing_bound_ms = p.timing_bound_ms
-        self.windows.sample(p.elapsed_s, p.in_flight, p.stage, p.stage_start_s)
+        self.windows.sample(p.elapsed_s, p.in_flight_s, p.stage, p.stage_start_s)
 
     def read(self, final: bool = False) -> Snapshot:
         """The stored figures, in one snapshot of the database (the stages' rows and the run's agree)."""

@@ -4,8 +4,9 @@ A request counts as it does in `summary` (ok, outside warm-up). Its TTFT falls i
 (a reasoning model's answer TTFT, where it thought, in its answer's first token's), its TPOT in the window of its
 last token, and its output tokens are spread over its streamed events, each
 event's share in the window it arrived in (so a window's tokens/s grows as the requests streaming through it
-end). Requests in flight are sampled as the run goes. Percentiles interpolate linearly between the recorded
-values, as DuckDB's quantile_cont does for `summary`.
+end). Requests in flight are a mean over time: from the run's requests x seconds in flight, sampled as it goes,
+the mean between two samples spread over the windows between them. Percentiles interpolate linearly between the
+recorded values, as DuckDB's quantile_cont does for `summary`.
 
 Windows are WINDOW_S wide; once a run has more than MAX_POINTS of them, each point of the series joins k
 neighbours into one window of k * WINDOW_S, its figures computed from their recorded values (never by averaging
@@ -42,7 +43,8 @@ class _Window:
     answer_ttft: list[float] = field(default_factory=list)  # a reasoning model's, of requests that thought
     tpot: list[float] = field(default_factory=list)
     tokens: float = 0.0
-    in_flight: list[int] = field(default_factory=list)
+    busy_s: float = 0.0  # requests x seconds in flight within the window, over the `spanned_s` sampled
+    spanned_s: float = 0.0
 
 
 class Windows:
@@ -54,6 +56,7 @@ class Windows:
         self._k = 1  # windows per point of the series
         self._figures: dict[int, dict[str, float | None]] = {}  # per point, until one of its windows changes
         self.stages: list[tuple[str, float]] = []  # each stage's name and when its clock started
+        self._sampled: tuple[float, float] | None = None  # the latest sample: run clock, requests x seconds
 
     def _at(self, t_s: float) -> _Window:
         return self._changed(math.floor(t_s / self.width_s))
@@ -83,9 +86,20 @@ class Windows:
                 self._changed(k).tokens += (hi - lo) * share
             lo = hi
 
-    def sample(self, t_s: float, in_flight: int, stage: str, stage_start_s: float | None) -> None:
-        """The run's state now: requests in flight, and the current stage (a new one marks a boundary)."""
-        self._at(t_s).in_flight.append(in_flight)
+    def sample(self, t_s: float, in_flight_s: float, stage: str, stage_start_s: float | None) -> None:
+        """The run's state now: its requests x seconds in flight so far, and the current stage (a new one marks
+        a boundary)."""
+        if self._sampled is not None and t_s > self._sampled[0]:
+            t0, busy0 = self._sampled
+            mean = (in_flight_s - busy0) / (t_s - t0)
+            for k in range(math.floor(t0 / self.width_s), math.floor(t_s / self.width_s) + 1):
+                span = min(t_s, (k + 1) * self.width_s) - max(t0, k * self.width_s)
+                if span > 0:
+                    w = self._changed(k)
+                    w.busy_s += mean * span
+                    w.spanned_s += span
+        if self._sampled is None or t_s > self._sampled[0]:
+            self._sampled = (t_s, in_flight_s)
         if stage and stage_start_s is not None and (not self.stages or self.stages[-1] != (stage, stage_start_s)):
             self.stages.append((stage, stage_start_s))
 
@@ -96,7 +110,7 @@ class Windows:
             ttft = _pcts([v for w in members for v in w.ttft])
             answer_ttft = _pcts([v for w in members for v in w.answer_ttft])
             tpot = _pcts([v for w in members for v in w.tpot])
-            in_flight = [n for w in members for n in w.in_flight]
+            spanned = sum(w.spanned_s for w in members)
             self._figures[p] = {
                 "ttft_p50_ms": ttft[0],
                 "ttft_p99_ms": ttft[1],
@@ -105,7 +119,7 @@ class Windows:
                 "tpot_p50_ms": tpot[0],
                 "tpot_p99_ms": tpot[1],
                 "output_tokens_per_s": sum(w.tokens for w in members) / (self._k * self.width_s),
-                "in_flight": float(np.mean(in_flight)) if in_flight else None,
+                "in_flight": sum(w.busy_s for w in members) / spanned if spanned else None,
             }
         return self._figures[p]
 

@@ -63,6 +63,7 @@ class Engine(drive.Load):
             planned=self.planned,
             done=rec.done,
             in_flight=rec.in_flight,
+            in_flight_s=rec.in_flight_s(),
             stage=d.stage.name if d is not None else "",
             elapsed_s=self.ctx.clock.elapsed_s(),
             stage_start_s=d.start_s if d is not None else None,

@@ -58,6 +58,7 @@ class Node:
     done: int = -1  # the latest stage whose share it finished
     next_id: int = 0
     in_flight: int = 0
+    in_flight_s: float = 0.0  # as of its latest report (the Recorder's)
     finished: dict[str, Any] | None = None
     lost: str | None = None  # why it is gone
 
@@ -115,6 +116,7 @@ class Master(drive.Load):
             wire.JOINED: self._on_joined,
             wire.READY: self._on_ready,
             wire.ROWS: self._on_rows,
+            wire.LOAD: self._on_load,
             wire.STAGE_DONE: self._on_stage_done,
             wire.FINISHED: self._on_finished,
         }.items():
@@ -144,13 +146,17 @@ class Master(drive.Load):
     def _on_rows(self, msg: Any, **_: Any) -> None:
         if (node := self._node(msg)) is None:
             return
-        node.in_flight = msg.data["in_flight"]
+        self._on_load(msg)
         for r in wire.decode_rows(msg.data["rows"], node.index):
             self.seen.add(r.request_id)
             if r.status == "not_sent":
                 self.recorder.add_unsent(r, self.slo[r.stage])
             else:
                 self.recorder.collect(r, self.slo[r.stage])
+
+    def _on_load(self, msg: Any, **_: Any) -> None:
+        if (node := self._node(msg)) is not None:
+            node.in_flight, node.in_flight_s = msg.data["in_flight"], msg.data["in_flight_s"]
 
     def _on_stage_done(self, msg: Any, **_: Any) -> None:
         if (node := self._node(msg)) is not None:
@@ -310,6 +316,7 @@ class Master(drive.Load):
             planned=self.planned,
             done=rec.done,
             in_flight=sum(n.in_flight for n in self._live()),
+            in_flight_s=sum(n.in_flight_s for n in self.nodes.values()),
             stage=self.stages[self.index].name if self.index >= 0 else "",
             elapsed_s=self.clock.elapsed_s(),
             stage_start_s=opened[0] if opened is not None else None,

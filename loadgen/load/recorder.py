@@ -8,6 +8,7 @@ flush interval of results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import gevent
@@ -44,6 +45,10 @@ class Recorder:
         self.buffer: list[tuple[RequestResult, Derived]] = []
         self.done = 0
         self.in_flight = 0
+        # Requests x seconds in flight since the start: its change over an interval, divided by the interval, is
+        # the mean number in flight then, which a sample taken now and then misses for short requests.
+        self._in_flight_s = 0.0
+        self._since = time.perf_counter()
         self._flusher: gevent.Greenlet | None = None
         self._stop = gevent.event.Event()
         self._one_writer = gevent.lock.Semaphore()
@@ -53,16 +58,26 @@ class Recorder:
         self.listeners: list[Callable[[RequestResult, Derived], None]] = []
         self._first: list[RequestResult] = []
 
+    def _count(self, change: int) -> None:
+        now = time.perf_counter()
+        self._in_flight_s += self.in_flight * (now - self._since)
+        self._since = now
+        self.in_flight += change
+
+    def in_flight_s(self) -> float:
+        """Requests x seconds in flight from the start until now."""
+        return self._in_flight_s + self.in_flight * (time.perf_counter() - self._since)
+
     def sending(self) -> None:
         """A request goes out; `add` ends it (or `gave_up`, when it never went out after all)."""
-        self.in_flight += 1
+        self._count(1)
 
     def gave_up(self) -> None:
-        self.in_flight -= 1
+        self._count(-1)
 
     def add(self, r: RequestResult, slo: SloSpec) -> Derived:
         """A request this process sent has ended: derive its metrics and queue it for the writer."""
-        self.in_flight -= 1
+        self._count(-1)
         return self.collect(r, slo)
 
     def collect(self, r: RequestResult, slo: SloSpec) -> Derived:

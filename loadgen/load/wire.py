@@ -27,7 +27,8 @@ LATE = "lg_late"  # {}: the run started without you; leave
 CLOCK_REPLY = "lg_clock_reply"  # {seq, t}
 JOINED = "lg_joined"  # {} or {refused: reason}: ready to run, or cannot (a missing API key, say)
 READY = "lg_ready"  # {stage, users}
-ROWS = "lg_rows"  # {rows: bytes, in_flight}: finished requests
+ROWS = "lg_rows"  # {rows: bytes, in_flight, in_flight_s}: finished requests, and LOAD's figures
+LOAD = "lg_load"  # {in_flight, in_flight_s}: requests in flight now, and requests x seconds since the start
 STAGE_DONE = "lg_stage_done"  # {stage, next_id}: this worker's share of the stage is done
 FINISHED = "lg_finished"  # {client_delay_p99_ms, how}
 

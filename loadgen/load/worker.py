@@ -95,12 +95,23 @@ class Worker:
         self.env.host = description.base_url
         recorder.start()
         self.monitor.start()
+        gevent.spawn(self._report_load, recorder)
         self._send(wire.JOINED, {})
 
-    def _send_rows(self, batch: Sequence[tuple[RequestResult, Derived]]) -> None:
+    def _load(self) -> dict[str, Any]:
         assert self.ctx is not None
-        rows = wire.encode_rows([r for r, _ in batch])
-        self._send(wire.ROWS, {"rows": rows, "in_flight": self.ctx.recorder.in_flight})
+        return {"in_flight": self.ctx.recorder.in_flight, "in_flight_s": self.ctx.recorder.in_flight_s()}
+
+    def _send_rows(self, batch: Sequence[tuple[RequestResult, Derived]]) -> None:
+        self._send(wire.ROWS, {"rows": wire.encode_rows([r for r, _ in batch]), **self._load()})
+
+    def _report_load(self, recorder: Recorder) -> None:
+        """The master's live view learns what is in flight here while no row comes (a long request's stream)."""
+        last = -1
+        while not self.finished.wait(FLUSH_INTERVAL_S):
+            if recorder.in_flight or last:
+                self._send(wire.LOAD, self._load())
+            last = recorder.in_flight
 
     def _on_prepare(self, msg: Any, **_: Any) -> None:
         gevent.spawn(self._report_ready, msg.data["stage"])
