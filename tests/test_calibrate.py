@@ -13,7 +13,7 @@ import yaml
 
 from conftest import loadgen
 from loadgen.calibrate.fit import NotEnough, fit
-from loadgen.calibrate.measured import Stage
+from loadgen.calibrate.measured import Stage, http_ms
 from loadgen.calibrate.simulate import replay
 from loadgen.emulator.engine import FittedEngine, Seq
 from loadgen.hardware.perf import fitted_step_s, piecewise
@@ -392,6 +392,34 @@ def test_an_emulated_vllm_endpoint_says_its_limits_and_policy(tmp_path):
     assert c.policy.startswith("prefill-first") and "the endpoint file as stored" in c.policy
     engine = FittedEngine(f, model_profile("llama-2-7b"))
     assert engine.kv_capacity == 1600 and not engine.serving.chunked_prefill
+
+
+def test_a_servers_ttft_histogram_takes_the_http_path_out_of_the_prefill(tmp_path):
+    """A vLLM-shaped server sends no per-request timings, but its TTFT histogram leaves out the HTTP path: read
+    between scrapes where only lone requests got their first token (a decode wave's are left out), the client's
+    TTFT less the server's is the 5 ms path, which the twin's own server pays, so its prefill is the truth's and
+    it adds no per-request cost. Without the histogram, the client's timings: the 5 ms inside the prefill."""
+    endpoint = {"name": "real", "model": "m", "emulate": {"engine": "gpu", "hardware": "a100-40gb"}}
+    db = synthetic(tmp_path / "vllm.duckdb", {1: 13.0, 8: 14.0}, slots=None, endpoint=endpoint)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE requests SET server_prefill_ms = NULL")  # no per-request timings
+    f, _ = fit(con, "real", str(db))
+    assert f.calibration is not None and f.calibration.http_ms is None
+    assert f.prefill_step_ms == pytest.approx(STEP_MS + REQUEST_MS, abs=0.01)
+    con.execute("CREATE TABLE server_series (run_id VARCHAR, t_s DOUBLE, series VARCHAR, value DOUBLE)")
+    firsts = con.execute("SELECT first_token_s, ttft_ms FROM requests ORDER BY first_token_s").fetchall()
+    total = count = 0.0
+    scrapes = [("r1", 0.0, "ttft_seconds", 0.0), ("r1", 0.0, "ttft_count", 0.0)]
+    for first, ttft in firsts:
+        total, count = total + (ttft - REQUEST_MS) / 1000, count + 1
+        scrapes += [("r1", first + 1e-4, "ttft_seconds", total), ("r1", first + 1e-4, "ttft_count", count)]
+    con.executemany("INSERT INTO server_series VALUES (?, ?, ?, ?)", scrapes)
+    assert http_ms(con, "real") == pytest.approx(REQUEST_MS)
+    f, rows = fit(con, "real", str(db))
+    assert f.calibration is not None and f.calibration.http_ms == pytest.approx(REQUEST_MS)
+    assert f.prefill_step_ms == pytest.approx(STEP_MS, abs=0.01) and f.request_ms == 0
+    assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-3)
+    assert rows[0].stage.ttft_ms == pytest.approx(STEP_MS + PER_TOKEN_MS * 64)  # the server's own TTFT
 
 
 def test_a_prompts_last_tokens_prefilled_apart_are_fitted_and_served(tmp_path):

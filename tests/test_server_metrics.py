@@ -49,6 +49,15 @@ def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
     ]
     (output,) = con.execute("SELECT sum(output_tokens) FROM requests").fetchone()
     assert tokens == sorted(tokens) and tokens[-1] - tokens[0] == output == 12 * 200
+    # vLLM's TTFT histogram: every request counted once, the server's mean TTFT a little under the client's (the
+    # HTTP path is not in it).
+    rise = dict(
+        con.execute(
+            "SELECT series, max(value) - min(value) FROM server_series WHERE series LIKE 'ttft_%' GROUP BY series"
+        ).fetchall()
+    )
+    (client_ms,) = con.execute("SELECT avg(ttft_ms) FROM requests").fetchone()
+    assert rise["ttft_count"] == 12 and 0 < client_ms - rise["ttft_seconds"] / 12 * 1000 < 0.5 * client_ms
     state = con.execute("SELECT count(*), count(running), avg(running) FROM request_server_state").fetchone()
     assert state[0] == 12 and state[1] >= 10 and 2.0 <= state[2] <= 4.0
 
@@ -173,6 +182,8 @@ def test_each_familys_names_map_onto_the_canonical_series(tmp_path):
         ("vllm", 1.0, "kv_usage", 0.5),  # the fullest engine's
         ("vllm", 1.0, "prompt_tokens", 1000.0),
         ("vllm", 1.0, "running", 7.0),  # summed over engines
+        ("vllm", 1.0, "ttft_count", 4.0),  # a histogram's count and sum, its buckets unmapped
+        ("vllm", 1.0, "ttft_seconds", 0.9),
     ]
     assert labels == ('{"engine":"0","model_name":"m"}',)
     assert buckets == (2,)  # every sample is kept as scraped, a histogram's too

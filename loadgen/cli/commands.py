@@ -170,6 +170,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     def pct(e: float | None) -> str:
         return "-" if e is None else f"{e:+.1%}"
 
+    c = fitted.calibration
+    assert c is not None
     table = [
         (
             r.stage.stage,
@@ -184,12 +186,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    cols = ["stage", "batch", "prompt", "TTFT p50 ms", "twin", "error", "TPOT p50 ms", "twin", "error"]
+    ttft = "TTFT p50 ms" if c.http_ms is None else "server TTFT p50 ms"
+    cols = ["stage", "batch", "prompt", ttft, "twin", "error", "TPOT p50 ms", "twin", "error"]
     show.out.print(show.result_table(cols, table))
     f = fitted
     steps = ", ".join(f"{b}: {ms:g}" for b, ms in f.decode_step_ms.items())
-    c = f.calibration
-    assert c is not None
+    timings = f"the {c.timings}'s timings"
+    if c.http_ms is not None:
+        timings += f" less {c.http_ms:g} ms of HTTP (the client's TTFT less the server's TTFT histogram)"
     prefill = f"{f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x "
     prefill += f"max(prompt tokens, {f.prefill_floor_tokens})" if f.prefill_floor_tokens else "prompt tokens"
     if f.prefill_ms_per_pair:
@@ -198,7 +202,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"step = decode(sequences) + {f.decode_ms_per_context_token:g} ms x context tokens decoded + {prefill} "
         f"(with prefill); decode ms at {steps} ({c.decode_form}); prefill: {c.prefill_form}; decode context: "
         f"{c.decode_context}; {f.request_ms:g} ms per request; an idle engine gathers arrivals for "
-        f"{f.gather_ms:g} ms; {c.limits}; {c.policy}; fitted from the {c.timings}'s timings; "
+        f"{f.gather_ms:g} ms; {c.limits}; {c.policy}; fitted from {timings}; "
         f"prompt cache: {c.prompt_cache}",
         highlight=False,
     )

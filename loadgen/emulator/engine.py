@@ -45,6 +45,7 @@ class Seq:
         "first_token_s",
         "last_token_s",
         "on_tokens",
+        "on_first_token",
         "_waiter",
     )
 
@@ -70,12 +71,15 @@ class Seq:
         # When set, released tokens are handed over at once, within the step's release, instead of waking a
         # waiting handler: the fast path, one call per token instead of a task switch.
         self.on_tokens: Callable[[int], None] | None = None
+        self.on_first_token: Callable[[], None] | None = None  # the server's own TTFT (emulator/server.py)
         self._waiter: asyncio.Future[None] | None = None
 
     def release(self, n: int = 1) -> None:
         self.last_token_s = time.monotonic()
         if self.first_token_s is None:
             self.first_token_s = self.last_token_s
+            if self.on_first_token is not None:
+                self.on_first_token()
         if self.on_tokens is not None:
             self.on_tokens(n)
         else:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from loadgen.emulator import shapes
 from loadgen.emulator.engine import Backend, FittedEngine, GpuEngine, Seq, build, engines
+from loadgen.emulator.histogram import TTFT_BUCKETS_S, Histogram
 from loadgen.emulator.prefix import block_keys
 from loadgen.emulator.shapes import OUTPUT_WORDS, EventBytes
 from loadgen.schedule.lengths import LengthSampler
@@ -116,6 +117,11 @@ class Emulator:
             LengthSampler(reasoning.tokens, np.random.default_rng([self.spec.seed, 1])) if reasoning else None
         )
         self.requests_total = 0
+        # vLLM's own TTFT: from the request's arrival at its API server to its first token, the HTTP path left
+        # out (a twin fitted from a study of this server takes that path out of its prefill: calibrate/fit.py).
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS_S
+        )
         # The block size of the engines' prefix caches (None: no engine keeps one).
         self.caches = [e.cache for e in engines(self.backend) if getattr(e, "cache", None) is not None]
         self.block = self.caches[0].block if self.caches else None
@@ -161,6 +167,8 @@ class Emulator:
             meta = name.removesuffix("_total") if kind == "counter" and self.family == "vllm" else name
             lines += [f"# HELP {meta} {about}", f"# TYPE {meta} {kind}", f"{name} {value}"]
         lines += self._cache_config(es)
+        if self.family == "vllm":
+            lines += self.ttft.lines()
         p50, p99 = (max(x.pct(q) for x in errors) for q in (50, 99))
         lines += [
             "# HELP loadgen_emulator_step_release_error_ms How late engine steps released their tokens.",
@@ -316,8 +324,10 @@ class Emulator:
         return None
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        raw = await request.read()
+        arrived = time.monotonic()
         try:
-            body, prompt, lead, target, thinking, finish = self._parse(await request.read(), chat)
+            body, prompt, lead, target, thinking, finish = self._parse(raw, chat)
         except BadRequest as e:
             return _error(str(e), e.status, e.kind)
         fault = self._fault()
@@ -333,6 +343,7 @@ class Emulator:
             keys = block_keys(prompt + answer_tokens(target - 1), self.block)
         seq = Seq(prompt_tokens, target, keys[: prompt_tokens // self.block] if self.block else (), keys)
         seq.thinking, seq.lead = thinking, lead
+        seq.on_first_token = lambda: self.ttft.observe((seq.first_token_s or arrived) - arrived)
         self.backend.submit(seq)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",

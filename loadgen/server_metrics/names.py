@@ -29,6 +29,8 @@ SERIES = {
     "prefix_cache_hits": "prompt tokens found in the prefix cache (counter)",
     "prompt_tokens": "prompt tokens processed (counter)",
     "generation_tokens": "output tokens generated (counter)",
+    "ttft_seconds": "the server's own TTFTs, summed, in seconds (a histogram's _sum, counter)",
+    "ttft_count": "the requests whose TTFT the server counted (that histogram's _count, counter)",
 }
 
 _VLLM_V1 = "vllm-project/vllm vllm/v1/metrics/loggers.py; docs.vllm.ai/en/stable/usage/metrics/"
@@ -55,6 +57,9 @@ NAMES: tuple[Name, ...] = (
     Name("prefix_cache_hits", "vllm", "vllm:prefix_cache_hits_total", _VLLM_V1),
     Name("prompt_tokens", "vllm", "vllm:prompt_tokens_total", _VLLM_V1),
     Name("generation_tokens", "vllm", "vllm:generation_tokens_total", _VLLM_V1),
+    # From the request's arrival at the API server to its first token: the HTTP path is not in it.
+    Name("ttft_seconds", "vllm", "vllm:time_to_first_token_seconds_sum", _VLLM_V1),
+    Name("ttft_count", "vllm", "vllm:time_to_first_token_seconds_count", _VLLM_V1),
     Name("running", "sglang", "sglang:num_running_reqs", _SGLANG),
     Name("waiting", "sglang", "sglang:num_queue_reqs", _SGLANG),
     Name("kv_usage", "sglang", "sglang:token_usage", _SGLANG),
@@ -62,6 +67,8 @@ NAMES: tuple[Name, ...] = (
     Name("prefix_cache_hits", "sglang", "sglang:cached_tokens_total", _SGLANG + " (counted as requests finish)"),
     Name("prompt_tokens", "sglang", "sglang:prompt_tokens_total", _SGLANG),
     Name("generation_tokens", "sglang", "sglang:generation_tokens_total", _SGLANG),
+    Name("ttft_seconds", "sglang", "sglang:time_to_first_token_seconds_sum", _SGLANG),
+    Name("ttft_count", "sglang", "sglang:time_to_first_token_seconds_count", _SGLANG),
     Name("running", "tgi", "tgi_batch_current_size", _TGI),
     Name("waiting", "tgi", "tgi_queue_size", _TGI),
     Name("prompt_tokens", "tgi", "tgi_request_input_length_sum", _TGI + " (a histogram's sum)"),

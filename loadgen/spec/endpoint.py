@@ -94,6 +94,7 @@ class Calibration(Strict):
     batches: tuple[int, int]  # ... and sequences decoded together
     contexts: tuple[int, int] | None = None  # ... and prompt plus answer of any request, conversations' included
     timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
+    http_ms: float | None = None  # client timings: the HTTP path taken out of each TTFT (the server's histogram)
     decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
     prefill_form: str = ""  # ... the prefill's
     decode_context: str = ""  # how the decode's context term was fitted, or why it is 0
