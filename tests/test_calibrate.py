@@ -395,30 +395,33 @@ def test_an_emulated_vllm_endpoint_says_its_limits_and_policy(tmp_path):
 
 
 def test_a_servers_ttft_histogram_takes_the_http_path_out_of_the_prefill(tmp_path):
-    """A vLLM-shaped server sends no per-request timings, but its TTFT histogram leaves out the HTTP path: read
-    between scrapes where only lone requests got their first token (a decode wave's are left out), the client's
-    TTFT less the server's is the 5 ms path, which the twin's own server pays, so its prefill is the truth's and
-    it adds no per-request cost. Without the histogram, the client's timings: the 5 ms inside the prefill."""
+    """A vLLM-shaped server sends no per-request timings, but its TTFT histogram leaves out the HTTP path and the
+    tokenizing: read between scrapes where only lone requests got their first token (a decode wave's are left
+    out), the client's TTFT less the server's is 5 ms + 0.002 ms a prompt token, which the twin's own server
+    pays, so its prefill is the truth's and it adds no per-request cost. Without the histogram: the client's
+    timings, that path inside the prefill."""
     endpoint = {"name": "real", "model": "m", "emulate": {"engine": "gpu", "hardware": "a100-40gb"}}
     db = synthetic(tmp_path / "vllm.duckdb", {1: 13.0, 8: 14.0}, slots=None, endpoint=endpoint)
     con = duckdb.connect(str(db))
-    con.execute("UPDATE requests SET server_prefill_ms = NULL")  # no per-request timings
+    # No per-request timings; the path before the server's clock grows with the prompt (tokenizing).
+    con.execute("UPDATE requests SET server_prefill_ms = NULL, ttft_ms = ttft_ms + 0.002 * prompt_tokens")
     f, _ = fit(con, "real", str(db))
     assert f.calibration is not None and f.calibration.http_ms is None
     assert f.prefill_step_ms == pytest.approx(STEP_MS + REQUEST_MS, abs=0.01)
+    assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS + 0.002, abs=1e-3)
     con.execute("CREATE TABLE server_series (run_id VARCHAR, t_s DOUBLE, series VARCHAR, value DOUBLE)")
-    firsts = con.execute("SELECT first_token_s, ttft_ms FROM requests ORDER BY first_token_s").fetchall()
+    firsts = con.execute("SELECT first_token_s, ttft_ms, prompt_tokens FROM requests ORDER BY first_token_s")
     total = count = 0.0
     scrapes = [("r1", 0.0, "ttft_seconds", 0.0), ("r1", 0.0, "ttft_count", 0.0)]
-    for first, ttft in firsts:
-        total, count = total + (ttft - REQUEST_MS) / 1000, count + 1
+    for first, ttft, prompt in firsts.fetchall():
+        total, count = total + (ttft - REQUEST_MS - 0.002 * prompt) / 1000, count + 1
         scrapes += [("r1", first + 1e-4, "ttft_seconds", total), ("r1", first + 1e-4, "ttft_count", count)]
     con.executemany("INSERT INTO server_series VALUES (?, ?, ?, ?)", scrapes)
-    assert http_ms(con, "real") == pytest.approx(REQUEST_MS)
+    assert http_ms(con, "real") == pytest.approx((REQUEST_MS, 0.002))
     f, rows = fit(con, "real", str(db))
-    assert f.calibration is not None and f.calibration.http_ms == pytest.approx(REQUEST_MS)
+    assert f.calibration is not None and f.calibration.http_ms == pytest.approx((REQUEST_MS, 0.002))
     assert f.prefill_step_ms == pytest.approx(STEP_MS, abs=0.01) and f.request_ms == 0
-    assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-3)
+    assert f.prefill_ms_per_token == pytest.approx(PER_TOKEN_MS, abs=1e-4)
     assert rows[0].stage.ttft_ms == pytest.approx(STEP_MS + PER_TOKEN_MS * 64)  # the server's own TTFT
 
 

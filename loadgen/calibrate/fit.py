@@ -7,9 +7,10 @@
   k figures competes where k + 2 lengths were measured; the line otherwise). The server's own prompt time
   (llama.cpp's `timings.prompt_ms`) where it sent one, else the client's TTFT; the gap between the two is HTTP
   and tokenizing, the twin's `request_ms`. Where the server sends no per-request timings but a TTFT histogram
-  (vLLM's), the HTTP path it leaves out (measured.http_ms) is taken out of every stage's TTFT: the twin's own
-  server pays its own (a twin of loadgen's emulator fitted from client TTFTs paid the emulator's 0.8 ms twice,
-  once per step: +7% on a 40 ms TTFT under Poisson load). One request at a time, a fixed cost per step and one
+  (vLLM's), the HTTP path and tokenizing it leaves out (measured.http_ms: a fixed part and a part per prompt
+  token) is taken out of every stage's TTFT: the twin's own server pays its own (a twin of loadgen's emulator
+  fitted from client TTFTs paid the emulator's 0.5-0.8 ms twice, once per step: +7% on a 40 ms TTFT under
+  Poisson load). One request at a time, a fixed cost per step and one
   per request inside the server cannot be told apart, so `prefill_step_ms` holds both.
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
@@ -383,8 +384,8 @@ def fit(
     if not stages:
         raise NotEnough(f"no measured requests of endpoint {endpoint!r}")
     http = None if all(s.prefill_ms is not None for s in stages if s.batch == 1) else http_ms(con, endpoint)
-    if http is not None:  # the server's own TTFT: the twin's server adds its own HTTP path
-        stages = [replace(s, ttft_ms=s.ttft_ms - http) for s in stages]
+    if http is not None:  # the server's own TTFT: the twin's server adds its own HTTP path and tokenizing
+        stages = [replace(s, ttft_ms=s.ttft_ms - http[0] - http[1] * s.prompt) for s in stages]
     # Every stage one request at a time measures a prefill alone: a decode stage's first tokens too.
     prefill = [s for s in stages if s.phase in ("prefill", "decode") and s.batch == 1]
     decode = [s for s in stages if s.phase == "decode" and (s.itl_ms or s.tpot_ms)]
@@ -532,7 +533,7 @@ def fit(
         batches=(int(min(s.batch for s in stages)), int(max(s.batch for s in stages))),
         contexts=contexts(con, endpoint),
         timings="server" if server else "client",
-        http_ms=None if http is None else round(http, 3),
+        http_ms=None if http is None else (round(http[0], 3), round(http[1], 6)),
         decode_form=f"{form} (leave-one-out mean error: {said(loo)}; the line misses a batch by {line_miss:.1%})",
         prefill_form=f"{pf.form} (leave-one-out mean error: {said(prefill_loo)}); {completions_said}",
         decode_context=context_said,

@@ -48,33 +48,42 @@ FROM server_series JOIN runs USING (run_id)
 WHERE runs.endpoint = ? AND series IN ('ttft_seconds', 'ttft_count') GROUP BY run_id, t_s ORDER BY run_id, t_s
 """
 _FIRSTS = """
-SELECT r.run_id, r.first_token_s, r.ttft_ms, r.status = 'ok' AND NOT r.warmup AND s.concurrency = 1
+SELECT r.run_id, r.first_token_s, r.ttft_ms, coalesce(r.server_prompt_tokens, r.prompt_tokens),
+       r.status = 'ok' AND NOT r.warmup AND s.concurrency = 1
 FROM requests r JOIN runs USING (run_id) LEFT JOIN stages s USING (run_id, stage)
 WHERE runs.endpoint = ? AND r.first_token_s IS NOT NULL
 """
 
 
-def http_ms(con: duckdb.DuckDBPyConnection, endpoint: str) -> float | None:
+def http_ms(con: duckdb.DuckDBPyConnection, endpoint: str) -> tuple[float, float] | None:
     """The client's TTFT less the server's own (its TTFT histogram: vLLM's counts from the request's arrival at
-    its API server), where the server exports one: the HTTP path. Read between consecutive scrapes in which the
-    histogram's count rose by exactly the requests whose first token the client got then, all of them sent one
-    at a time (queueing in the client's event loop is none of the server's); the median over those requests."""
+    its engine, its prompt tokenized), where the server exports one: the HTTP path and the tokenizing, as a
+    fixed part and a part per prompt token (ms, ms a token; the latter 0 where one prompt length was measured).
+    Read between consecutive scrapes in which the histogram's count rose by exactly the requests whose first
+    token the client got then, all of them sent one at a time (queueing in the client's event loop is none of
+    the server's)."""
     try:
         scrapes = con.execute(_SERVER_TTFT, [endpoint]).fetchall()
     except duckdb.CatalogException:  # a database without server metrics
         return None
-    firsts: dict[str, list[tuple[float, float, bool]]] = {}
-    for run_id, first_s, ttft_ms, alone in con.execute(_FIRSTS, [endpoint]).fetchall():
-        firsts.setdefault(run_id, []).append((first_s, ttft_ms, bool(alone)))
-    gaps: list[float] = []
+    firsts: dict[str, list[tuple[float, float, int, bool]]] = {}
+    for run_id, first_s, ttft_ms, prompt, alone in con.execute(_FIRSTS, [endpoint]).fetchall():
+        firsts.setdefault(run_id, []).append((first_s, ttft_ms, prompt, bool(alone)))
+    gaps: list[tuple[float, float]] = []  # (prompt tokens, ms), one per request
     for a, b in zip(scrapes, scrapes[1:], strict=False):
         if a[0] != b[0] or None in (a[2], a[3], b[2], b[3]) or b[3] <= a[3]:
             continue
-        got = [(ttft, alone) for t, ttft, alone in firsts.get(a[0], []) if a[1] < t <= b[1]]
-        if len(got) == round(b[3] - a[3]) and all(alone for _, alone in got):
-            server_ms = (b[2] - a[2]) / (b[3] - a[3]) * 1000
-            gaps += [sum(ttft for ttft, _ in got) / len(got) - server_ms] * len(got)
-    return float(np.median(gaps)) if gaps else None
+        got = [(ttft, prompt, alone) for t, ttft, prompt, alone in firsts.get(a[0], []) if a[1] < t <= b[1]]
+        if len(got) == round(b[3] - a[3]) and all(alone for *_, alone in got):
+            gap = sum(ttft for ttft, *_ in got) / len(got) - (b[2] - a[2]) / (b[3] - a[3]) * 1000
+            gaps += [(sum(p for _, p, _ in got) / len(got), gap)] * len(got)
+    if not gaps:
+        return None
+    x, y = np.array(gaps).T
+    if np.ptp(x) == 0:
+        return float(np.median(y)), 0.0
+    per_token, fixed = np.polyfit(x, y, 1)
+    return float(fixed), float(per_token)
 
 
 _FIRST_TOKENS = """

@@ -193,7 +193,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     steps = ", ".join(f"{b}: {ms:g}" for b, ms in f.decode_step_ms.items())
     timings = f"the {c.timings}'s timings"
     if c.http_ms is not None:
-        timings += f" less {c.http_ms:g} ms of HTTP (the client's TTFT less the server's TTFT histogram)"
+        fixed, per_token = c.http_ms
+        timings += (
+            f" less {fixed:g} ms + {per_token:g} ms a prompt token of HTTP and tokenizing (the client's TTFT less "
+            "the server's TTFT histogram)"
+        )
     prefill = f"{f.prefill_step_ms:g} ms + {f.prefill_ms_per_token:g} ms x "
     prefill += f"max(prompt tokens, {f.prefill_floor_tokens})" if f.prefill_floor_tokens else "prompt tokens"
     if f.prefill_ms_per_pair:

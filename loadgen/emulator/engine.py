@@ -151,6 +151,9 @@ class Engine:
         self.generation_tokens_total = 0
         self.steps_total = 0
         self._wake = asyncio.Event()
+        # When an idle engine was first told of work: its next step starts then, not when the event loop next
+        # runs it (the handler that submitted goes on first), so that a lone request's TTFT is its step's.
+        self._since: float | None = None
         self._task: asyncio.Task[None] | None = None
         # Called when a sequence's prefill is complete; by default its first token is released at once.
         self.on_prefilled: Callable[[Seq], None] = self.first_token
@@ -160,6 +163,12 @@ class Engine:
 
     def submit(self, seq: Seq) -> None:
         self._enqueue(seq)
+        self._signal()
+
+    def _signal(self) -> None:
+        """There may be work (a request came, or a place came free)."""
+        if self._since is None:
+            self._since = time.monotonic()  # the event loop's clock
         self._wake.set()
 
     async def _run(self) -> None:
@@ -169,8 +178,9 @@ class Engine:
             step = self.plan()
             if step is None:
                 self._wake.clear()
+                self._since = None
                 await self._wake.wait()
-                t = loop.time()
+                t = loop.time() if self._since is None else min(self._since, loop.time())
                 continue
             # Back-to-back steps start where the last one ended, so neither timer lateness nor the emulator's own
             # work between steps (which the model's per-step overhead already stands for) accumulates.
@@ -235,7 +245,7 @@ class Engine:
         as planned, without it."""
         seq.cancelled = True
         self.retire(seq)
-        self._wake.set()
+        self._signal()
 
     @property
     def running(self) -> int:
@@ -368,7 +378,7 @@ class GpuEngine(Engine):
         if id(seq) in self.reserved:
             self.kv_used -= self.reserved.pop(id(seq))
             self.admitted.remove(seq)
-        self._wake.set()
+        self._signal()
 
     @property
     def running(self) -> int:
@@ -436,7 +446,7 @@ class FittedEngine(GpuEngine):
 
     def _gathered(self) -> None:
         self._gathering = False
-        self._wake.set()
+        self._signal()
 
     def kv_usage(self) -> float:
         return 0.0 if self.fitted.kv_tokens is None else super().kv_usage()
@@ -479,7 +489,7 @@ class GroqEngine(Engine):
     def hand_off(self, seq: Seq) -> None:
         if self.current is seq:
             self.current = None
-        self._wake.set()
+        self._signal()
 
     @property
     def running(self) -> int:

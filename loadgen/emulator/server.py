@@ -117,8 +117,9 @@ class Emulator:
             LengthSampler(reasoning.tokens, np.random.default_rng([self.spec.seed, 1])) if reasoning else None
         )
         self.requests_total = 0
-        # vLLM's own TTFT: from the request's arrival at its API server to its first token, the HTTP path left
-        # out (a twin fitted from a study of this server takes that path out of its prefill: calibrate/fit.py).
+        # vLLM's own TTFT: from the request's arrival at its engine to its first token, the HTTP path and the
+        # tokenizing left out (a twin fitted from a study of this server takes them out of its prefill, as its
+        # own server pays its own: calibrate/fit.py).
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS_S
         )
@@ -324,10 +325,8 @@ class Emulator:
         return None
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        raw = await request.read()
-        arrived = time.monotonic()
         try:
-            body, prompt, lead, target, thinking, finish = self._parse(raw, chat)
+            body, prompt, lead, target, thinking, finish = self._parse(await request.read(), chat)
         except BadRequest as e:
             return _error(str(e), e.status, e.kind)
         fault = self._fault()
@@ -343,6 +342,9 @@ class Emulator:
             keys = block_keys(prompt + answer_tokens(target - 1), self.block)
         seq = Seq(prompt_tokens, target, keys[: prompt_tokens // self.block] if self.block else (), keys)
         seq.thinking, seq.lead = thinking, lead
+        # vLLM stamps a request's arrival as its engine takes it in (vllm/v1/engine/processor.py, process_inputs),
+        # after its OpenAI server has rendered and tokenized the prompt: here, once it is read and keyed.
+        arrived = time.monotonic()
         seq.on_first_token = lambda: self.ttft.observe((seq.first_token_s or arrived) - arrived)
         self.backend.submit(seq)
         head = {

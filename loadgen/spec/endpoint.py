@@ -94,7 +94,9 @@ class Calibration(Strict):
     batches: tuple[int, int]  # ... and sequences decoded together
     contexts: tuple[int, int] | None = None  # ... and prompt plus answer of any request, conversations' included
     timings: Literal["server", "client"]  # fitted from the server's own per-request timings, or from TTFT/TPOT
-    http_ms: float | None = None  # client timings: the HTTP path taken out of each TTFT (the server's histogram)
+    # Client timings: the HTTP path and tokenizing taken out of each TTFT (client TTFT less the server's TTFT
+    # histogram), ms and ms a prompt token
+    http_ms: tuple[float, float] | None = None
     decode_form: str  # the decode form chosen, with each candidate's leave-one-out error
     prefill_form: str = ""  # ... the prefill's
     decode_context: str = ""  # how the decode's context term was fitted, or why it is 0
