@@ -64,7 +64,8 @@ HELD_OUT = {
     # their p90. At 12 requests/s a queue's p90 over a few hundred requests is chaotic: a step 0.2 ms longer
     # moved it 3%, 0.4 ms longer -1% (replayed on a virtual clock), so that stage runs 1,000 requests, over which
     # it moves smoothly (0.2 ms: +1%). At 5 requests/s the TTFTs cluster apart (alone, or behind a decode step):
-    # over 300 requests a decode step 0.02 ms shorter moved a few across the gap and the p50 by 6%; 600. The closed loops run first (a closed loop after an open one used to wait for its start timeout).
+    # over 300 requests a decode step 0.02 ms shorter moved a few across the gap and the p50 by 6%; 600. The
+    # closed loops run first (a closed loop after an open one used to wait for its start timeout).
     "emulated-a100": chat((64, 768), [closed(4, 60), closed(16, 200), poisson(5, 600), poisson(12, 1000)]),
     # GroqRack: one request at a time, about 0.9 s each: capacity about 1.1 requests/s.
     "emulated-groqrack": chat((64, 256), [closed(2, 10), poisson(0.35, 16), poisson(0.8, 20)]),
