@@ -81,7 +81,7 @@ def test_saturation_is_a_wait_that_keeps_growing_not_one_that_comes_and_goes():
 
 CHAT = (
     "name: cap\nendpoint: ep.yaml\napi: completions\nload: {arrival: closed, concurrency: 2}\n"
-    "requests: {prompt_tokens: 512, output_tokens: 24}\nstop: {requests: 16}\nslo: {ttft_ms: 60}\n"
+    "requests: {prompt_tokens: 512, output_tokens: 12}\nstop: {requests: 16}\nslo: {ttft_ms: 60}\n"
 )
 # Up to two sequences at once: a queue forms beyond, so TTFT grows with the users.
 SMALL = (
