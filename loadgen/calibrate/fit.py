@@ -9,9 +9,9 @@
   and tokenizing, the twin's `request_ms`. Where the server sends no per-request timings but a TTFT histogram
   (vLLM's), the HTTP path and tokenizing it leaves out (measured.http_ms: a fixed part and a part per prompt
   token) is taken out of every stage's TTFT: the twin's own server pays its own (a twin of loadgen's emulator
-  fitted from client TTFTs paid the emulator's 0.5-0.8 ms twice, once per step: +7% on a 40 ms TTFT under
-  Poisson load). One request at a time, a fixed cost per step and one
-  per request inside the server cannot be told apart, so `prefill_step_ms` holds both.
+  fitted from client TTFTs paid the emulator's 0.5-1 ms twice, once per step: +7% on a 40 ms TTFT under
+  Poisson load). One request at a time, a fixed cost per step and one per request inside the server cannot be
+  told apart, so `prefill_step_ms` holds both.
 - Decode: the step time at each `phase: decode` stage's batch is its median inter-token gap, not its TPOT:
   a closed loop's TPOT also holds the prefills of the requests that replace finished ones, which the twin
   schedules itself. Where one batch was measured at two contexts or more, the rise per context token a
