@@ -89,19 +89,22 @@ class Windows:
     def sample(self, t_s: float, in_flight_s: float, stage: str, stage_start_s: float | None) -> None:
         """The run's state now: its requests x seconds in flight so far, and the current stage (a new one marks
         a boundary)."""
-        if self._sampled is not None and t_s > self._sampled[0]:
-            t0, busy0 = self._sampled
-            mean = (in_flight_s - busy0) / (t_s - t0)
-            for k in range(math.floor(t0 / self.width_s), math.floor(t_s / self.width_s) + 1):
-                span = min(t_s, (k + 1) * self.width_s) - max(t0, k * self.width_s)
-                if span > 0:
-                    w = self._changed(k)
-                    w.busy_s += mean * span
-                    w.spanned_s += span
         if self._sampled is None or t_s > self._sampled[0]:
+            if self._sampled is not None:
+                self._spread(*self._sampled, t_s, in_flight_s)
             self._sampled = (t_s, in_flight_s)
         if stage and stage_start_s is not None and (not self.stages or self.stages[-1] != (stage, stage_start_s)):
             self.stages.append((stage, stage_start_s))
+
+    def _spread(self, t0: float, busy0: float, t1: float, busy1: float) -> None:
+        """The mean in flight between two samples, over the windows between them."""
+        mean = (busy1 - busy0) / (t1 - t0)
+        for k in range(math.floor(t0 / self.width_s), math.floor(t1 / self.width_s) + 1):
+            span = min(t1, (k + 1) * self.width_s) - max(t0, k * self.width_s)
+            if span > 0:
+                w = self._changed(k)
+                w.busy_s += mean * span
+                w.spanned_s += span
 
     def _point(self, p: int) -> dict[str, float | None]:
         """The figures of point p: windows p*k .. p*k + k - 1 as one."""
