@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # The class of a request that did not end ok (requests.error); `interrupted` goes with status `interrupted`;
-# `not_sent`, `worker_lost` and `session_ended` (an earlier turn of its session got no answer) with `not_sent`;
+# `not_sent`, `worker_lost`, `session_ended` (an earlier turn of its session got no answer) and `task_ended` (a
+# call of an agent task whose dependencies got no answer) with `not_sent`;
 # `no_answer`: a complete stream of thinking with no answer after it (status `error`, its events kept).
 ErrorKind = Literal[
     "timeout",
@@ -23,6 +24,7 @@ ErrorKind = Literal[
     "not_sent",
     "worker_lost",
     "session_ended",
+    "task_ended",
 ]
 
 
@@ -57,7 +59,10 @@ class RequestResult:
     tokenizer_tokens: int | None = None  # output tokens counted by the configured tokenizer
     session: int | None = None  # its conversation (a trace's first-turn chat_id), when it belongs to one
     turn: int | None = None  # its turn in that conversation (1: the first)
-    parent_request_id: int | None = None  # the request whose answer it follows
+    parent_request_id: int | None = None  # the request whose answer it follows (a task's call: the last to end)
+    task_id: int | None = None  # its agent task, when it belongs to one
+    task_step: str | None = None  # its place in the task
+    depends_on: list[int] | None = None  # a task's call: the calls it waited for
     worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)
 
     @property

@@ -4,6 +4,7 @@ import atexit
 import contextlib
 import fcntl
 import io
+import itertools
 import os
 import re
 import shutil
@@ -233,6 +234,19 @@ INTERRUPTIBLE = (
     "requests: {prompt_tokens: 16, output_tokens: {dist: choice, values: [2, 1000]}}\n"
     "stop: {requests: 100}\ntimeouts: {grace_s: 2}\n"
 )
+
+
+def chat_stage(load: dict, stop: dict, **keys: dict):
+    """A resolved chat stage with these load and stop sections and further keys (sessions=..., tasks=...)."""
+    from loadgen.spec.workload import StageSpec
+
+    base = {"name": "s", "api": "chat", "model": None, "requests": {}, "slo": {}}
+    return StageSpec.model_validate({**base, "load": load, "stop": stop, **keys})
+
+
+def groups_of(plan) -> list[list]:
+    """A plan's requests, group by group (a session's turns, a task's calls)."""
+    return [list(g) for _, g in itertools.groupby(plan, key=lambda p: p.group)]
 
 
 def with_faults(faults: str) -> str:

@@ -15,7 +15,9 @@ from conftest import (
     FAST_ENDPOINT,
     ROOT,
     SLOW_ENDPOINT,
+    chat_stage,
     emulator_in_thread,
+    groups_of,
     loadgen,
     record_bodies,
     run_workload,
@@ -31,22 +33,10 @@ from loadgen.spec.workload import StageSpec
 
 
 def stage(sessions: dict, load: dict | None = None, stop: dict | None = None) -> StageSpec:
-    return StageSpec.model_validate(
-        {
-            "name": "s",
-            "api": "chat",
-            "model": None,
-            "load": load or {"arrival": "closed", "concurrency": 2},
-            "requests": {},
-            "stop": stop or {"requests": 200},
-            "slo": {},
-            "sessions": sessions,
-        }
-    )
+    return chat_stage(load or {"arrival": "closed", "concurrency": 2}, stop or {"requests": 200}, sessions=sessions)
 
 
-def sessions_of(plan) -> list[list]:
-    return [list(g) for _, g in itertools.groupby(plan, key=lambda p: p.group)]
+sessions_of = groups_of
 
 
 # -- the plan --

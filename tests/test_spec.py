@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
-from loadgen.spec.workload import Choice, Fixed, Normal
+from loadgen.spec.distributions import Choice, Fixed, Normal
 
 BASE = """\
 name: t

@@ -3,8 +3,9 @@ note says where (prompt lengths, sequences decoded together, a conversation's co
 
 from __future__ import annotations
 
+from loadgen.spec.distributions import Choice, Fixed, Normal, Uniform
 from loadgen.spec.endpoint import EndpointSpec
-from loadgen.spec.workload import DEFAULT_PROMPT, Choice, Fixed, Normal, StageSpec, Uniform
+from loadgen.spec.workload import DEFAULT_PROMPT, StageSpec
 
 
 def _prompts(stage: StageSpec) -> tuple[int, int] | None:

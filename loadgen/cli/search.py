@@ -19,8 +19,11 @@ def _job(args: argparse.Namespace, workload: WorkloadSpec) -> SearchJob:
         raise SpecError(
             args.workload, "a search needs an SLO to meet: set slo (ttft_ms, answer_ttft_ms, tpot_ms and/or e2e_ms)"
         )
-    if base.load.arrival == "trace" or base.sessions is not None:
-        raise SpecError(args.workload, "a search varies a rate or a concurrency: a trace or sessions stage has none")
+    if base.load.arrival == "trace" or base.sessions is not None or base.tasks is not None:
+        raise SpecError(
+            args.workload,
+            "a search varies a rate or a concurrency of requests: a trace, sessions or tasks stage has none",
+        )
     if base.stop.requests is None and base.stop.duration_s is None:
         raise SpecError(args.workload, "each trial stops where the workload does: set stop.requests or duration_s")
     if not 0 < args.goodput <= 1:

@@ -182,12 +182,13 @@ def preview_table(previews: Sequence[Preview]) -> Table:
     ):
         t.add_column(c)
     for p in previews:
+        groups = "sessions" if p.sessions is not None else "tasks" if p.tasks is not None else None
         t.add_row(
             p.stage,
-            p.arrival if p.sessions is None else f"{p.arrival}, sessions",
+            p.arrival if groups is None else f"{p.arrival}, {groups}",
             str(p.users),
             ("until duration" if p.requests is None else str(p.requests))
-            + ("" if p.sessions is None else f" in {p.sessions} sessions"),
+            + ("" if groups is None else f" in {p.sessions or p.tasks} {groups}"),
             _num(p.duration_s),
             _num(p.rate),
             "/".join(map(str, p.prompt_pcts)),

@@ -25,8 +25,11 @@ def unsent_row(
 
 
 def in_conversation(r: RequestResult, item: Planned) -> RequestResult:
-    """A row carries the conversation its planned request belongs to, if any."""
-    r.session, r.turn, r.parent_request_id = item.group, item.turn, item.parent
+    """A row carries the conversation or the agent task its planned request belongs to, if any."""
+    if item.task is None:
+        r.session, r.turn, r.parent_request_id = item.group, item.turn, item.parent
+    else:  # which calls it waited for is known once it goes (the first m answers of a fan-in): the user sets it
+        r.task_id, r.task_step = item.task.task, item.task.step
     return r
 
 
@@ -79,8 +82,9 @@ class Dispatch:
         self._taken(item)
         return item
 
-    def take_session(self) -> list[Planned] | None:
-        """The next session's turns, all for one user to send in turn; None when the stage starts no more."""
+    def take_group(self) -> list[Planned] | None:
+        """The next session's turns or agent task's calls, all for one user to send; None when the stage starts
+        no more."""
         first = self.take()
         if first is None:
             return None

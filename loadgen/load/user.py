@@ -11,6 +11,7 @@ from locust import User, constant, task
 from loadgen.client.http import Attempt, StreamClient
 from loadgen.load.dispatch import Dispatch, in_conversation, unsent_row
 from loadgen.load.state import RunState
+from loadgen.load.tasks import TaskRun, Waited
 from loadgen.results import RequestResult
 from loadgen.schedule import cancel
 from loadgen.schedule.plan import Planned
@@ -34,6 +35,13 @@ def user_class(ctx: RunState | None, host: str | None) -> type[StreamUser]:
     return type("LLMUser", (StreamUser,), {"abstract": False, "ctx": ctx, "host": host})
 
 
+def _stop_if_interrupted(r: RequestResult | None) -> RequestResult | None:
+    """The run is stopping where a request was cut off in flight: its user ends there, the request recorded."""
+    if r is not None and r.status == "interrupted":
+        raise gevent.GreenletExit
+    return r
+
+
 class StreamUser(User):
     abstract = True
     wait_time = constant(0)
@@ -42,13 +50,26 @@ class StreamUser(User):
     def on_start(self) -> None:
         while self.ctx is None:  # a worker's users before the run reaches it (a late worker's, for good)
             gevent.sleep(0.1)
+        self.http = self._connect()
+        self.spare: list[StreamClient] = []  # more connections, for an agent task's calls in parallel
+
+    def _connect(self) -> StreamClient:
         c, d = self.ctx, self.ctx.description
-        self.http = StreamClient(d.base_url, c.headers, d.timeouts, c.read_delays)
-        self.http.connect()
+        http = StreamClient(d.base_url, c.headers, d.timeouts, c.read_delays)
+        http.connect()
+        return http
 
     def on_stop(self) -> None:
         if hasattr(self, "http"):  # not when stopped before the run reached it
-            self.http.close()
+            for http in (self.http, *self.spare):
+                http.close()
+
+    def lend(self) -> StreamClient:
+        """A connection for one of a task's calls, which may run beside others: back with give_back()."""
+        return self.spare.pop() if self.spare else self._connect()
+
+    def give_back(self, http: StreamClient) -> None:
+        self.spare.append(http)
 
     @task
     def send_next(self) -> None:
@@ -57,12 +78,15 @@ class StreamUser(User):
         if d is None:
             c.wait_at_gate()
             return
-        if d.stage.sessions is not None:
-            turns = d.take_session()
-            if turns is None:
+        if d.stage.sessions is not None or d.stage.tasks is not None:
+            group = d.take_group()
+            if group is None:
                 d.ended.wait()
                 return
-            self._session(d, turns)
+            if d.stage.tasks is not None:
+                TaskRun(self, d, group).run()
+            else:
+                self._session(d, group)
             return
         item = d.take()
         if item is None:
@@ -77,9 +101,9 @@ class StreamUser(User):
                 if item.parent is not None:  # a turn follows its parent's answer: not before that has ended
                     scheduled = max(scheduled, d.end_of(item.parent))
         except BaseException:  # the run stopped while this request waited for its parent
-            self._not_sent(d, item, scheduled)
+            self.record_unsent(d, item, scheduled)
             raise
-        self._send(d, item, scheduled, c.targeter.target(d.stage, item))
+        _stop_if_interrupted(self.send(d, item, scheduled, c.targeter.target(d.stage, item)))
 
     def _session(self, d: Dispatch, turns: list[Planned]) -> None:
         """A session's turns in order, each sent its think time after the answer it follows has ended, resending
@@ -102,7 +126,7 @@ class StreamUser(User):
                             d.finish()
                         return
                 target, message = targeter.turn(stage, item, convo)
-                r = self._send(d, item, scheduled, target)
+                r = _stop_if_interrupted(self.send(d, item, scheduled, target))
                 if r is None or r.status != "ok":
                     for later in rest:
                         self._cut(d, later, item, r)
@@ -112,13 +136,13 @@ class StreamUser(User):
                 answered_s = r.end_s if r.end_s is not None else d.now_s()
         except BaseException:  # the run stopped: every turn not yet sent is recorded as such
             for later in rest:
-                self._not_sent(d, later, None)
+                self.record_unsent(d, later, None)
             raise
 
     def _cut(self, d: Dispatch, item: Planned, failed: Planned, r: RequestResult | None) -> None:
         """A turn that will never be sent because an earlier turn of its session got no answer."""
         if r is None:  # the run stopped
-            self._not_sent(d, item, None)
+            self.record_unsent(d, item, None)
             return
         d.finish()
         row = unsent_row(item, d.stage, None, d.first_id)
@@ -129,8 +153,11 @@ class StreamUser(User):
         )
         self.ctx.recorder.add_unsent(row, d.stage.slo)
 
-    def _send(self, d: Dispatch, item: Planned, scheduled: float, target: Target) -> RequestResult | None:
-        """Wait for the scheduled time, send, and record; None when the run stopped first (recorded unsent)."""
+    def send(
+        self, d: Dispatch, item: Planned, scheduled: float, target: Target, waited: Waited | None = None
+    ) -> RequestResult | None:
+        """Wait for the scheduled time, send, and record; None when the run stopped first (recorded unsent). A
+        task's call (`waited`: the calls it waited for) goes on a connection of its own."""
         c = self.ctx
         stage = d.stage
         try:
@@ -138,10 +165,10 @@ class StreamUser(User):
             if delay > 0:
                 sleep_to_send(delay)
         except BaseException:  # the run stopped while this request waited for its time
-            self._not_sent(d, item, scheduled)
+            self.record_unsent(d, item, scheduled)
             raise
         if d.stopping:
-            self._not_sent(d, item, scheduled)
+            self.record_unsent(d, item, scheduled)
             return None
         tok = target.tokenizer
         attempt = Attempt(
@@ -153,39 +180,44 @@ class StreamUser(User):
             warmup=d.warmup(item),
             path=target.path,
             body=target.body,
-            keep_text=tok is not None or item.session is not None,  # counted, or resent by the next turn
+            keep_text=tok is not None or item.session is not None or item.task is not None,  # counted, or resent
             think_tags=stage.requests.think_tags,
             cancel=cancel.draw(stage.requests.cancel, c.description.seed, item.request_id),
         )
         c.recorder.sending()
         r: RequestResult | None = None
+        http = self.http if waited is None else self.lend()
         try:
-            r = self.http.stream(attempt, c.clock.origin)
+            r = http.stream(attempt, c.clock.origin)
             retry = c.description.retry
             while retry.on_429 and r.error == "http_429" and r.retries < retry.max_retries and not d.stopping:
                 gevent.sleep(r.retry_after_s if r.retry_after_s is not None else retry.backoff_s * 2**r.retries)
                 attempt = replace(attempt, retries=r.retries + 1)
-                r = self.http.stream(attempt, c.clock.origin)
+                r = http.stream(attempt, c.clock.origin)
         finally:
+            if waited is not None:
+                self.give_back(http)
             if r is None:  # stream() returns even when its greenlet is killed: anything else sent nothing
                 c.recorder.gave_up()
-                self._not_sent(d, item, scheduled)
+                self.record_unsent(d, item, scheduled)
             else:
                 d.finish()
                 d.request_ended(item.request_id, r.end_s if r.end_s is not None else d.now_s())
                 in_conversation(r, item)
+                if waited is not None:
+                    r.parent_request_id, r.depends_on = waited
                 if tok is not None and r.usage_completion_tokens is None and r.text_parts:
                     r.tokenizer_tokens = tok.count("".join(r.text_parts))
                 derived = c.recorder.add(r, stage.slo)
                 self._report(attempt.path, r, derived.e2e_ms)
-        if r.status == "interrupted":
-            raise gevent.GreenletExit  # the run is stopping: this user ends here, its request recorded
         return r
 
-    def _not_sent(self, d: Dispatch, item: Planned, scheduled: float | None) -> None:
+    def record_unsent(self, d: Dispatch, item: Planned, scheduled: float | None) -> RequestResult:
         d.finish()
         d.request_ended(item.request_id, d.now_s())
-        self.ctx.recorder.add_unsent(unsent_row(item, d.stage, scheduled, d.first_id, d.why), d.stage.slo)
+        row = unsent_row(item, d.stage, scheduled, d.first_id, d.why)
+        self.ctx.recorder.add_unsent(row, d.stage.slo)
+        return row
 
     def _report(self, path: str, r: RequestResult, e2e: float | None) -> None:
         """Locust's own statistics: one request event per request (E2E as its response time), so that its

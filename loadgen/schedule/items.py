@@ -18,6 +18,22 @@ class SessionTurn(NamedTuple):
     made_up: tuple[tuple[int, int], ...] = ()  # a session met partway: its earlier turns (user, answer tokens)
 
 
+class TaskCall(NamedTuple):
+    """A call of an agent task (docs/agents.md): where it sits in its task's graph and what its prompt adds."""
+
+    task: int  # the task (its first call's request ID)
+    step: str  # its place in the task: the step names down to it, sub-agents and repeats indexed
+    agent: int  # its agent within the task (0: the root); an agent's calls go one after another
+    depth: int  # fan-outs above its agent (0: the root)
+    after: tuple[int, ...]  # calls that must all have answered before it goes: its agent's previous call
+    results: tuple[int, ...]  # sub-agents' last calls whose answers it reads, appended to its context ...
+    wait_for: int  # ... once this many of them have answered (all of them, or the first m)
+    delay_s: float  # tool calls: the client's time between those answers and its send
+    message_tokens: int  # the tokens it adds to its agent's context (its message)
+    fork: int | None  # a sub-agent's first call that inherits: the parent's call whose context it starts from
+    system_tokens: int  # every agent's system prompt
+
+
 class Planned(NamedTuple):
     request_id: int
     stage: str
@@ -29,6 +45,7 @@ class Planned(NamedTuple):
     parent: int | None = None  # the request whose answer this one follows: it is sent only once that has ended
     turn: int | None = None  # its place in its conversation (1: the first)
     session: SessionTurn | None = None  # a session's turn: sent after its parent's end plus think_s
+    task: TaskCall | None = None  # a call of an agent task: sent once the calls it depends on have answered
 
 
 def stream(seed: int, stage_index: int, stream: int) -> np.random.Generator:

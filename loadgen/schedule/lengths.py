@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from loadgen.spec.workload import (
+from loadgen.spec.distributions import (
     Choice,
     ExponentialSeconds,
     Fixed,

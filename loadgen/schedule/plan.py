@@ -17,6 +17,7 @@ from loadgen.schedule.items import Planned, stream
 from loadgen.schedule.lengths import LengthSampler
 from loadgen.schedule.pacer import make_pacer
 from loadgen.schedule.sessions import session_plan
+from loadgen.schedule.tasks import task_plan
 from loadgen.spec.workload import DEFAULT_OUTPUT, DEFAULT_PROMPT, StageSpec
 from loadgen.trace.readers import batches as trace_batches
 
@@ -32,6 +33,9 @@ def plan_stage(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0)
         return
     if stage.sessions is not None:
         yield from session_plan(stage, seed, stage_index, first_id)
+        return
+    if stage.tasks is not None:
+        yield from task_plan(stage, seed, stage_index, first_id)
         return
     prompt = LengthSampler(stage.requests.prompt_tokens or DEFAULT_PROMPT, stream(seed, stage_index, 1))
     output = LengthSampler(stage.requests.output_tokens or DEFAULT_OUTPUT, stream(seed, stage_index, 2))
@@ -112,6 +116,7 @@ def _trace_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int) ->
                 parents,
                 turns,
                 itertools.repeat(None),  # no session turns in a trace
+                itertools.repeat(None),  # nor agent tasks
             )
             next_id += n
             yield from map(_planned, rows)
@@ -153,6 +158,7 @@ class Preview:
     prompt_pcts: tuple[int, int, int]  # p10, p50, p90
     output_pcts: tuple[int, int, int]
     sessions: int | None = None  # a session stage: its sessions (the rate is theirs, and so is the duration)
+    tasks: int | None = None  # an agent-task stage: its tasks (as sessions)
 
 
 PREVIEW_LIMIT = 100_000
@@ -172,7 +178,7 @@ def preview(stage: StageSpec, seed: int, stage_index: int) -> Preview:
 
     duration = stage.stop.duration_s
     rate = None
-    # Sessions: only first turns have offsets (later ones follow answers), so the rate is of sessions started.
+    # Sessions and tasks: only first calls have offsets (later ones follow answers), so the rate is of starts.
     starts = [i.offset_s for i in items if i.offset_s is not None]
     if load.arrival != "closed" and starts:
         span = starts[-1]
@@ -188,4 +194,5 @@ def preview(stage: StageSpec, seed: int, stage_index: int) -> Preview:
         prompt_pcts=pcts([i.prompt_tokens for i in items]),
         output_pcts=pcts([i.output_tokens for i in items]),
         sessions=None if stage.sessions is None else len({i.group for i in items}),
+        tasks=None if stage.tasks is None else len({i.group for i in items}),
     )

@@ -14,7 +14,7 @@ from loadgen.hardware.profiles import (
     model_profile,
     profile_names,
 )
-from loadgen.spec.workload import LengthSpec, Strict
+from loadgen.spec.distributions import LengthSpec, Strict
 
 # Server families differ in how they are told to produce exactly max_tokens tokens (see client/openai.py).
 Server = Literal["vllm", "sglang", "tgi", "trtllm", "llamacpp", "groq", "openai", "emulator"]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from loadgen.spec.endpoint import EndpointSpec
 from loadgen.spec.errors import SpecError
 from loadgen.spec.redact import redact_url
+from loadgen.spec.tasks import STEP_KINDS
 from loadgen.spec.workload import StageSpec, WorkloadSpec
 
 Path_ = tuple[str | int, ...]
@@ -22,7 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 
 # The tags of distributions: pydantic puts them in an error's location (prompt_tokens.normal.std).
 DIST_TAGS = ("fixed", "uniform", "normal", "lognormal", "choice", "exponential")
-STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup", "phase", "sessions")
+STAGE_KEYS = ("api", "model", "load", "requests", "stop", "slo", "warmup", "phase", "sessions", "tasks")
 
 
 def _line_map(node: yaml.Node, path: Path_ = (), lines: dict[Path_, int] | None = None) -> dict[Path_, int]:
@@ -148,8 +149,9 @@ def validate(model: type[M], data: Any, source: str, lines: dict[Path_, int], pr
     except ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
-            # Drop the tagged union's tag from the location to get the YAML path.
+            # Drop the tagged unions' tags from the location to get the YAML path (a task step's tag is its key).
             loc = tuple(p for p in err["loc"] if p not in DIST_TAGS)
+            loc = tuple(p for i, p in enumerate(loc) if not (p in STEP_KINDS and loc[i + 1 : i + 2] == (p,)))
             full = (*prefix, *loc)
             line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
             message = _describe(err)

@@ -33,6 +33,18 @@ _UNFILLED = [n for n, _ in schema.REQUEST_COLUMNS[1:] if n not in _DERIVED and n
 assert not _UNFILLED, f"requests columns with no RequestResult or Derived namesake: {_UNFILLED}"
 
 
+_LISTS = {name for name, kind in schema.REQUEST_COLUMNS if kind.endswith("[]")}
+
+
+def _listed(values: list[Any]) -> np.ndarray:
+    """A list column's values as a 1-d array of lists (np.array would make equal-length lists a second
+    dimension)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     """The columns `table` has in the connection's database."""
     rows = con.execute(
@@ -171,7 +183,9 @@ class Store:
             ev_t.extend(r.event_times)
             ev_tok.extend(r.event_tokens)
             ev_phase.extend(["reasoning"] * r.reasoning_events + ["answer"] * (n - r.reasoning_events))
-        req_frame = {name: np.array(values, dtype=object) for name, values in cols.items()}  # noqa: F841
+        req_frame = {  # noqa: F841
+            name: _listed(values) if name in _LISTS else np.array(values, dtype=object) for name, values in cols.items()
+        }
         ev_frame = {  # noqa: F841
             "request_id": np.array(ev_req, dtype=np.int64),
             "idx": np.array(ev_idx, dtype=np.int32),

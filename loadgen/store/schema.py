@@ -54,6 +54,9 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("answer_ttft_ms", "DOUBLE"),  # time to the answer's first token, after any thinking (metrics.py)
     ("reasoning_tpot_ms", "DOUBLE"),  # the thinking's own time per token
     ("answer_tpot_ms", "DOUBLE"),  # the answer's own time per token
+    ("task_id", "BIGINT"),  # its agent task (the task's first call's request_id), when it belongs to one
+    ("task_step", "VARCHAR"),  # its place in the task: step names down to it, sub-agents and repeats indexed
+    ("depends_on", "BIGINT[]"),  # a task's call: every call it waited for (the task graph's edges into it)
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
@@ -361,6 +364,39 @@ WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
 """
 
+# One row per run and agent task (docs/agents.md): its calls, its latency from the first send to the last answer,
+# and its critical path: the longest chain of calls each of which waited for the one before (depends_on), as the
+# sum of their E2E latencies; the client's own time (tool calls) is the difference. NULL where a call failed.
+TASKS = f"""
+CREATE OR REPLACE VIEW tasks AS
+WITH RECURSIVE edges AS (
+    SELECT run_id, request_id, unnest(depends_on) AS dep FROM requests WHERE task_id IS NOT NULL
+), chain(run_id, request_id, total_ms) AS (
+    SELECT run_id, request_id, e2e_ms FROM requests
+    WHERE task_id IS NOT NULL AND status = 'ok' AND len(depends_on) = 0
+    UNION ALL
+    SELECT e.run_id, e.request_id, c.total_ms + r.e2e_ms
+    FROM chain c
+    JOIN edges e ON e.run_id = c.run_id AND e.dep = c.request_id
+    JOIN requests r ON r.run_id = e.run_id AND r.request_id = e.request_id AND r.status = 'ok'
+), longest AS (
+    SELECT c.run_id, r.task_id, max(c.total_ms) AS critical_path_ms
+    FROM chain c JOIN requests r USING (run_id, request_id) GROUP BY c.run_id, r.task_id
+)
+SELECT r.run_id, r.task_id, any_value(r.stage) AS stage, count(*) AS calls,
+       count(*) FILTER (WHERE r.status = 'ok') AS answered,
+       bool_and(r.status = 'ok') AS complete,
+       CASE WHEN bool_and(r.status = 'ok') THEN (max(r.end_s) - min(r.sent_s)) * 1000 END AS task_latency_ms,
+       CASE WHEN bool_and(r.status = 'ok') THEN any_value(l.critical_path_ms) END AS critical_path_ms,
+       sum(r.prompt_tokens) AS prompt_tokens, sum(r.output_tokens) AS output_tokens,
+       sum(r.cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE r.cached_tokens IS NOT NULL), 0)
+           AS cached_share,
+       max(r.ttft_ms) AS max_ttft_ms
+FROM requests r LEFT JOIN longest l USING (run_id, task_id)
+WHERE r.task_id IS NOT NULL
+GROUP BY r.run_id, r.task_id
+"""
+
 # The server's own Prometheus samples, taken during the run (docs/metrics.md): every sample as scraped.
 SERVER_METRICS = """
 CREATE TABLE IF NOT EXISTS server_metrics (
@@ -460,6 +496,7 @@ VIEWS = (
     DECODE,
     CROSSOVER,
     SESSIONS,
+    TASKS,
     SERVER_SERIES,
     REQUEST_SERVER_STATE,
     TRIAL_STAGES,

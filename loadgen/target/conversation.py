@@ -14,6 +14,7 @@ cannot be asked for exact lengths gives prompts that much shorter.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from loadgen.target.bodies import Message
@@ -70,6 +71,12 @@ class Conversation:
         self.tokens.append(tokens)
         self.short.append(0 if planned is None or returned is None else max(0, planned - returned))
         self.sent = None
+
+    def fork(self) -> Conversation:
+        """A copy that grows on its own: a sub-agent that starts from its parent's context."""
+        c = copy.copy(self)
+        c.turns, c.tokens, c.short, c.sent = list(self.turns), list(self.tokens), list(self.short), None
+        return c
 
     def drop(self, n: int) -> None:
         """The oldest n turns leave the context (it would not fit the model's otherwise)."""

@@ -100,3 +100,28 @@ class Targeter:
             # and the request's own) are paid from it, so the server counts the prompt as planned.
             message = make_prompt(convo.message_words(item.prompt_tokens), item.request_id, self.seed)
         return self._target(stage, item, convo.prompt(message)), message
+
+    # -- agent tasks --
+
+    def agent_context(self, stage: StageSpec, item: Planned) -> Conversation:
+        """A fresh agent's context: the system prompt every agent of every task shares (so a server's prefix
+        cache can hold it)."""
+        t = item.task
+        assert t is not None
+        system = self._part(stage, t.system_tokens, "agent-system") if t.system_tokens else None
+        return Conversation(stage.api, system, None, self._calibration(stage))
+
+    def task_call(self, stage: StageSpec, item: Planned, convo: Conversation, read: list[str]) -> tuple[Target, Part]:
+        """A task's call: its agent's context, then a message of the sub-agents' answers it reads and its own new
+        tokens (returned, to be added with its answer)."""
+        t = item.task
+        assert t is not None
+        results = " ".join(read)
+        if convo.cal is None:
+            new = self._part(stage, t.message_tokens, item.request_id)
+        else:  # as a session's turn: the message takes what the planned prompt leaves, the answers read included
+            new = make_prompt(
+                max(1, convo.message_words(item.prompt_tokens) - len(results.split())), item.request_id, self.seed
+            )
+        message = f"{results} {new}" if results else new
+        return self._target(stage, item, convo.prompt(message)), message
