@@ -63,6 +63,7 @@ class RequestResult:
     task_id: int | None = None  # its agent task, when it belongs to one
     task_step: str | None = None  # its place in the task
     depends_on: list[int] | None = None  # a task's call: the calls it waited for
+    tool_ms: float | None = None  # ... and the tool calls' time planned between their answers and its send
     worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)
 
     @property

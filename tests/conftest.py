@@ -338,6 +338,37 @@ def streaming(proc: subprocess.Popen, after_s: float, timeout: float = 90) -> st
     return "".join(seen)
 
 
+def on_two_workers(write, tmp_path: Path, workload: str, requests: int):
+    """`loadgen run --workers 2` of `workload` (on FAST_ENDPOINT, as ep.yaml): it exits 0 with a row for each of
+    its `requests` planned requests; returns the database, open to read."""
+    write("ep.yaml", FAST_ENDPOINT)
+    db = tmp_path / "r.duckdb"
+    r = loadgen("run", str(write("w.yaml", workload)), "--db", str(db), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    assert [x[0] for x in con.execute("SELECT request_id FROM requests ORDER BY 1").fetchall()] == list(range(requests))
+    return con
+
+
+def interrupted_run(write, tmp_path: Path, workload: str, after_s: float = 3):
+    """`loadgen run` of `workload` (on SLOW_ENDPOINT, as ep.yaml) in a child process, sent Ctrl-C `after_s` into
+    its first stage: it exits 130, and the database it leaves is returned, open to read."""
+    write("ep.yaml", SLOW_ENDPOINT)
+    db = tmp_path / "r.duckdb"
+    proc = subprocess.Popen(
+        [*COMMAND, "run", str(write("w.yaml", workload)), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    began = streaming(proc, after_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, began + err
+    return duckdb.connect(str(db), read_only=True)
+
+
 def check_interrupted(db) -> None:
     """The database of an INTERRUPTIBLE run stopped after a few seconds."""
     con = duckdb.connect(str(db), read_only=True)

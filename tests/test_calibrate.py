@@ -45,7 +45,7 @@ def synthetic(
     costs this much more (their first tokens); else their first tokens are a lone prefill's."""
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE runs (run_id VARCHAR, endpoint VARCHAR, started_at DOUBLE, spec VARCHAR)")
-    con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, phase VARCHAR, concurrency INT)")
+    con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, phase VARCHAR, concurrency INT, spec JSON)")
     con.execute(
         "CREATE TABLE requests (run_id VARCHAR, request_id INT, stage VARCHAR, status VARCHAR, warmup BOOL, "
         "sent_s DOUBLE, prompt_tokens INT, output_tokens INT, ttft_ms DOUBLE, tpot_ms DOUBLE, "
@@ -65,7 +65,7 @@ def synthetic(
         )
     rid = 0
     for p in prefill:
-        con.execute("INSERT INTO stages VALUES ('r1', ?, 'prefill', 1)", [f"p{p}"])
+        con.execute("INSERT INTO stages VALUES ('r1', ?, 'prefill', 1, '{}')", [f"p{p}"])
         for _ in range(3):
             server = prefill_ms(p)
             con.execute(
@@ -76,7 +76,7 @@ def synthetic(
     for key, ms in decode.items():
         b, p = key if isinstance(key, tuple) else (key, 32)
         name = f"b{b}" if p == 32 else f"b{b}-{p}"
-        con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?)", [name, b])
+        con.execute("INSERT INTO stages VALUES ('r1', ?, 'decode', ?, '{}')", [name, b])
         server = prefill_ms(p)  # at batch 1; beyond it TTFT is not what the fit reads
         wave = rid
         each = (server + 15 * ms) / 1000  # one whole answer

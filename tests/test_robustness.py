@@ -262,7 +262,7 @@ def test_query_help_names_every_table_and_view(tmp_path):
         store.close()
     res = loadgen("query", "--help")
     help_text = " ".join(res.stdout.split())
-    assert names == {*schema.names("TABLE"), *schema.names("VIEW")} and len(names) == 21
+    assert names == {*schema.names("TABLE"), *schema.names("VIEW")} and len(names) == 22
     assert all(f" {n}" in help_text for n in names), help_text
 
 

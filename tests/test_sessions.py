@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import collections
 import itertools
-import signal
-import subprocess
 
 import duckdb
 import pytest
 
 from conftest import (
-    COMMAND,
     FAST_ENDPOINT,
-    ROOT,
-    SLOW_ENDPOINT,
     chat_stage,
     emulator_in_thread,
     groups_of,
+    interrupted_run,
     loadgen,
+    on_two_workers,
     record_bodies,
     run_workload,
-    streaming,
     with_faults,
     word_tokenizer,
 )
@@ -275,23 +271,13 @@ def test_a_turn_without_an_answer_ends_its_session_and_every_planned_turn_has_a_
 
 
 def test_ctrl_c_mid_session_keeps_a_row_for_every_planned_turn(write, tmp_path):
-    write("ep.yaml", SLOW_ENDPOINT)
-    w = write(
-        "w.yaml",
+    con = interrupted_run(
+        write,
+        tmp_path,
         "name: stop\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 3}\ntimeouts: {grace_s: 1}\n"
         "sessions: {turns: 5, think_s: 0.5, user_tokens: 16, output_tokens: {dist: choice, values: [2, 300]}}\n"
         "stop: {requests: 60}\n",
     )
-    db = tmp_path / "r.duckdb"
-    proc = subprocess.Popen(
-        [*COMMAND, "run", str(w), "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    began = streaming(proc, 3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    err = began + err
-    assert proc.returncode == 130, err
-    con = duckdb.connect(str(db), read_only=True)
     assert [x[0] for x in con.execute("SELECT request_id FROM requests ORDER BY 1").fetchall()] == list(range(60))
     statuses = dict(con.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall())
     assert (
@@ -311,18 +297,14 @@ def test_ctrl_c_mid_session_keeps_a_row_for_every_planned_turn(write, tmp_path):
 
 
 def test_sessions_on_two_workers_keep_each_session_on_one(write, tmp_path):
-    write("ep.yaml", FAST_ENDPOINT)
-    w = write(
-        "w.yaml",
+    con = on_two_workers(
+        write,
+        tmp_path,
         "name: two\nendpoint: ep.yaml\nload: {arrival: poisson, rate: 20, concurrency: 8}\n"
         "sessions: {turns: {dist: uniform, min: 1, max: 4}, think_s: 0.05, user_tokens: 32, output_tokens: 8, "
         "steady_state: true}\nstop: {requests: 80}\n",
+        80,
     )
-    db = tmp_path / "r.duckdb"
-    r = loadgen("run", str(w), "--db", str(db), "--workers", "2")
-    assert r.returncode == 0, r.stderr
-    con = duckdb.connect(str(db), read_only=True)
-    assert [x[0] for x in con.execute("SELECT request_id FROM requests ORDER BY 1").fetchall()] == list(range(80))
     per_session = con.execute("SELECT count(DISTINCT worker), count(*) FROM requests GROUP BY session").fetchall()
     assert all(workers == 1 for workers, _ in per_session)
     assert con.execute("SELECT count(DISTINCT worker) FROM requests").fetchone() == (2,)

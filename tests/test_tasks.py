@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import collections
+
 import duckdb
+import numpy as np
 import pytest
 
-from conftest import FAST_ENDPOINT, chat_stage, groups_of, run_workload, with_faults
+from conftest import (
+    FAST_ENDPOINT,
+    chat_stage,
+    groups_of,
+    interrupted_run,
+    on_two_workers,
+    run_workload,
+    with_faults,
+)
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_workload
 from loadgen.spec.workload import StageSpec
@@ -155,22 +166,44 @@ tasks:
     - {name: answer, call: {prompt_tokens: 16, output_tokens: 8}}
 stop: {requests: 15}
 """
+# The same tasks after a pass of lone requests: the idle endpoint their slowdown is against.
+WITH_IDLE = (
+    FAN_IN.replace("  system_tokens: 48\n", "  system_tokens: 48\n  idle_stage: idle\n")
+    + """slo: {task_s: 30}
+stages:
+  - {name: idle, tasks: null, load: {arrival: closed, concurrency: 1}, stop: {requests: 6},
+     requests: {prompt_tokens: {dist: choice, values: [16, 200]}, output_tokens: 12}}
+  - {name: agents}
+"""
+)
 
 
 def test_a_task_runs_as_its_graph_and_the_tasks_view_judges_it(write, tmp_path):
-    r, db = run_workload(write, tmp_path, FAST_ENDPOINT, FAN_IN)
+    r, db = run_workload(write, tmp_path, FAST_ENDPOINT, WITH_IDLE)
     assert r.returncode == 0, r.stderr
+    assert "agent tasks" in r.stdout  # the run's own summary has a table of them
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute(
         "SELECT request_id, task_id, task_step, depends_on, parent_request_id, sent_s, end_s, e2e_ms, status, "
-        "prompt_tokens, server_prompt_tokens, cached_tokens, session FROM requests ORDER BY request_id"
+        "prompt_tokens, server_prompt_tokens, cached_tokens, session, output_tokens, tool_ms, ttft_ms, tpot_ms "
+        "FROM requests WHERE stage = 'agents' ORDER BY request_id"
     ).fetchall()
     calls = {r[0]: r for r in rows}
     assert len(rows) == 15 and {r[8] for r in rows} == {"ok"} and {r[12] for r in rows} == {None}
-    cols = "task_id, calls, answered, complete, task_latency_ms, critical_path_ms, cached_share"
-    tasks = con.execute(f"SELECT {cols} FROM tasks ORDER BY task_id").fetchall()
-    assert [t[:4] for t in tasks] == [(0, 5, 5, True), (5, 5, 5, True), (10, 5, 5, True)]
-    for task_id, *_, latency, critical, cached in tasks:
+    # The idle endpoint, from the lone requests: TTFT a line over uncached prompt tokens, TPOT their median.
+    lone = con.execute(
+        "SELECT server_prompt_tokens - cached_tokens, ttft_ms, tpot_ms FROM requests WHERE stage = 'idle'"
+    )
+    uncached, ttft, tpot = (np.array(c, dtype=float) for c in zip(*lone.fetchall(), strict=True))
+    slope, intercept = np.polyfit(uncached, ttft, 1)
+
+    def idle(c) -> float:
+        return intercept + slope * (c[10] - c[11]) + (c[13] - 1) * float(np.median(tpot))
+
+    cols = "task_id, calls, answered, complete, slo_ok, task_latency_ms, critical_path_ms, idle_critical_path_ms, "
+    tasks = con.execute(f"SELECT {cols} slowdown, cached_share FROM tasks ORDER BY task_id").fetchall()
+    assert [t[:5] for t in tasks] == [(6, 5, 5, True, True), (11, 5, 5, True, True), (16, 5, 5, True, True)]
+    for task_id, *_, latency, critical, idle_critical, slowdown, cached in tasks:
         plan, looks, answer = calls[task_id], [calls[task_id + j] for j in (1, 2, 3)], calls[task_id + 4]
         assert [c[2] for c in (plan, *looks, answer)] == ["plan", *(f"research[{j}]/look" for j in range(3)), "answer"]
         # Causality: each call went only after the calls it waited for had answered, and the tool call's 50 ms.
@@ -183,12 +216,30 @@ def test_a_task_runs_as_its_graph_and_the_tasks_view_judges_it(write, tmp_path):
         assert answer[4] == first_two[1][0] and answer[5] >= first_two[1][6]
         # Its prompt held those answers, and was as long as planned as the server counted it.
         assert answer[10] == answer[9]
-        # The critical path is the longest chain of calls that waited one for another: E2E summed.
-        chains = [plan[7] + c[7] + answer[7] for c in first_two] + [plan[7] + c[7] for c in looks]
-        assert critical == pytest.approx(max(chains))
+        # The critical path is the longest chain of calls that waited one for another: their tool time and E2E.
+        assert {c[14] for c in looks} == {50.0} and (plan[14], answer[14]) == (0.0, 0.0)
+        chains = [(plan, c, answer) for c in first_two] + [(plan, c) for c in looks]
+        assert critical == pytest.approx(max(sum(c[14] + c[7] for c in chain) for chain in chains))
+        assert idle_critical == pytest.approx(max(sum(c[14] + idle(c) for c in chain) for chain in chains))
         assert latency == pytest.approx((max(c[6] for c in (plan, *looks, answer)) - plan[5]) * 1000)
-        assert latency >= critical + 50  # the tool call is the client's time, on every chain
+        assert critical - 1 <= latency and slowdown == pytest.approx(latency / idle_critical)
         assert 0 < cached < 1
+    summary = con.execute(
+        "SELECT stage, tasks, complete, task_latency_p50_ms, slowdown_p50, slo_share, task_goodput_per_s "
+        "FROM task_summary"
+    ).fetchall()
+    span = con.execute("SELECT max(last_end_s) - min(first_sent_s) FROM tasks").fetchone()[0]
+    assert summary == [
+        (
+            "agents",
+            3,
+            3,
+            pytest.approx(sorted(t[5] for t in tasks)[1]),
+            pytest.approx(sorted(t[8] for t in tasks)[1]),
+            1.0,
+            pytest.approx(3 / span),
+        )
+    ]
 
 
 def test_a_call_whose_dependency_failed_is_never_sent_and_says_which(write, tmp_path):
@@ -205,3 +256,54 @@ def test_a_call_whose_dependency_failed_is_never_sent_and_says_which(write, tmp_
     assert con.execute("SELECT calls, answered, complete, task_latency_ms FROM tasks").fetchall() == [
         (5, 0, False, None)
     ]
+
+
+@pytest.mark.parametrize(
+    ("idle", "expected"),
+    [
+        ("{name: idle, tasks: null, load: {arrival: closed, concurrency: 2}}", "must send lone requests"),
+        ("{name: other, tasks: null, load: {arrival: closed, concurrency: 1}}", "'idle' is not a stage before"),
+    ],
+)
+def test_a_slowdown_is_against_an_earlier_stage_of_lone_requests(write, idle, expected):
+    w = write(
+        "w.yaml", WITH_IDLE.replace("{name: idle, tasks: null, load: {arrival: closed, concurrency: 1}", idle[:-1])
+    )
+    with pytest.raises(SpecError) as e:
+        load_workload(w)
+    assert expected in str(e.value) and "tasks.idle_stage" in str(e.value)
+
+
+def test_tasks_on_two_workers_keep_each_task_on_one(write, tmp_path):
+    con = on_two_workers(
+        write, tmp_path, FAN_IN.replace("rate: 4", "rate: 20").replace("requests: 15", "requests: 40"), 40
+    )
+    per_task = con.execute("SELECT count(DISTINCT worker) FROM requests GROUP BY task_id").fetchall()
+    assert per_task == [(1,)] * 8
+    assert con.execute(
+        "SELECT count(DISTINCT worker), count(*) FILTER (WHERE status = 'ok') FROM requests"
+    ).fetchone() == (
+        2,
+        40,
+    )
+    assert con.execute("SELECT count(*) FROM tasks WHERE complete AND slowdown IS NULL").fetchone() == (8,)
+
+
+def test_ctrl_c_mid_task_keeps_a_row_for_every_planned_call(write, tmp_path):
+    con = interrupted_run(
+        write,
+        tmp_path,
+        "name: stop\nendpoint: ep.yaml\nload: {arrival: closed, concurrency: 2}\ntimeouts: {grace_s: 1}\n"
+        "tasks:\n  steps:\n    - {call: {prompt_tokens: 16, output_tokens: {dist: choice, values: [2, 300]}}}\n"
+        "    - {fan_out: {count: 3, steps: [{call: {prompt_tokens: 16, output_tokens: 40}}]}}\n"
+        "    - {call: {prompt_tokens: 16, output_tokens: 8}}\nstop: {requests: 40}\n",
+    )
+    rows = con.execute("SELECT request_id, status, depends_on FROM requests ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == list(range(40))
+    statuses = collections.Counter(r[1] for r in rows)
+    assert statuses["ok"] >= 1 and statuses["not_sent"] >= 1 and set(statuses) <= {"ok", "interrupted", "not_sent"}
+    # Nothing was sent before every call it depends on had answered.
+    status = {r[0]: r[1] for r in rows}
+    for _, s, deps in rows:
+        assert s == "not_sent" or all(status[d] == "ok" for d in deps or ())
+    assert con.execute("SELECT count(*) FROM tasks").fetchone() == (8,)

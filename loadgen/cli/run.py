@@ -76,6 +76,11 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
     rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     show.out.print(f"run {run_id}", highlight=False)
     show.out.print(show.summary_table("summary", rows))
+    cur = db.execute("SELECT * FROM task_summary WHERE run_id = ? ORDER BY stage", [run_id])
+    cols = [c[0] for c in cur.description]
+    tasks = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    if tasks:
+        show.out.print(show.tasks_table(tasks))
     cur = db.execute("SELECT * FROM errors WHERE run_id = ? ORDER BY stage, requests DESC", [run_id])
     cols = [c[0] for c in cur.description]
     errs = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -134,6 +134,30 @@ def summary_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     return t
 
 
+TASK_COLUMNS = (
+    ("stage", "stage"),
+    ("tasks", "tasks"),
+    ("complete", "complete"),
+    ("task_latency_p50_ms", "latency p50"),
+    ("task_latency_p90_ms", "latency p90"),
+    ("slowdown_p50", "slowdown p50"),
+    ("slowdown_p90", "slowdown p90"),
+    ("cached_share", "cached prompt"),
+    ("slo_share", "within SLO"),
+    ("task_goodput_per_s", "task goodput /s"),
+)
+
+
+def tasks_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Agent tasks per stage (the task_summary view): one row per stage."""
+    t = table("agent tasks")
+    for key, label in TASK_COLUMNS:
+        t.add_column(label + (" ms" if key.endswith("_ms") else ""), justify="left" if key == "stage" else "right")
+    for row in rows:
+        t.add_row(*(_cell(k, row[k]) for k, _ in TASK_COLUMNS))
+    return t
+
+
 def errors_table(rows: Sequence[dict[str, Any]]) -> Table:
     t = table("errors by class")
     for col in ("stage", "error", "requests", "example"):

@@ -258,7 +258,30 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
+    _check_idle_stages(stages, source, lines)
     return spec.model_copy(update={"stages": stages}), path
+
+
+def _check_idle_stages(stages: list[StageSpec], source: str, lines: dict[Path_, int]) -> None:
+    """A tasks stage's idle stage is an earlier stage of lone requests: its requests, one at a time, give the
+    endpoint's latency with nothing else in flight (docs/agents.md)."""
+    names = [s.name for s in stages]
+    for i, st in enumerate(stages):
+        idle = st.tasks.idle_stage if st.tasks is not None else None
+        if idle is None:
+            continue
+        where, line = f"stages[{i}].tasks.idle_stage", lines.get(("stages", i, "tasks", "idle_stage"))
+        line = line or lines.get(("tasks", "idle_stage"))
+        if idle not in names[:i]:
+            raise SpecError(source, f"{idle!r} is not a stage before {st.name!r}", where=where, line=line)
+        base = stages[names.index(idle)]
+        if base.load.arrival != "closed" or base.load.users != 1 or base.sessions is not None or base.tasks is not None:
+            raise SpecError(
+                source,
+                f"stage {idle!r} must send lone requests (arrival: closed, concurrency: 1, no sessions or tasks)",
+                where=where,
+                line=line,
+            )
 
 
 def _absolute_paths(stage: StageSpec, base: Path) -> StageSpec:

@@ -116,6 +116,7 @@ class TasksSpec(Strict):
     max_depth: PositiveInt = 3  # fan-outs nested at most this deep
     max_calls: PositiveInt = 64  # a task's calls at most: drawn beyond it, the task ends there
     max_context: PositiveInt = 8192  # prompt + output a call may use: an agent whose next call would not fit ends
+    idle_stage: str | None = None  # an earlier stage of lone requests: the idle endpoint a task's slowdown is against
 
     @model_validator(mode="after")
     def _shape(self) -> TasksSpec:

@@ -166,6 +166,7 @@ class SloSpec(Strict):
     answer_ttft_ms: PositiveFloat | None = None  # a reasoning model's answer, after its thinking (metrics.py)
     tpot_ms: PositiveFloat | None = None
     e2e_ms: PositiveFloat | None = None
+    task_s: PositiveFloat | None = None  # an agent task's latency, first send to last answer (tasks stages only)
 
 
 class TimeoutSpec(Strict):

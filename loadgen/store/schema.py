@@ -57,6 +57,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("task_id", "BIGINT"),  # its agent task (the task's first call's request_id), when it belongs to one
     ("task_step", "VARCHAR"),  # its place in the task: step names down to it, sub-agents and repeats indexed
     ("depends_on", "BIGINT[]"),  # a task's call: every call it waited for (the task graph's edges into it)
+    ("tool_ms", "DOUBLE"),  # a task's call: the tool calls' time planned between those answers and its send
 )
 
 REQUESTS = "CREATE TABLE IF NOT EXISTS requests ({})".format(
@@ -364,37 +365,84 @@ WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
 """
 
-# One row per run and agent task (docs/agents.md): its calls, its latency from the first send to the last answer,
-# and its critical path: the longest chain of calls each of which waited for the one before (depends_on), as the
-# sum of their E2E latencies; the client's own time (tool calls) is the difference. NULL where a call failed.
+# One row per run and agent task (docs/agents.md): its calls; its latency, from the first send to the last answer;
+# its critical path, the longest chain of calls each of which waited for the one before (depends_on), as the sum of
+# their tool time and E2E latency; the same chain on the idle endpoint, each call at the latency its stage's
+# `tasks.idle_stage` (lone requests) gives its uncached prompt and its output (TTFT a line over uncached prompt
+# tokens, TPOT their median); the slowdown, latency over that; and the SLO (complete, within slo.task_s, every
+# call's TTFT within slo.ttft_ms). Latency figures are NULL unless every call answered.
 TASKS = f"""
 CREATE OR REPLACE VIEW tasks AS
-WITH RECURSIVE edges AS (
-    SELECT run_id, request_id, unnest(depends_on) AS dep FROM requests WHERE task_id IS NOT NULL
-), chain(run_id, request_id, total_ms) AS (
-    SELECT run_id, request_id, e2e_ms FROM requests
-    WHERE task_id IS NOT NULL AND status = 'ok' AND len(depends_on) = 0
+WITH RECURSIVE idle AS (
+    SELECT s.run_id, s.stage,
+           coalesce(regr_intercept(b.ttft_ms, b.uncached), avg(b.ttft_ms)) AS ttft_ms,
+           coalesce(regr_slope(b.ttft_ms, b.uncached), 0) AS ttft_per_token_ms,
+           coalesce(median(b.tpot_ms), 0) AS tpot_ms
+    FROM stages s
+    JOIN (SELECT *, {SERVER_PROMPT} - coalesce(cached_tokens, 0) AS uncached FROM requests WHERE {counts()}) b
+      ON b.run_id = s.run_id AND b.stage = s.spec->>'$.tasks.idle_stage'
+    GROUP BY s.run_id, s.stage
+), calls AS (
+    SELECT r.run_id, r.request_id, r.task_id, r.status, r.depends_on, coalesce(r.tool_ms, 0) AS tool_ms, r.e2e_ms,
+           i.ttft_ms + i.ttft_per_token_ms * ({SERVER_PROMPT} - coalesce(r.cached_tokens, 0))
+               + greatest(r.output_tokens - 1, 0) * i.tpot_ms AS idle_e2e_ms
+    FROM requests r LEFT JOIN idle i USING (run_id, stage)
+    WHERE r.task_id IS NOT NULL
+), edges AS (
+    SELECT run_id, request_id, unnest(depends_on) AS dep FROM calls
+), chain(run_id, request_id, total_ms, idle_ms) AS (
+    SELECT run_id, request_id, e2e_ms, idle_e2e_ms FROM calls WHERE status = 'ok' AND len(depends_on) = 0
     UNION ALL
-    SELECT e.run_id, e.request_id, c.total_ms + r.e2e_ms
+    SELECT e.run_id, e.request_id, c.total_ms + n.tool_ms + n.e2e_ms, c.idle_ms + n.tool_ms + n.idle_e2e_ms
     FROM chain c
     JOIN edges e ON e.run_id = c.run_id AND e.dep = c.request_id
-    JOIN requests r ON r.run_id = e.run_id AND r.request_id = e.request_id AND r.status = 'ok'
+    JOIN calls n ON n.run_id = e.run_id AND n.request_id = e.request_id AND n.status = 'ok'
 ), longest AS (
-    SELECT c.run_id, r.task_id, max(c.total_ms) AS critical_path_ms
-    FROM chain c JOIN requests r USING (run_id, request_id) GROUP BY c.run_id, r.task_id
+    SELECT c.run_id, n.task_id, max(c.total_ms) AS critical_path_ms, max(c.idle_ms) AS idle_critical_path_ms
+    FROM chain c JOIN calls n USING (run_id, request_id) GROUP BY c.run_id, n.task_id
+), per_task AS (
+    SELECT r.run_id, r.task_id, any_value(r.stage) AS stage, count(*) AS calls,
+           count(*) FILTER (WHERE r.status = 'ok') AS answered, bool_and(r.status = 'ok') AS complete,
+           min(r.sent_s) AS first_sent_s, max(r.end_s) AS last_end_s,
+           sum(r.prompt_tokens) AS prompt_tokens, sum(r.output_tokens) AS output_tokens,
+           sum(r.cached_tokens) AS cached_tokens,
+           sum({SERVER_PROMPT}) FILTER (WHERE r.cached_tokens IS NOT NULL) AS counted_prompt_tokens,
+           max(r.ttft_ms) AS max_ttft_ms
+    FROM requests r WHERE r.task_id IS NOT NULL GROUP BY r.run_id, r.task_id
 )
-SELECT r.run_id, r.task_id, any_value(r.stage) AS stage, count(*) AS calls,
-       count(*) FILTER (WHERE r.status = 'ok') AS answered,
-       bool_and(r.status = 'ok') AS complete,
-       CASE WHEN bool_and(r.status = 'ok') THEN (max(r.end_s) - min(r.sent_s)) * 1000 END AS task_latency_ms,
-       CASE WHEN bool_and(r.status = 'ok') THEN any_value(l.critical_path_ms) END AS critical_path_ms,
-       sum(r.prompt_tokens) AS prompt_tokens, sum(r.output_tokens) AS output_tokens,
-       sum(r.cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE r.cached_tokens IS NOT NULL), 0)
-           AS cached_share,
-       max(r.ttft_ms) AS max_ttft_ms
-FROM requests r LEFT JOIN longest l USING (run_id, task_id)
-WHERE r.task_id IS NOT NULL
-GROUP BY r.run_id, r.task_id
+SELECT t.run_id, t.task_id, t.stage, t.calls, t.answered, t.complete, t.first_sent_s, t.last_end_s,
+       CASE WHEN t.complete THEN (t.last_end_s - t.first_sent_s) * 1000 END AS task_latency_ms,
+       CASE WHEN t.complete THEN l.critical_path_ms END AS critical_path_ms,
+       CASE WHEN t.complete THEN l.idle_critical_path_ms END AS idle_critical_path_ms,
+       CASE WHEN t.complete THEN (t.last_end_s - t.first_sent_s) * 1000 / l.idle_critical_path_ms END AS slowdown,
+       t.prompt_tokens, t.output_tokens, t.cached_tokens / nullif(t.counted_prompt_tokens, 0) AS cached_share,
+       t.max_ttft_ms,
+       t.complete
+           AND coalesce((t.last_end_s - t.first_sent_s) <= (s.spec->>'$.slo.task_s')::DOUBLE, true)
+           AND coalesce(t.max_ttft_ms <= (s.spec->>'$.slo.ttft_ms')::DOUBLE, true) AS slo_ok
+FROM per_task t
+LEFT JOIN longest l USING (run_id, task_id)
+LEFT JOIN stages s ON s.run_id = t.run_id AND s.stage = t.stage
+"""
+
+# One row per run and stage of agent tasks: how many, their latency and slowdown at p50 and p90, the cached share
+# of their prompts, the share that met the SLO, and task goodput: tasks that met it per second of the stage's span.
+TASK_SUMMARY = f"""
+CREATE OR REPLACE VIEW task_summary AS
+WITH cache AS (
+    SELECT run_id, stage,
+           sum(cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+    FROM requests WHERE task_id IS NOT NULL AND status = 'ok' GROUP BY run_id, stage
+)
+SELECT t.run_id, t.stage, count(*) AS tasks, count(*) FILTER (WHERE t.complete) AS complete,
+       quantile_cont(t.task_latency_ms, 0.5) AS task_latency_p50_ms,
+       quantile_cont(t.task_latency_ms, 0.9) AS task_latency_p90_ms,
+       quantile_cont(t.slowdown, 0.5) AS slowdown_p50, quantile_cont(t.slowdown, 0.9) AS slowdown_p90,
+       any_value(c.cached_share) AS cached_share,
+       avg(t.slo_ok::INTEGER) AS slo_share,
+       count(*) FILTER (WHERE t.slo_ok) / nullif(max(t.last_end_s) - min(t.first_sent_s), 0) AS task_goodput_per_s
+FROM tasks t LEFT JOIN cache c USING (run_id, stage)
+GROUP BY t.run_id, t.stage
 """
 
 # The server's own Prometheus samples, taken during the run (docs/metrics.md): every sample as scraped.
@@ -497,6 +545,7 @@ VIEWS = (
     CROSSOVER,
     SESSIONS,
     TASKS,
+    TASK_SUMMARY,
     SERVER_SERIES,
     REQUEST_SERVER_STATE,
     TRIAL_STAGES,
