@@ -13,6 +13,7 @@ from conftest import (
     chat_stage,
     groups_of,
     interrupted_run,
+    loadgen,
     on_two_workers,
     run_workload,
     with_faults,
@@ -307,3 +308,19 @@ def test_ctrl_c_mid_task_keeps_a_row_for_every_planned_call(write, tmp_path):
     for _, s, deps in rows:
         assert s == "not_sent" or all(status[d] == "ok" for d in deps or ())
     assert con.execute("SELECT count(*) FROM tasks").fetchone() == (8,)
+
+
+def test_a_search_over_task_rate_judges_tasks_whole(write, tmp_path):
+    """A search's trial of a tasks stage counts tasks, each meeting the SLO or not as a whole."""
+    write("ep.yaml", FAST_ENDPOINT)
+    w = write("w.yaml", WITH_IDLE.replace("slo: {task_s: 30}", "slo: {task_s: 30, ttft_ms: 1000}"))
+    db = tmp_path / "s.duckdb"
+    res = loadgen("search", str(w), "--db", str(db), "--max-trials", "2")
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    trials = con.execute("SELECT stage, load, requests, slo_met FROM trial_stages ORDER BY stage").fetchall()
+    tasks = dict(con.execute("SELECT stage, count(*) FROM tasks GROUP BY stage").fetchall())
+    assert [t[0] for t in trials] == ["search-1", "search-2"] and trials[0][1] == 4.0  # the tasks stage's rate
+    assert all(requests == tasks[stage] == 3 and met == 3 for stage, _, requests, met in trials)
+    out = " ".join(res.stdout.split())
+    assert "the share of tasks meeting every SLO" in out and "4 tasks/s" in out

@@ -19,6 +19,11 @@ class SearchJob:
     base: StageSpec  # the workload's stage whose load the trials vary
     over: str  # rate | concurrency
 
+    @property
+    def unit(self) -> str:
+        """What a trial judges: requests, or agent tasks (each whole)."""
+        return "requests" if self.base.tasks is None else "tasks"
+
 
 def trial_stage(job: SearchJob, load: float, n: int) -> StageSpec:
     """Trial n: the base stage at `load` (requests/s, open loop; or users, closed loop), phase `search`."""

@@ -14,20 +14,22 @@ from loadgen.store.read import reading
 
 
 def _job(args: argparse.Namespace, workload: WorkloadSpec) -> SearchJob:
-    base = workload.stages[0]
+    # The workload's first stage, or its first of agent tasks (whose rate is of tasks, each judged whole): a
+    # tasks workload's stage of lone requests before it only measures the idle endpoint.
+    base = next((s for s in workload.stages if s.tasks is not None), workload.stages[0])
     if all(v is None for v in base.slo.model_dump().values()):
         raise SpecError(
-            args.workload, "a search needs an SLO to meet: set slo (ttft_ms, answer_ttft_ms, tpot_ms and/or e2e_ms)"
-        )
-    if base.load.arrival == "trace" or base.sessions is not None or base.tasks is not None:
-        raise SpecError(
             args.workload,
-            "a search varies a rate or a concurrency of requests: a trace, sessions or tasks stage has none",
+            "a search needs an SLO to meet: set slo (ttft_ms, answer_ttft_ms, tpot_ms, e2e_ms and/or task_s)",
         )
+    if base.load.arrival == "trace" or base.sessions is not None:
+        raise SpecError(args.workload, "a search varies a rate or a concurrency: a trace or sessions stage has none")
     if base.stop.requests is None and base.stop.duration_s is None:
         raise SpecError(args.workload, "each trial stops where the workload does: set stop.requests or duration_s")
     if not 0 < args.goodput <= 1:
-        raise SpecError("--goodput", f"expected a share of requests above 0 and at most 1, got {args.goodput}")
+        raise SpecError(
+            "--goodput", f"expected a share (of requests, or tasks) above 0 and at most 1, got {args.goodput}"
+        )
     if not 0 < args.precision < 1:
         raise SpecError("--precision", f"expected a fraction above 0 and below 1, got {args.precision}")
     over = args.over or ("concurrency" if base.load.arrival == "closed" else "rate")
@@ -59,7 +61,7 @@ def search(args: argparse.Namespace) -> int:
                 "WHERE t.run_id = ? ORDER BY st.idx",
                 [run_id],
             ).fetchall()
-        show.out.print(show.trials_table(run_id, job.over, args.goodput, rows, job.search.verdict))
+        show.out.print(show.trials_table(run_id, job.over, args.goodput, rows, job.search.verdict, job.unit))
         if job.search.unmeasured:
             show.err.print(
                 f"note: the trial at {job.search.unmeasured[0]:g} measured nothing outside warm-up, so the search "
@@ -78,5 +80,5 @@ def search(args: argparse.Namespace) -> int:
         cols = [c[0] for c in cur.description]
         rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     verdicts = dict(runs)
-    show.out.print(show.capacity_table(rows, verdicts, args.goodput))
+    show.out.print(show.capacity_table(rows, verdicts, args.goodput, job.unit))
     return 0

@@ -221,19 +221,21 @@ def preview_table(previews: Sequence[Preview]) -> Table:
     return t
 
 
-def _load(over: str, v: float | None) -> str:
+def _load(over: str, v: float | None, unit: str = "requests") -> str:
     if v is None:
         return "-"
     if over == "concurrency":
         return f"{v:,.0f} user{'' if round(v) == 1 else 's'}"
-    return f"{v:,.4g} req/s"
+    return f"{v:,.4g} {'req' if unit == 'requests' else unit}/s"
 
 
-def trials_table(run_id: str, over: str, target: float, rows: Sequence[Sequence[Any]], verdict: str) -> Table:
-    """A search's trials in the order run: load, requests, the share meeting the SLO, and how its load was judged
-    (all trials at one load pooled)."""
-    t = table(f"search {run_id}: the share of requests meeting every SLO, against {target:.0%}; verdict: {verdict}")
-    for c in ("trial", "load", "requests", "SLO met", "load judged"):
+def trials_table(
+    run_id: str, over: str, target: float, rows: Sequence[Sequence[Any]], verdict: str, unit: str = "requests"
+) -> Table:
+    """A search's trials in the order run: load, requests (or agent tasks, each judged whole), the share meeting
+    the SLO, and how its load was judged (all trials at one load pooled)."""
+    t = table(f"search {run_id}: the share of {unit} meeting every SLO, against {target:.0%}; verdict: {verdict}")
+    for c in ("trial", "load", unit, "SLO met", "load judged"):
         t.add_column(c)
     for stage, load, requests, share, passed, saturated, held in rows:
         judged = "pass" if passed else "fail"
@@ -243,14 +245,16 @@ def trials_table(run_id: str, over: str, target: float, rows: Sequence[Sequence[
             judged += " (held back: raise load.concurrency)"
         elif not requests:
             judged += " (nothing measured: every request was warm-up or unsent)"
-        t.add_row(stage, _load(over, load), _num(requests), "-" if share is None else f"{share:.1%}", judged)
+        t.add_row(stage, _load(over, load, unit), _num(requests), "-" if share is None else f"{share:.1%}", judged)
     return t
 
 
-def capacity_table(rows: Sequence[dict[str, Any]], verdicts: dict[str, str], target: float) -> Table:
+def capacity_table(
+    rows: Sequence[dict[str, Any]], verdicts: dict[str, str], target: float, unit: str = "requests"
+) -> Table:
     """Per endpoint: the highest load meeting the SLO (below the lowest that did not), output tokens/s there and,
     with a price, the cost of a million output tokens."""
-    t = table(f"capacity: the highest load with at least {target:.0%} of requests meeting every SLO")
+    t = table(f"capacity: the highest load with at least {target:.0%} of {unit} meeting every SLO")
     for c in ("endpoint", "capacity", "lowest failing", "verdict", "out tok/s", "price/h", "per 1M out tok"):
         t.add_column(c)
     for r in rows:
@@ -258,8 +262,8 @@ def capacity_table(rows: Sequence[dict[str, Any]], verdicts: dict[str, str], tar
         cur = r["currency"] or ""
         t.add_row(
             r["endpoint"],
-            _load(r["over"], r["highest_passing"]),
-            _load(r["over"], r["lowest_failing"]),
+            _load(r["over"], r["highest_passing"], unit),
+            _load(r["over"], r["lowest_failing"], unit),
             verdicts.get(r["run_id"], "-"),
             _num(r["output_tokens_per_s"]),
             "-" if price is None else f"{price:,.2f} {cur}",

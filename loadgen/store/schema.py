@@ -439,7 +439,7 @@ SELECT t.run_id, t.stage, count(*) AS tasks, count(*) FILTER (WHERE t.complete) 
        quantile_cont(t.task_latency_ms, 0.9) AS task_latency_p90_ms,
        quantile_cont(t.slowdown, 0.5) AS slowdown_p50, quantile_cont(t.slowdown, 0.9) AS slowdown_p90,
        any_value(c.cached_share) AS cached_share,
-       avg(t.slo_ok::INTEGER) AS slo_share,
+       count(*) FILTER (WHERE t.slo_ok) AS slo_met, avg(t.slo_ok::INTEGER) AS slo_share,
        count(*) FILTER (WHERE t.slo_ok) / nullif(max(t.last_end_s) - min(t.first_sent_s), 0) AS task_goodput_per_s
 FROM tasks t LEFT JOIN cache c USING (run_id, stage)
 GROUP BY t.run_id, t.stage
@@ -495,11 +495,14 @@ WHERE r.sent_s IS NOT NULL
 HELD_BACK_MS = 100
 TRIAL_STAGES = f"""
 CREATE OR REPLACE VIEW trial_stages AS
--- requests: those judged (a cancelled one says nothing of the server's SLO)
-SELECT t.run_id, t.stage, t.over, t.load, t.target, coalesce(s.slo_met, 0) AS slo_met,
-       coalesce(s.requests - s.cancelled, 0) AS requests, s.slo_share, s.lag_p50_ms, s.output_tokens_per_s,
+-- requests: those judged (a cancelled one says nothing of the server's SLO); in a stage of agent tasks, its tasks,
+-- each judged whole (task_summary)
+SELECT t.run_id, t.stage, t.over, t.load, t.target, coalesce(ts.slo_met, s.slo_met, 0) AS slo_met,
+       coalesce(ts.tasks, s.requests - s.cancelled, 0) AS requests, coalesce(ts.slo_share, s.slo_share) AS slo_share,
+       s.lag_p50_ms, s.output_tokens_per_s,
        st.ended IS NOT NULL AS saturated, coalesce(s.lag_p50_ms > {HELD_BACK_MS}, FALSE) AS held_back
 FROM trials t JOIN stages st USING (run_id, stage) LEFT JOIN summary s USING (run_id, stage)
+LEFT JOIN task_summary ts USING (run_id, stage)
 """
 
 # A search's loads (a load's repeats pooled): a load passes when the share of its requests meeting every SLO
