@@ -230,6 +230,10 @@ def test_a_task_runs_as_its_graph_and_the_tasks_view_judges_it(write, tmp_path):
         "FROM task_summary"
     ).fetchall()
     span = con.execute("SELECT max(last_end_s) - min(first_sent_s) FROM tasks").fetchone()[0]
+    report = loadgen("report", str(db), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<h2>Agent tasks</h2>" in page and (tmp_path / "report" / "task_slowdown.png").exists()
     assert summary == [
         (
             "agents",

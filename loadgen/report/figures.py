@@ -199,6 +199,32 @@ def prefix_reuse(con: duckdb.DuckDBPyConnection, out: Path) -> list[Path]:
     return paths
 
 
+def task_slowdown(con: duckdb.DuckDBPyConnection, out: Path) -> Path | None:
+    """Agent tasks: each task's latency against its critical path on the idle endpoint, one colour per run and
+    stage; the diagonal is a slowdown of 1."""
+    rows = con.execute(
+        "SELECT t.run_id || ' ' || t.stage, list(t.idle_critical_path_ms ORDER BY t.task_id), "
+        "list(t.task_latency_ms ORDER BY t.task_id) FROM tasks t JOIN runs ru USING (run_id) "
+        "WHERE t.slowdown IS NOT NULL GROUP BY 1, ru.started_at ORDER BY ru.started_at, 1"
+    ).fetchall()
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, idle, latency in rows:
+        ax.scatter(idle, latency, s=14, alpha=0.7, label=f"{label} (n={len(idle)})")
+    lo = min(min(i) for _, i, _ in rows)
+    hi = max(max(max(i), max(t)) for _, i, t in rows)
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, label="slowdown 1")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="critical path on the idle endpoint (ms)",
+        ylabel="task latency (ms)",
+        title="Agent tasks: latency against the idle critical path",
+    )
+    return _gridded(fig, ax, out / "task_slowdown.png")
+
+
 def run_timeline(con: duckdb.DuckDBPyConnection, run_id: str, out: Path, limit: int = 300) -> list[Path]:
     """Each request's send, first token and end; and throughput and requests in flight over time."""
     rows = con.execute(

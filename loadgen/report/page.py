@@ -89,6 +89,7 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
     phase = [p for p in (prefill_batch,) if p]
     dists = figures.cdfs(con, out)
     reuse = figures.prefix_reuse(con, out)
+    slowdown = figures.task_slowdown(con, out)
     timeline = figures.run_timeline(con, latest, out)
     searched = figures.search_goodput(con, out)
     # The server's side, per run that sampled it (the latest twelve).
@@ -156,6 +157,18 @@ def write_report(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> Path:
                 "FROM sessions GROUP BY run_id ORDER BY run_id",
             ),
         ]
+    (tasks,) = con.execute("SELECT count(*) FROM task_summary").fetchone()
+    if tasks:
+        parts += ["<h2>Agent tasks</h2>", *([_img(slowdown)] if slowdown else [])]
+        parts.append(
+            _table(
+                con,
+                "SELECT ts.run_id, ts.stage, ts.tasks, ts.complete, ts.task_latency_p50_ms, ts.task_latency_p90_ms, "
+                "ts.slowdown_p50, ts.slowdown_p90, ts.cached_share, ts.slo_share, ts.task_goodput_per_s "
+                "FROM task_summary ts JOIN runs ru USING (run_id) JOIN stages st USING (run_id, stage) "
+                "ORDER BY ru.started_at, st.idx",
+            )
+        )
     if searched:
         parts += ["<h2>Capacity</h2>", _img(searched)]
         parts.append(_table(con, "SELECT * FROM capacity ORDER BY endpoint"))
