@@ -6,10 +6,12 @@ import collections
 
 import duckdb
 import numpy as np
+import orjson
 import pytest
 
 from conftest import (
     FAST_ENDPOINT,
+    ROOT,
     chat_stage,
     groups_of,
     interrupted_run,
@@ -328,3 +330,122 @@ def test_a_search_over_task_rate_judges_tasks_whole(write, tmp_path):
     assert all(requests == tasks[stage] == 3 and met == 3 for stage, _, requests, met in trials)
     out = " ".join(res.stdout.split())
     assert "the share of tasks meeting every SLO" in out and "4 tasks/s" in out
+
+
+# -- replayed from aiperf's DAG format --
+
+SAMPLE = ROOT / "workloads" / "traces" / "agents-sample.dag.jsonl"
+
+
+def dag_stage(path, **tasks) -> StageSpec:
+    return chat_stage(
+        {"arrival": "poisson", "rate": 2.0}, {"requests": 30}, tasks={"trace": {"path": str(path)}, **tasks}
+    )
+
+
+def test_a_dag_trace_replays_each_root_as_a_task_with_its_forks_and_joins():
+    research, coder, triage, again, *_ = tasks_of(
+        plan_stage(dag_stage(SAMPLE, system_tokens=10), seed=1, stage_index=0)
+    )
+    assert [c.task.step for c in again] == [c.task.step for c in research]  # the roots, taken in turn
+    step = {c.task.step: c for c in research}
+    lead = [step[f"research[{i}]"] for i in range(3)]
+    searches = [s for s in research if "/search-" in s.task.step]
+    assert {s.task.depth for s in searches} == {1} and len({s.task.agent for s in searches}) == 3
+    # Spawned searches start from a fresh context once the lead's first turn has answered ...
+    firsts = [s for s in searches if s.task.step.endswith("[0]")]
+    assert all(s.task.after == (lead[0].request_id,) and s.task.fork is None for s in firsts)
+    assert all(s.prompt_tokens == 10 + s.task.message_tokens for s in firsts)
+    # ... the lead's second turn runs beside them, and its third (join_at: 2) waits for each one's last turn.
+    assert lead[1].task.after == (lead[0].request_id,) and lead[1].task.delay_s == 0.15
+    lasts = {
+        max((s for s in searches if s.task.agent == a), key=lambda s: s.request_id)
+        for a in {s.task.agent for s in searches}
+    }
+    assert set(lead[2].task.after) == {lead[1].request_id, *(s.request_id for s in lasts)}
+    # Their answers gate the lead, but its context is its own turns only; the review forks from its last.
+    assert lead[2].prompt_tokens == lead[1].prompt_tokens + lead[1].output_tokens + lead[2].task.message_tokens
+    review = step["research[2]/review[0]"]
+    assert review.task.fork == lead[2].request_id and review.task.after == (lead[2].request_id,)
+    assert review.prompt_tokens == lead[2].prompt_tokens + lead[2].output_tokens + review.task.message_tokens
+    # A bare spawn joins at the spawning turn's next one; forks end their conversation.
+    tests = next(c for c in coder if "/run-tests" in c.task.step)
+    assert tests.task.delay_s == 1.2 and tests.request_id in coder[-1].task.after
+    assert [c.task.fork for c in triage[1:]] == [triage[0].request_id] * 2
+
+
+def turn(**keys) -> dict:
+    return {"messages": [{"role": "user", "content": "x"}], **keys}
+
+
+def convo(sid: str, *turns: dict) -> str:
+    return orjson.dumps({"session_id": sid, "turns": list(turns)}).decode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            ['{"session_id": "a", "turns": [{"messages": [{"role": "user", "content": "hi"}]}]}', "{nope"],
+            ":2: invalid JSON",
+        ),
+        (
+            ['{"session_id": "a", "orchestrator": true, "spawns": ["b"]}'],
+            ":1: session 'a': orchestrator is not replayed",
+        ),
+        (
+            ['{"session_id": "a", "turns": [{"messages": [{"content": "x"}], "spawns": ["z"]}]}'],
+            "names 'z', not in the trace",
+        ),
+        (
+            [
+                '{"session_id": "a", "turns": [{"messages": [{"content": "x"}], "spawns": ["b"]}]}',
+                '{"session_id": "b", "turns": [{"messages": [{"content": "x"}], "spawns": ["c"]}]}',
+                '{"session_id": "c", "turns": [{"messages": [{"content": "x"}], "spawns": ["b"]}]}',
+            ],
+            "cycle: a -> b -> c -> b",
+        ),
+        ([convo("a", turn(forks=["b"]), turn())], "a fork ends its conversation"),
+    ],
+)
+def test_a_malformed_dag_trace_is_refused_naming_the_line(write, lines, expected):
+    from loadgen.trace import dag
+
+    path = write("t.dag.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(SpecError) as e:
+        dag.tasks(path, max_depth=3, max_calls=64)
+    assert expected in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_dag_trace_runs_as_its_graph(write, tmp_path):
+    write(
+        "t.dag.jsonl",
+        '{"session_id": "lead", "turns": [{"messages": [{"content": "plan the work"}], "max_tokens": 8, '
+        '"spawns": [{"children": ["w1", "w2"], "join_at": 2}]}, '
+        '{"messages": [{"content": "outline"}], "max_tokens": 8}, '
+        '{"messages": [{"content": "merge"}], "max_tokens": 8, "delay": 50, "forks": ["check"]}]}\n'
+        '{"session_id": "w1", "turns": [{"messages": [{"content": "do part one"}], "max_tokens": 24}]}\n'
+        '{"session_id": "w2", "turns": [{"messages": [{"content": "do part two"}], "max_tokens": 4}]}\n'
+        '{"session_id": "check", "turns": [{"messages": [{"content": "check it"}], "max_tokens": 4}]}\n',
+    )
+    workload = "name: dag\nendpoint: ep.yaml\nload: {arrival: poisson, rate: 4}\n"
+    workload += "tasks: {system_tokens: 32, trace: {path: t.dag.jsonl}}\nstop: {requests: 12}\n"
+    r, db = run_workload(write, tmp_path, FAST_ENDPOINT, workload)
+    assert r.returncode == 0, r.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT request_id, task_step, depends_on, sent_s, end_s, status, prompt_tokens, server_prompt_tokens, "
+        "cached_tokens FROM requests ORDER BY request_id"
+    ).fetchall()
+    assert len(rows) == 12 and {r[5] for r in rows} == {"ok"}
+    ends = {r[0]: r[4] for r in rows}
+    for rid, step, deps, sent, *_ in rows:
+        assert all(sent >= ends[d] for d in deps), (rid, step)
+    by_step = {(r[0] // 6, r[1]): r for r in rows}
+    for t in (0, 1):
+        merge, check = by_step[(t, "lead[2]")], by_step[(t, "lead[2]/check[0]")]
+        workers = [by_step[(t, f"lead[0]/{w}[0]")] for w in ("w1", "w2")]
+        assert merge[3] >= max(w[4] for w in workers) + 0.05  # joined both workers, then its 50 ms delay
+        # The fork found the lead's context cached (but for the last part-filled 16-token block).
+        assert check[8] >= merge[6] - 15 and check[7] == check[6]
+    assert con.execute("SELECT count(*) FROM tasks WHERE complete").fetchone() == (2,)

@@ -22,6 +22,7 @@ from loadgen.schedule.pacer import make_pacer
 from loadgen.spec.distributions import LengthSpec, SecondsSpec
 from loadgen.spec.tasks import CallStep, FanOutStep, RepeatStep, Step, TasksSpec, ToolStep
 from loadgen.spec.workload import StageSpec
+from loadgen.trace import dag
 
 
 class _Draws:
@@ -153,11 +154,45 @@ class _Task:
             yield Planned(rid, stage, offset_s if k == 0 else None, prompt, output, None, call.task, parent, task=call)
 
 
+def _replayed(spec: TasksSpec, draws: _Draws, calls: list[dag.Call], first_id: int) -> _Task:
+    """A task of a trace's graph (loadgen/trace/dag.py), its calls numbered from `first_id`, each prompt planned
+    as its agent's context (its parent's, where it forked) and its message."""
+    task = _Task(spec, draws, first_id)  # nothing drawn: the graph is the trace's
+    context: dict[int, int] = {}
+    for c in calls:
+        if c.agent not in context:
+            context[c.agent] = spec.system_tokens
+            if c.fork is not None:
+                _, prompt, output = task.calls[c.fork]
+                context[c.agent] = prompt + output
+        prompt = context[c.agent] + c.message_tokens
+        call = TaskCall(
+            task=first_id,
+            step=c.step,
+            agent=c.agent,
+            depth=c.depth,
+            after=tuple(first_id + a for a in c.after),
+            results=(),
+            wait_for=0,
+            delay_s=c.delay_s,
+            message_tokens=c.message_tokens,
+            fork=None if c.fork is None else first_id + c.fork,
+            system_tokens=spec.system_tokens,
+        )
+        task.calls.append((call, prompt, c.output_tokens))
+        context[c.agent] = prompt + c.output_tokens
+    return task
+
+
 def task_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0) -> Iterator[Planned]:
-    """The stage's calls, task after task, in the order each task's calls were drawn."""
+    """The stage's calls, task after task, in the order each task's calls were drawn (or, replayed from a trace,
+    its root conversations' graphs in turn)."""
     spec = stage.tasks
     assert spec is not None
     draws = _Draws(seed, stage_index)
+    graphs = None
+    if spec.trace is not None:
+        graphs = dag.tasks(spec.trace.path, spec.max_depth, spec.max_calls, spec.trace.output_tokens)
     load = stage.load
     if load.arrival == "closed":
         offsets: Iterator[float | None] = itertools.repeat(None)
@@ -167,12 +202,16 @@ def task_plan(stage: StageSpec, seed: int, stage_index: int, first_id: int = 0) 
         offsets = (pacer.next_offset() for _ in itertools.count())
     left, horizon = stage.stop.requests, stage.stop.duration_s
     rid = first_id
-    for offset in offsets:
+    for n, offset in enumerate(offsets):
         if (left is not None and rid - first_id >= left) or (horizon is not None and (offset or 0.0) >= horizon):
             return
-        task = _Task(spec, draws, rid)
-        root = _Agent(index=0, depth=0, context=spec.system_tokens, prev=None, start=None, fork=None)
-        task.run(root, spec.steps, "")
+        if graphs is not None:
+            task = _replayed(spec, draws, graphs[n % len(graphs)], rid)
+        else:
+            assert spec.steps is not None
+            task = _Task(spec, draws, rid)
+            root = _Agent(index=0, depth=0, context=spec.system_tokens, prev=None, start=None, fork=None)
+            task.run(root, spec.steps, "")
         if not task.calls:  # nothing fit: a task of no calls sends nothing
             continue
         yield from task.planned(stage.name, offset)

@@ -294,6 +294,10 @@ def _absolute_paths(stage: StageSpec, base: Path) -> StageSpec:
     if tok is not None and not Path(tok).is_absolute():
         requests = stage.requests.model_copy(update={"tokenizer": str((base / tok).resolve())})
         stage = stage.model_copy(update={"requests": requests})
+    graphs = stage.tasks.trace if stage.tasks is not None else None
+    if graphs is not None and not Path(graphs.path).is_absolute():
+        graphs = graphs.model_copy(update={"path": str((base / graphs.path).resolve())})
+        stage = stage.model_copy(update={"tasks": stage.tasks.model_copy(update={"trace": graphs})})
     return stage
 
 

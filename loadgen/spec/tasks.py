@@ -107,11 +107,21 @@ def _check_order(steps: list[Step], where: str) -> None:
             _check_order(s.repeat.steps, f"{where}[{i}].repeat.steps")
 
 
-class TasksSpec(Strict):
-    """Agent tasks, each a graph of calls grown from `steps` (the root agent's). Open loop: tasks arrive at
-    `load.rate` a second; closed loop: each user runs tasks back to back."""
+class TaskTraceSpec(Strict):
+    """Task graphs replayed from a file (relative to the workload file): aiperf's DAG format, one task per root
+    conversation, taken in turn (loadgen/trace/dag.py)."""
 
-    steps: Annotated[list[Step], Field(min_length=1)]
+    path: str
+    format: Literal["aiperf-dag"] = "aiperf-dag"
+    output_tokens: PositiveInt = 128  # a turn's answer where it gives no max_tokens
+
+
+class TasksSpec(Strict):
+    """Agent tasks, each a graph of calls grown from `steps` (the root agent's), or replayed from a `trace`. Open
+    loop: tasks arrive at `load.rate` a second; closed loop: each user runs tasks back to back."""
+
+    steps: Annotated[list[Step], Field(min_length=1)] | None = None
+    trace: TaskTraceSpec | None = None
     system_tokens: Annotated[int, Field(ge=0)] = 0  # every agent's system prompt, the same for all tasks
     max_depth: PositiveInt = 3  # fan-outs nested at most this deep
     max_calls: PositiveInt = 64  # a task's calls at most: drawn beyond it, the task ends there
@@ -120,6 +130,10 @@ class TasksSpec(Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> TasksSpec:
+        if (self.steps is None) == (self.trace is None):
+            raise ValueError("give the tasks' steps, or a trace to replay them from (one of the two)")
+        if self.steps is None:
+            return self
         if (depth := _depth(self.steps)) > self.max_depth:
             raise ValueError(f"fan-outs nest {depth} deep, more than max_depth ({self.max_depth})")
         _check_order(self.steps, "steps")
