@@ -62,6 +62,7 @@ class RequestResult:
     parent_request_id: int | None = None  # the request whose answer it follows (a task's call: the last to end)
     task_id: int | None = None  # its agent task, when it belongs to one
     task_step: str | None = None  # its place in the task
+    task_calls: int | None = None  # the task's calls, all told
     depends_on: list[int] | None = None  # a task's call: the calls it waited for
     tool_ms: float | None = None  # ... and the tool calls' time planned between their answers and its send
     worker: int | None = 0  # the process that sent it (0 in a single-process run; None: no worker owned it)

@@ -449,3 +449,31 @@ def test_a_dag_trace_runs_as_its_graph(write, tmp_path):
         # The fork found the lead's context cached (but for the last part-filled 16-token block).
         assert check[8] >= merge[6] - 15 and check[7] == check[6]
     assert con.execute("SELECT count(*) FROM tasks WHERE complete").fetchone() == (2,)
+
+
+def test_the_live_view_counts_a_task_complete_only_once_all_its_calls_are_in(tmp_path):
+    from loadgen.cli.panel import figures
+    from loadgen.live.feed import LiveFeed
+    from loadgen.metrics import derive
+    from loadgen.results import Progress, RequestResult
+    from loadgen.store import Store
+
+    st = stage(RESEARCH)
+    store = Store(tmp_path / "live.duckdb")
+    store.begin_run("r", "w", "e", {}, [st])
+    calls = [
+        RequestResult(i, "t", 0.0, 0.1 * i, 10, 4, end_s=0.1 * i + 0.5, event_times=[0.1 * i + 0.1], event_tokens=[4])
+        for i in range(3)
+    ]
+    for i, r in enumerate(calls):
+        r.task_id, r.task_step, r.task_calls, r.depends_on, r.tool_ms = 0, f"s{i}", 3, [i - 1] if i else [], 0.0
+    feed = LiveFeed(store.con, "r", tasks=True)
+    progress = Progress(planned=3, done=2, in_flight=1, stage="t", elapsed_s=1.0)
+    store.write("r", [(r, derive(r, st.slo)) for r in calls[:2]])
+    feed.snapshot = feed.read()
+    assert "agent tasks: 0 complete of 1 begun" in " ".join(figures(progress, feed.snapshot, "t"))
+    store.write("r", [(calls[2], derive(calls[2], st.slo))])
+    feed.snapshot = feed.read()
+    line = " ".join(figures(progress, feed.snapshot, "t"))
+    assert "agent tasks: 1 complete of 1 begun   latency p50/p90 700.0 / 700.0 ms   slowdown p50 -" in line
+    store.close()

@@ -57,7 +57,20 @@ def figures(p: Progress, s: Snapshot, stage: str) -> list[str]:
         f"not sent {row.get('not_sent', 0)}"
         + (f"   cancelled {cancelled}" if cancelled else "")
         + (f"   by class: {by_class}" if by_class else ""),
+        *([_tasks(s.tasks[stage])] if stage in s.tasks else []),
     ]
+
+
+def _tasks(row: dict[str, Any]) -> str:
+    """A stage of agent tasks (its task_summary row): tasks whose every call has answered, and their figures."""
+    slowdown = row.get("slowdown_p50")
+    within = row.get("slo_share")
+    return (
+        f"agent tasks: {row['complete']} complete of {row['tasks']} begun   latency p50/p90 "
+        f"{_ms(row.get('task_latency_p50_ms'))} / {_ms(row.get('task_latency_p90_ms'))} ms   slowdown p50 "
+        + ("-" if slowdown is None else f"{slowdown:.2f}")
+        + ("" if within is None else f"   within SLO {within:.0%}")
+    )
 
 
 class LivePanel:

@@ -226,7 +226,8 @@ def _run(
             workload.stages,
         )
         recorder = Recorder(lambda batch: store.write(run_id, batch))
-        feed = LiveFeed(store.con, run_id)  # the live view (terminal panel, web UI's LLM tab)
+        tasks = any(st.tasks is not None for st in workload.stages)
+        feed = LiveFeed(store.con, run_id, tasks)  # the live view (terminal panel, web UI's LLM tab)
         recorder.listeners.append(feed.windows.add)
         if searching is not None:
             trials = Trials(searching[0], searching[1], store, run_id, recorder)

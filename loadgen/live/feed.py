@@ -32,6 +32,7 @@ class Snapshot:
     stages: list[dict[str, Any]] = field(default_factory=list)  # summary rows, in start order
     overall: dict[str, Any] | None = None  # the run_summary row
     errors: dict[str, dict[str, int]] = field(default_factory=dict)  # stage (and OVERALL) -> error class -> count
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its task_summary row (agent tasks)
     timing_bound_ms: float | None = None
     final: bool = False  # the run is over and stored: these are its figures
 
@@ -46,8 +47,10 @@ def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[d
 
 
 class LiveFeed:
-    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str):
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, tasks: bool = False):
+        """`tasks`: the run has stages of agent tasks, whose figures the feed reads too."""
         self.run_id = run_id
+        self._tasks = tasks
         self.windows = Windows()
         self.snapshot = Snapshot()
         self._cur = con.cursor()  # used by one thread at a time: the refresher's, or final() after it stopped
@@ -69,6 +72,9 @@ class LiveFeed:
             read.stages = _rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
             overall = _rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
             read.overall = overall[0] if overall else None
+            if self._tasks:  # agent tasks: their own view, only where the run has them (it costs more to read)
+                rows = _rows(self._cur, "SELECT * FROM task_summary WHERE run_id = ?", [self.run_id])
+                read.tasks = {r["stage"]: r for r in rows}
             for e in _rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):
                 for key in (e["stage"], OVERALL):
                     by_class = read.errors.setdefault(key, {})
@@ -85,7 +91,7 @@ class LiveFeed:
     def _refresh(self, final: bool = False) -> None:
         read: Snapshot = gevent.get_hub().threadpool.apply(self.read, (final,))
         s = self.snapshot
-        s.stages, s.overall, s.errors, s.final = read.stages, read.overall, read.errors, final
+        s.stages, s.overall, s.errors, s.tasks, s.final = read.stages, read.overall, read.errors, read.tasks, final
         if final:
             s.timing_bound_ms = read.timing_bound_ms
 

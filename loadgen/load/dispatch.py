@@ -29,7 +29,8 @@ def in_conversation(r: RequestResult, item: Planned) -> RequestResult:
     if item.task is None:
         r.session, r.turn, r.parent_request_id = item.group, item.turn, item.parent
     else:  # which calls it waited for is known once it goes (the first m answers of a fan-in): the user sets it
-        r.task_id, r.task_step, r.tool_ms = item.task.task, item.task.step, item.task.delay_s * 1000
+        t = item.task
+        r.task_id, r.task_step, r.task_calls, r.tool_ms = t.task, t.step, t.calls, t.delay_s * 1000
     return r
 
 

@@ -32,6 +32,7 @@ class TaskCall(NamedTuple):
     message_tokens: int  # the tokens it adds to its agent's context (its message)
     fork: int | None  # a sub-agent's first call that inherits: the parent's call whose context it starts from
     system_tokens: int  # every agent's system prompt
+    calls: int = 0  # the task's calls, all told
 
 
 class Planned(NamedTuple):

@@ -151,6 +151,7 @@ class _Task:
         for k, (call, prompt, output) in enumerate(self.calls):
             parent = call.after[0] if call.after else (call.results[0] if call.results else None)
             rid = self.first_id + k
+            call = call._replace(calls=len(self.calls))
             yield Planned(rid, stage, offset_s if k == 0 else None, prompt, output, None, call.task, parent, task=call)
 
 

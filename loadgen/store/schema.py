@@ -56,6 +56,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("answer_tpot_ms", "DOUBLE"),  # the answer's own time per token
     ("task_id", "BIGINT"),  # its agent task (the task's first call's request_id), when it belongs to one
     ("task_step", "VARCHAR"),  # its place in the task: step names down to it, sub-agents and repeats indexed
+    ("task_calls", "INTEGER"),  # the task's calls, all told (the graph as planned)
     ("depends_on", "BIGINT[]"),  # a task's call: every call it waited for (the task graph's edges into it)
     ("tool_ms", "DOUBLE"),  # a task's call: the tool calls' time planned between those answers and its send
 )
@@ -401,8 +402,9 @@ WITH RECURSIVE idle AS (
     SELECT c.run_id, n.task_id, max(c.total_ms) AS critical_path_ms, max(c.idle_ms) AS idle_critical_path_ms
     FROM chain c JOIN calls n USING (run_id, request_id) GROUP BY c.run_id, n.task_id
 ), per_task AS (
-    SELECT r.run_id, r.task_id, any_value(r.stage) AS stage, count(*) AS calls,
-           count(*) FILTER (WHERE r.status = 'ok') AS answered, bool_and(r.status = 'ok') AS complete,
+    SELECT r.run_id, r.task_id, any_value(r.stage) AS stage, coalesce(max(r.task_calls), count(*)) AS calls,
+           count(*) FILTER (WHERE r.status = 'ok') AS answered,
+           count(*) FILTER (WHERE r.status = 'ok') = coalesce(max(r.task_calls), count(*)) AS complete,
            min(r.sent_s) AS first_sent_s, max(r.end_s) AS last_end_s,
            sum(r.prompt_tokens) AS prompt_tokens, sum(r.output_tokens) AS output_tokens,
            sum(r.cached_tokens) AS cached_tokens,
