@@ -476,4 +476,10 @@ def test_the_live_view_counts_a_task_complete_only_once_all_its_calls_are_in(tmp
     feed.snapshot = feed.read()
     line = " ".join(figures(progress, feed.snapshot, "t"))
     assert "agent tasks: 1 complete of 1 begun   latency p50/p90 700.0 / 700.0 ms   slowdown p50 -" in line
+    # Locust's LLM tab: the same figures, in columns of their own where the run has tasks.
+    from loadgen.live.webtab import TASK_COLUMNS, columns, rows
+
+    assert columns(feed)[-3:] == TASK_COLUMNS and not set(TASK_COLUMNS) & set(columns(LiveFeed(store.con, "r")))
+    row = rows(feed.snapshot)[0]  # the stage's (then the whole run's)
+    assert (row["tasks_complete"], row["task_latency_p50_ms"], row["slowdown_p50"]) == ("1 of 1", 700.0, None)
     store.close()

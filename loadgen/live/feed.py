@@ -50,7 +50,7 @@ class LiveFeed:
     def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, tasks: bool = False):
         """`tasks`: the run has stages of agent tasks, whose figures the feed reads too."""
         self.run_id = run_id
-        self._tasks = tasks
+        self.tasks = tasks
         self.windows = Windows()
         self.snapshot = Snapshot()
         self._cur = con.cursor()  # used by one thread at a time: the refresher's, or final() after it stopped
@@ -72,7 +72,7 @@ class LiveFeed:
             read.stages = _rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
             overall = _rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
             read.overall = overall[0] if overall else None
-            if self._tasks:  # agent tasks: their own view, only where the run has them (it costs more to read)
+            if self.tasks:  # agent tasks: their own view, only where the run has them (it costs more to read)
                 rows = _rows(self._cur, "SELECT * FROM task_summary WHERE run_id = ?", [self.run_id])
                 read.tasks = {r["stage"]: r for r in rows}
             for e in _rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):

@@ -42,6 +42,16 @@ COLUMNS = (
     ("lag_p99_ms", "Lag p99 ms"),
     ("timing_bound_ms", "Timing bound ms"),
 )
+# A run of agent tasks: each stage's task_summary figures too.
+TASK_COLUMNS = (
+    ("tasks_complete", "Tasks complete"),
+    ("task_latency_p50_ms", "Task latency p50 ms"),
+    ("slowdown_p50", "Slowdown p50"),
+)
+
+
+def columns(feed: LiveFeed) -> tuple[tuple[str, str], ...]:
+    return COLUMNS + TASK_COLUMNS if feed.tasks else COLUMNS
 
 
 def rows(s: Snapshot) -> list[dict[str, Any]]:
@@ -50,11 +60,15 @@ def rows(s: Snapshot) -> list[dict[str, Any]]:
     out = []
     for row in [*s.stages, *([{**s.overall, "stage": OVERALL}] if s.overall else [])]:
         errors = s.errors.get(row["stage"], {})
+        tasks = s.tasks.get(row["stage"]) or {}
         out.append(
             {
                 **{key: row.get(key) for key, _ in COLUMNS},
                 "errors_by_class": ", ".join(f"{k} {n}" for k, n in sorted(errors.items())) or "-",
                 "timing_bound_ms": s.timing_bound_ms if row["stage"] == OVERALL else None,
+                "tasks_complete": f"{tasks['complete']} of {tasks['tasks']}" if tasks else None,
+                "task_latency_p50_ms": tasks.get("task_latency_p50_ms"),
+                "slowdown_p50": tasks.get("slowdown_p50"),
             }
         )
     return out
@@ -78,7 +92,7 @@ def add_llm_tab(web: WebUI, feed: LiveFeed) -> None:
         args = {
             **web.template_args,
             "extended_tabs": [{"title": "LLM", "key": TAB}],
-            "extended_tables": [{"key": TAB, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}],
+            "extended_tables": [{"key": TAB, "structure": [{"key": k, "title": t} for k, t in columns(feed)]}],
         }
         page = flask.render_template("index.html", template_args=args)
         return page.replace("</body>", '<script src="./loadgen/llm.js"></script></body>', 1)
