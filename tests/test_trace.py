@@ -10,14 +10,15 @@ from fractions import Fraction
 
 import duckdb
 import orjson
+import pydantic
 import pytest
 
 from conftest import DATA, FAST_ENDPOINT, loadgen
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import SpecError, load_workload
-from loadgen.spec.workload import StageSpec
+from loadgen.spec.workload import StageSpec, TraceSpec
 from loadgen.target.prompts import make_prompt
-from loadgen.trace.readers import check
+from loadgen.trace.readers import batches, check
 
 AZURE = DATA / "azure-2023-conv-head2000.csv"
 MOONCAKE = DATA / "mooncake-conversation-head500.jsonl"
@@ -429,3 +430,38 @@ def test_a_turn_is_never_sent_before_the_answer_it_follows(write, tmp_path):
     assert res.returncode == 0, res.stderr
     assert {"ttft_vs_turn.png", "ttft_vs_cached_share.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
     assert "Prefix reuse" in (tmp_path / "report" / "index.html").read_text()
+
+
+# A tool agent's calls in Mooncake's format: each next call resends the last one's prompt and answer and adds a
+# tool's result, so its hash ids begin with that call's full blocks. Rows 1 and 2 share only the system prompt's
+# block 0 with row 0; row 4 is shorter than row 0's prompt and answer together.
+AGENT_CALLS = [
+    (0, 1100, 100, [0, 1, 2]),
+    (10, 700, 50, [0, 9]),
+    (20, 1300, 60, [0, 7, 8]),
+    (50, 2100, 80, [0, 1, 10, 11, 12]),
+    (60, 1150, 80, [0, 1, 4]),
+    (70, 3000, 80, [0, 1, 10, 11, 13, 14]),
+]
+
+
+def test_a_tool_agents_next_call_follows_the_call_its_prompt_extends(write, tmp_path):
+    rows = [{"timestamp": t, "input_length": n, "output_length": o, "hash_ids": ids} for t, n, o, ids in AGENT_CALLS]
+    trace = write("agent.jsonl", "".join(orjson.dumps(r).decode() + "\n" for r in rows))
+    spec = TraceSpec(path=str(trace), format="mooncake", dependencies="prefix")
+    (batch,) = list(batches(spec))
+    assert [parent for _, parent, _ in batch.chats] == [-1, -1, -1, 0, -1, 3]
+    assert batch.groups == [0, 1, 2, 0, 4, 0] and [turn for *_, turn in batch.chats] == [1, 1, 1, 2, 1, 3]
+    # Replayed: a call is not sent before the one it follows has ended (its answer: 20 tokens, about 0.15 s).
+    con = replay(
+        write,
+        tmp_path,
+        f"name: agent\nendpoint: ep.yaml\napi: completions\nload: {{arrival: trace, concurrency: 8, trace: "
+        f"{{path: {trace}, format: mooncake, dependencies: prefix}}}}\nrequests: {{output_tokens: 20}}\n",
+    )
+    got = con.execute("SELECT request_id, parent_request_id, sent_s, end_s FROM requests ORDER BY 1").fetchall()
+    assert [r[1] for r in got] == [None, None, None, 0, None, 3]
+    for _, parent, sent, _ in got:
+        assert parent is None or sent >= got[parent][3]
+    with pytest.raises(pydantic.ValidationError, match="dependencies: prefix infers a Mooncake trace"):
+        TraceSpec(path=str(trace), format="bailian", dependencies="prefix")

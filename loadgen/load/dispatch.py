@@ -60,7 +60,7 @@ class Dispatch:
         self.why: str | None = None  # why the stage stopped early, when the run goes on
         self.ended = gevent.event.Event()
         # When each request of a stage with conversations ended, for the turns that follow it.
-        self.follows = stage.load.trace is not None and stage.load.trace.format == "bailian"
+        self.follows = stage.load.trace is not None and stage.load.trace.conversational
         self.ends: dict[int, float] = {}
         self._held: Planned | None = None  # looked at past a session's last turn, not yet taken
         self._awaited: dict[int, gevent.event.Event] = {}

@@ -65,6 +65,14 @@ class TraceSpec(Strict):
     models: list[str] | None = None  # burstgpt: keep these models (ChatGPT, GPT-4)
     log_types: list[str] | None = None  # burstgpt: keep these log types
     keep_failed: bool = False  # burstgpt: keep failed requests (Response tokens = 0), sent with one output token
+    # mooncake: `prefix` infers each request's parent, the latest earlier one whose prompt and answer its prompt
+    # extends (a tool agent's next call), and sends it only once that one has ended (loadgen/trace/follows.py)
+    dependencies: Literal["none", "prefix"] = "none"
+
+    @property
+    def conversational(self) -> bool:
+        """Its requests follow one another: Bailian's by their ids, Mooncake's by inferred prefixes."""
+        return self.format == "bailian" or self.dependencies == "prefix"
 
     @property
     def block(self) -> int:
@@ -77,6 +85,8 @@ class TraceSpec(Strict):
             raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
         if self.end_row is not None and self.end_row <= self.start_row:
             raise ValueError(f"end_row ({self.end_row}) must be after start_row ({self.start_row})")
+        if self.dependencies == "prefix" and self.format != "mooncake":
+            raise ValueError("dependencies: prefix infers a Mooncake trace's; Bailian's rows name their parents")
         return self
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from loadgen.spec.errors import SpecError
 from loadgen.spec.workload import TraceSpec, WorkloadSpec
+from loadgen.trace.follows import Follows
 
 BATCH_ROWS = 65_536
 
@@ -250,7 +251,10 @@ def _conversations(rows: list[Row], roots: dict[int, int]) -> list[int | None]:
 def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
     seen = 0
     roots: dict[int, int] = {}
+    follows = Follows(spec.block) if spec.dependencies == "prefix" else None
     for rows, _, _ in _jsonl_lines(path, spec):
+        if follows is not None:
+            rows = [follows.row(r) for r in rows]
         groups = _conversations(rows, roots)
         lo = max(spec.start_row - seen, 0)
         hi = len(rows) if spec.end_row is None else min(spec.end_row - seen, len(rows))
@@ -261,14 +265,14 @@ def _jsonl_batches(path: Path, spec: TraceSpec) -> Iterator[Batch]:
             continue
         part = rows[lo:hi]
         ts, prompt, output, prefixes, chats, parents, turns = zip(*part, strict=True)
-        bailian = spec.format == "bailian"
+        chained = spec.conversational
         yield Batch(
             np.array(ts, np.int64),
             np.array(prompt, np.int64),
             np.array(output, np.int64),
             list(prefixes),
-            groups[lo:hi] if bailian else None,
-            list(zip(chats, parents, turns, strict=True)) if bailian else None,
+            groups[lo:hi] if chained else None,
+            list(zip(chats, parents, turns, strict=True)) if chained else None,
         )
         if spec.end_row is not None and seen >= spec.end_row:
             return
