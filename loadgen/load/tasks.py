@@ -37,6 +37,8 @@ class Sender(Protocol):
 
 
 class TaskRun:
+    """One task's calls, each in a greenlet of its own (a task's sub-agents run in parallel)."""
+
     def __init__(self, user: Sender, d: Dispatch, calls: list[Planned]):
         self.user, self.d = user, d
         self.stage = d.stage
@@ -45,8 +47,7 @@ class TaskRun:
         self.rows: dict[int, RequestResult] = {}  # each call's row, once it has one
         self.answers: dict[int, str] = {}
         self.contexts: dict[int, Conversation] = {}  # each agent's context, as it grows
-        forks = {c.task.fork for c in calls if c.task is not None and c.task.fork is not None}
-        self.forks = forks
+        self.forks = {c.task.fork for c in calls if c.task is not None and c.task.fork is not None}
         self.snapshots: dict[int, Conversation] = {}  # an agent's context just after a call that sub-agents fork at
         first = calls[0]
         self.start_s = d.now_s() if first.offset_s is None else d.start_s + first.offset_s
@@ -120,10 +121,12 @@ class TaskRun:
     def _context(self, item: Planned) -> Conversation:
         t = item.task
         assert t is not None
-        if t.agent not in self.contexts:
+        if t.agent not in self.contexts:  # its first call: the parent's context at the fork, or a fresh one
             fork = self.snapshots.get(t.fork) if t.fork is not None else None
-            fresh = self.user.ctx.targeter.agent_context(self.stage, item)
-            self.contexts[t.agent] = fork.fork() if fork is not None else fresh
+            if fork is not None:
+                self.contexts[t.agent] = fork.fork()
+            else:
+                self.contexts[t.agent] = self.user.ctx.targeter.agent_context(self.stage, item)
         return self.contexts[t.agent]
 
     def _answered(self, item: Planned, convo: Conversation, message: Part, r: RequestResult | None) -> None:
