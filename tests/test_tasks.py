@@ -483,3 +483,16 @@ def test_the_live_view_counts_a_task_complete_only_once_all_its_calls_are_in(tmp
     row = rows(feed.snapshot)[0]  # the stage's (then the whole run's)
     assert (row["tasks_complete"], row["task_latency_p50_ms"], row["slowdown_p50"]) == ("1 of 1", 700.0, None)
     store.close()
+
+
+def test_a_bad_dag_trace_stops_the_run_before_it_starts(write, tmp_path):
+    write("ep.yaml", FAST_ENDPOINT)
+    write("t.dag.jsonl", convo("a", turn(spawns=["zz"])) + "\n")
+    w = write(
+        "w.yaml",
+        "name: dag\nendpoint: ep.yaml\nload: {arrival: poisson, rate: 2}\ntasks: {trace: {path: t.dag.jsonl}}\n",
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db))
+    assert res.returncode == 2 and "t.dag.jsonl:1: session 'a' names 'zz', not in the trace" in res.stderr
+    assert "Traceback" not in res.stderr and not db.exists()

@@ -17,6 +17,7 @@ import orjson
 
 from loadgen.spec.errors import SpecError
 from loadgen.spec.workload import TraceSpec, WorkloadSpec
+from loadgen.trace import dag
 from loadgen.trace.follows import Follows
 
 BATCH_ROWS = 65_536
@@ -144,7 +145,12 @@ def check(spec: TraceSpec) -> Check:
 
 
 def check_traces(workload: WorkloadSpec) -> dict[str, Check]:
-    """Check every stage's trace before a run (or in `validate`): a bad row is an input error, exit 2."""
+    """Check every stage's trace before a run (or in `validate`): a bad row is an input error, exit 2. A stage's
+    agent-task graphs are read whole (they are small) and checked the same way."""
+    for s in workload.stages:
+        graphs = s.tasks.trace if s.tasks is not None else None
+        if graphs is not None:
+            dag.tasks(graphs.path, s.tasks.max_depth, s.tasks.max_calls, graphs.output_tokens)
     return {s.name: check(s.load.trace) for s in workload.stages if s.load.trace is not None}
 
 
