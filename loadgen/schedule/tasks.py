@@ -4,7 +4,8 @@ A task grows from its root agent's steps (docs/agents.md). An agent's calls go o
 message and its answer to the agent's context; a tool call adds the client's time before the agent's next call;
 a fan-out starts sub-agents that run in parallel, each from a fresh context or its parent's, and the agent's next
 call reads their answers (all, or the first m to come). An agent that ends with a fan-out passes its
-sub-agents' answers up as its own. Lengths are planned as if every answer is as long as asked for.
+sub-agents' answers up as its own. Lengths are planned as if every answer is as long as asked for. Tasks
+replayed from a trace (`tasks.trace`: loadgen/trace/dag.py) take its roots' graphs in turn instead.
 
 Tasks are planned whole: a stage bounded by `stop.requests` plans tasks until it holds that many calls (the last
 task may take it past), one bounded by `stop.duration_s` plans the tasks that start before it ends.
