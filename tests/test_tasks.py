@@ -129,7 +129,11 @@ CALL = "{call: {prompt_tokens: 8, output_tokens: 8}}"
 @pytest.mark.parametrize(
     ("steps", "expected"),
     [
-        (f"[{CALL}, {{tool_s: 1}}]", "the last step is a tool call"),
+        (f"[{CALL}, {{tool_s: 1}}]", "w.yaml:6: tasks.steps: the agent's last step is a tool call"),
+        (
+            f"[{{fan_out: {{count: 2, steps: [{{repeat: {{count: 2, steps: [{CALL}, {{tool_s: 1}}]}}}}]}}}}]",
+            "w.yaml:6: tasks.steps[0].fan_out.steps: the agent's last step is a tool call",
+        ),
         ("[{think: 8}]", "exactly one of call, tool_s, fan_out or repeat"),
         ("[{call: {prompt_tokens: 8, output_tokens: 8}, tool_s: 1}]", "exactly one of call, tool_s, fan_out"),
         (
@@ -139,6 +143,8 @@ CALL = "{call: {prompt_tokens: 8, output_tokens: 8}}"
     ],
 )
 def test_a_malformed_task_is_refused_naming_the_place(write, steps, expected):
+    """(A loop's last tool call is read by its next pass, or by the agent's next step: only an agent's own last
+    step must not be one.)"""
     w = write(
         "w.yaml",
         f"name: t\nendpoint: ep.yaml\nload: {{arrival: poisson, rate: 1}}\n"
@@ -496,3 +502,11 @@ def test_a_bad_dag_trace_stops_the_run_before_it_starts(write, tmp_path):
     res = loadgen("run", str(w), "--db", str(db))
     assert res.returncode == 2 and "t.dag.jsonl:1: session 'a' names 'zz', not in the trace" in res.stderr
     assert "Traceback" not in res.stderr and not db.exists()
+
+
+def test_a_runs_planned_requests_count_a_tasks_stage_as_whole_tasks():
+    """The progress line's "done of planned": a stage of 8-call tasks bounded at 41 calls plans 48."""
+    from loadgen.load.stages import planned_requests
+
+    bounded = chat_stage({"arrival": "poisson", "rate": 2.0}, {"requests": 41}, tasks=RESEARCH)
+    assert planned_requests([bounded], 1) == len(list(plan_stage(bounded, 1, 0))) == 48

@@ -76,7 +76,9 @@ def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
     rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     show.out.print(f"run {run_id}", highlight=False)
     show.out.print(show.summary_table("summary", rows))
-    cur = db.execute("SELECT * FROM task_summary WHERE run_id = ? ORDER BY stage", [run_id])
+    cur = db.execute(
+        "SELECT t.* FROM task_summary t JOIN stages s USING (run_id, stage) WHERE t.run_id = ? ORDER BY s.idx", [run_id]
+    )
     cols = [c[0] for c in cur.description]
     tasks = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     if tasks:

@@ -37,7 +37,7 @@ class Engine(drive.Load):
         self.walker = StageWalker(ctx, more)
         self.monitor = DelayMonitor()
         self.grace_s = description.timeouts.grace_s
-        self.planned = planned_requests(description.stages) if more is None else None
+        self.planned = planned_requests(description.stages, description.seed) if more is None else None
         self.env = Environment(user_classes=[user_class(ctx, description.base_url)], host=description.base_url)
         self.runner = self.env.create_local_runner()
 

@@ -89,7 +89,7 @@ class Master(drive.Load):
         self.on_progress = on_progress
         self.stages = description.stages
         self.slo = {s.name: s.slo for s in self.stages}
-        self.planned = planned_requests(self.stages)
+        self.planned = planned_requests(self.stages, description.seed)
         self.env = Environment(user_classes=[user_class(None, description.base_url)], host=description.base_url)
         try:
             self.runner = self.env.create_master_runner(*bind)

@@ -102,11 +102,15 @@ class StageWalker:
                 yield unsent_row(item, stage, None, stage_first), stage
 
 
-def planned_requests(stages: Sequence[StageSpec]) -> int | None:
-    """How many requests the stages plan in all; None when any is bounded only by time."""
+def planned_requests(stages: Sequence[StageSpec], seed: int) -> int | None:
+    """How many requests the stages plan in all; None when any is bounded only by time. A stage of agent tasks
+    plans whole tasks, so its calls are counted from its plan."""
     if any(s.stop.requests is None for s in stages):
         return None
-    return sum(s.stop.requests for s in stages if s.stop.requests is not None)
+    return sum(
+        sum(1 for _ in plan_stage(s, seed, i)) if s.tasks is not None else s.stop.requests or 0
+        for i, s in enumerate(stages)
+    )
 
 
 def finite(stage: StageSpec) -> bool:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from loadgen.spec.endpoint import EndpointSpec
 from loadgen.spec.errors import SpecError
 from loadgen.spec.redact import redact_url
-from loadgen.spec.tasks import STEP_KINDS
+from loadgen.spec.tasks import STEP_KINDS, order_problems
 from loadgen.spec.workload import StageSpec, WorkloadSpec
 
 Path_ = tuple[str | int, ...]
@@ -258,30 +258,55 @@ def load_workload(path: str | Path, overrides: list[str] | None = None) -> tuple
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise SpecError(source, f"stage names must be unique, got {names}", where="stages", line=lines.get(("stages",)))
-    _check_idle_stages(stages, source, lines)
+    _check_tasks(stages, source, lines)
     return spec.model_copy(update={"stages": stages}), path
 
 
-def _check_idle_stages(stages: list[StageSpec], source: str, lines: dict[Path_, int]) -> None:
-    """A tasks stage's idle stage is an earlier stage of lone requests: its requests, one at a time, give the
-    endpoint's latency with nothing else in flight (docs/agents.md)."""
+def _check_tasks(stages: list[StageSpec], source: str, lines: dict[Path_, int]) -> None:
+    """Agent tasks, beyond their schema: each agent's steps end with something a call reads (docs/agents.md), and
+    a tasks stage's idle stage is an earlier stage of lone requests, whose requests give the endpoint's latency
+    with nothing else in flight. Each problem names the key where it was written: the stage's, or the top level's
+    that the stage inherits."""
     names = [s.name for s in stages]
+
+    def place(i: int, key: Path_) -> tuple[str, int | None]:
+        own = ("stages", i, "tasks", *key)
+        path = own if own in lines else ("tasks", *key)
+        return _where(path), lines.get(path) or next(
+            (lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None
+        )
+
+    problems: list[SpecError] = []
     for i, st in enumerate(stages):
-        idle = st.tasks.idle_stage if st.tasks is not None else None
+        if st.tasks is None:
+            continue
+        for key, message in order_problems(st.tasks.steps) if st.tasks.steps is not None else []:
+            where, line = place(i, key)
+            problems.append(SpecError(source, message, where=where, line=line))
+        idle = st.tasks.idle_stage
         if idle is None:
             continue
-        where, line = f"stages[{i}].tasks.idle_stage", lines.get(("stages", i, "tasks", "idle_stage"))
-        line = line or lines.get(("tasks", "idle_stage"))
+        where, line = place(i, ("idle_stage",))
         if idle not in names[:i]:
-            raise SpecError(source, f"{idle!r} is not a stage before {st.name!r}", where=where, line=line)
+            before = ", ".join(names[:i]) or "none"
+            problems.append(
+                SpecError(
+                    source, f"{idle!r} is not a stage before {st.name!r} (those: {before})", where=where, line=line
+                )
+            )
+            continue
         base = stages[names.index(idle)]
         if base.load.arrival != "closed" or base.load.users != 1 or base.sessions is not None or base.tasks is not None:
-            raise SpecError(
-                source,
-                f"stage {idle!r} must send lone requests (arrival: closed, concurrency: 1, no sessions or tasks)",
-                where=where,
-                line=line,
+            problems.append(
+                SpecError(
+                    source,
+                    f"stage {idle!r} must send lone requests (arrival: closed, concurrency: 1, no sessions or tasks)",
+                    where=where,
+                    line=line,
+                )
             )
+    if problems:
+        raise SpecError.all(list({p.one(): p for p in problems}.values()))
 
 
 def _absolute_paths(stage: StageSpec, base: Path) -> StageSpec:

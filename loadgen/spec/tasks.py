@@ -35,7 +35,8 @@ class ToolStep(Strict):
 
 class FanOutSpec(Strict):
     """`count` sub-agents that run these steps in parallel. The agent goes on once `wait_for` of them have
-    answered (all, or the first m; the others run on, unread), with their answers appended to its context.
+    answered (all, or the first m, at most `count`; the others run on, unread), with their answers appended to
+    its context.
     Each starts from a `fresh` context (the system prompt alone) or from its parent's (`inherit`)."""
 
     count: LengthSpec
@@ -93,18 +94,30 @@ def _depth(steps: list[Step]) -> int:
     return deepest
 
 
-def _check_order(steps: list[Step], where: str) -> None:
-    """A tool's result goes into the prompt of the agent's next call: a list of steps must not end with a tool
-    call, and must hold a call somewhere (an agent that never calls the model sends nothing)."""
-    if isinstance(steps[-1], ToolStep):
-        raise ValueError(f"{where}: the last step is a tool call, whose result no call would read")
-    if not any(not isinstance(s, ToolStep) for s in steps):
-        raise ValueError(f"{where}: the steps hold no call, fan_out or repeat")
-    for i, s in enumerate(steps):
-        if isinstance(s, FanOutStep):
-            _check_order(s.fan_out.steps, f"{where}[{i}].fan_out.steps")
-        elif isinstance(s, RepeatStep):
-            _check_order(s.repeat.steps, f"{where}[{i}].repeat.steps")
+def _ends_with_tool(steps: list[Step]) -> bool:
+    last = steps[-1]
+    return isinstance(last, ToolStep) or (isinstance(last, RepeatStep) and _ends_with_tool(last.repeat.steps))
+
+
+def order_problems(steps: list[Step], path: tuple[str | int, ...] = ("steps",)) -> list[tuple[tuple, str]]:
+    """Where an agent's steps (the root's, or a fan-out's sub-agents') end with a tool call, whose result no call
+    would read, or hold no call at all: (the key path of the offending list, what is wrong). A repeat's steps may
+    end with one: the next pass, or the agent's next step, reads it."""
+    problems: list[tuple[tuple, str]] = []
+    if _ends_with_tool(steps):
+        problems.append((path, "the agent's last step is a tool call, whose result no call would read"))
+    if all(isinstance(s, ToolStep) for s in steps):
+        problems.append((path, "the agent's steps hold no call, fan_out or repeat"))
+
+    def nested(steps: list[Step], path: tuple[str | int, ...]) -> None:
+        for i, s in enumerate(steps):
+            if isinstance(s, FanOutStep):
+                problems.extend(order_problems(s.fan_out.steps, (*path, i, "fan_out", "steps")))
+            elif isinstance(s, RepeatStep):
+                nested(s.repeat.steps, (*path, i, "repeat", "steps"))
+
+    nested(steps, path)
+    return problems
 
 
 class TaskTraceSpec(Strict):
@@ -136,7 +149,6 @@ class TasksSpec(Strict):
             return self
         if (depth := _depth(self.steps)) > self.max_depth:
             raise ValueError(f"fan-outs nest {depth} deep, more than max_depth ({self.max_depth})")
-        _check_order(self.steps, "steps")
         return self
 
 
