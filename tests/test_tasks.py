@@ -261,6 +261,9 @@ def test_a_call_whose_dependency_failed_is_never_sent_and_says_which(write, tmp_
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT request_id, status, error, error_detail FROM requests ORDER BY 1").fetchall()
     assert rows[0][1] == "error"
+    # A call never sent keeps the edges it was planned with: the graph is whole in the database.
+    edges = con.execute("SELECT depends_on, parent_request_id FROM requests ORDER BY request_id").fetchall()
+    assert edges == [([], None), ([0], 0), ([0], 0), ([0], 0), ([0, 1, 2, 3], 0)]
     for _, status, error, detail in rows[1:]:
         assert (status, error) == ("not_sent", "task_ended")
         assert detail.endswith(": the task cannot go on without its answer")

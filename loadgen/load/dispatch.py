@@ -28,9 +28,10 @@ def in_conversation(r: RequestResult, item: Planned) -> RequestResult:
     """A row carries the conversation or the agent task its planned request belongs to, if any."""
     if item.task is None:
         r.session, r.turn, r.parent_request_id = item.group, item.turn, item.parent
-    else:  # which calls it waited for is known once it goes (the first m answers of a fan-in): the user sets it
+    else:  # the calls it depends on, as planned; one that goes says which it waited for (a fan-in's first m)
         t = item.task
         r.task_id, r.task_step, r.task_calls, r.tool_ms = t.task, t.step, t.calls, t.delay_s * 1000
+        r.parent_request_id, r.depends_on = item.parent, sorted({*t.after, *t.results})
     return r
 
 
