@@ -36,6 +36,7 @@ from loadgen.spec import EndpointSpec, SpecError, WorkloadSpec, load_workload, r
 from loadgen.spec.redact import redact_url, split_credentials
 from loadgen.spec.workload import StageSpec
 from loadgen.store import Store
+from loadgen.store.read import rows
 from loadgen.target import probe
 from loadgen.target.bodies import thinking_asked
 from loadgen.target.check import WrongEndpoint, check_endpoint
@@ -71,21 +72,17 @@ def _spec_record(workload: WorkloadSpec, endpoint: EndpointSpec, base_url: str, 
 
 
 def print_summary(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    cur = db.execute("SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [run_id])
-    cols = [c[0] for c in cur.description]
-    rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     show.out.print(f"run {run_id}", highlight=False)
-    show.out.print(show.summary_table("summary", rows))
-    cur = db.execute(
-        "SELECT t.* FROM task_summary t JOIN stages s USING (run_id, stage) WHERE t.run_id = ? ORDER BY s.idx", [run_id]
+    stages = rows(db, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [run_id])
+    show.out.print(show.summary_table("summary", stages))
+    tasks = rows(
+        db,
+        "SELECT t.* FROM task_summary t JOIN stages s USING (run_id, stage) WHERE t.run_id = ? ORDER BY s.idx",
+        [run_id],
     )
-    cols = [c[0] for c in cur.description]
-    tasks = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     if tasks:
         show.out.print(show.tasks_table(tasks))
-    cur = db.execute("SELECT * FROM errors WHERE run_id = ? ORDER BY stage, requests DESC", [run_id])
-    cols = [c[0] for c in cur.description]
-    errs = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    errs = rows(db, "SELECT * FROM errors WHERE run_id = ? ORDER BY stage, requests DESC", [run_id])
     if errs:
         show.out.print(show.errors_table(errs))
 

@@ -10,7 +10,7 @@ from loadgen.capacity.trials import SearchJob
 from loadgen.cli import show
 from loadgen.cli.run import default_db, execute
 from loadgen.spec import SpecError, WorkloadSpec, load_workload
-from loadgen.store.read import reading
+from loadgen.store.read import reading, rows
 
 
 def _job(args: argparse.Namespace, workload: WorkloadSpec) -> SearchJob:
@@ -54,14 +54,14 @@ def search(args: argparse.Namespace) -> int:
         code = execute(args.workload, ref, db, args.overrides, scrape_s=args.server_metrics, search=job)
         with reading(db) as con:
             (run_id,) = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
-            rows = con.execute(
+            trials = con.execute(
                 "SELECT t.stage, t.load, t.requests, t.slo_share, l.passed, t.saturated, t.held_back "
                 "FROM trial_stages t JOIN stages st USING (run_id, stage) "
                 "JOIN trial_loads l ON l.run_id = t.run_id AND l.load = t.load "
                 "WHERE t.run_id = ? ORDER BY st.idx",
                 [run_id],
             ).fetchall()
-        show.out.print(show.trials_table(run_id, job.over, args.goodput, rows, job.search.verdict, job.unit))
+        show.out.print(show.trials_table(run_id, job.over, args.goodput, trials, job.search.verdict, job.unit))
         if job.search.unmeasured:
             show.err.print(
                 f"note: the trial at {job.search.unmeasured[0]:g} measured nothing outside warm-up, so the search "
@@ -73,12 +73,11 @@ def search(args: argparse.Namespace) -> int:
             return code
     with reading(db) as con:
         ids = [r for r, _ in runs]
-        cur = con.execute(
+        capacity = rows(
+            con,
             "SELECT * FROM capacity WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY highest_passing DESC",
             [ids],
         )
-        cols = [c[0] for c in cur.description]
-        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     verdicts = dict(runs)
-    show.out.print(show.capacity_table(rows, verdicts, args.goodput, job.unit))
+    show.out.print(show.capacity_table(capacity, verdicts, args.goodput, job.unit))
     return 0

@@ -20,6 +20,7 @@ import gevent.event
 
 from loadgen.live.windows import Windows
 from loadgen.results import Progress
+from loadgen.store.read import rows
 
 REFRESH_S = 1.0
 COST_SHARE = 0.1
@@ -38,12 +39,6 @@ class Snapshot:
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
-
-
-def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur.execute(sql, params)
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 class LiveFeed:
@@ -69,18 +64,18 @@ class LiveFeed:
         self._cur.execute("BEGIN TRANSACTION")
         try:
             read = Snapshot(final=final)
-            read.stages = _rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
-            overall = _rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
+            read.stages = rows(self._cur, "SELECT * FROM summary WHERE run_id = ? ORDER BY start_s", [self.run_id])
+            overall = rows(self._cur, "SELECT * FROM run_summary WHERE run_id = ?", [self.run_id])
             read.overall = overall[0] if overall else None
             if self.tasks:  # agent tasks: their own view, only where the run has them (it costs more to read)
-                rows = _rows(self._cur, "SELECT * FROM task_summary WHERE run_id = ?", [self.run_id])
-                read.tasks = {r["stage"]: r for r in rows}
-            for e in _rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):
+                tasks = rows(self._cur, "SELECT * FROM task_summary WHERE run_id = ?", [self.run_id])
+                read.tasks = {r["stage"]: r for r in tasks}
+            for e in rows(self._cur, "SELECT stage, error, requests FROM errors WHERE run_id = ?", [self.run_id]):
                 for key in (e["stage"], OVERALL):
                     by_class = read.errors.setdefault(key, {})
                     by_class[e["error"]] = by_class.get(e["error"], 0) + e["requests"]
             if final:  # the run's own bound, as stored (with workers: theirs, which came with their last rows)
-                (run,) = _rows(self._cur, "SELECT client_delay_p99_ms FROM runs WHERE run_id = ?", [self.run_id])
+                (run,) = rows(self._cur, "SELECT client_delay_p99_ms FROM runs WHERE run_id = ?", [self.run_id])
                 read.timing_bound_ms = run["client_delay_p99_ms"]
         finally:
             self._cur.execute("COMMIT")

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from loadgen.server_metrics.names import NAMES
 from loadgen.spec.errors import SpecError
 from loadgen.store import schema
+
+
+def rows(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """A query's rows, each a dict by column name."""
+    cur.execute(sql, list(params))
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 def _held(e: duckdb.Error) -> bool:
