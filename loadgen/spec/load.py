@@ -138,6 +138,11 @@ def did_you_mean(key: str, known: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _line(lines: dict[Path_, int], path: Path_) -> int | None:
+    """The line of a key path, or of the nearest key above it that the file has."""
+    return next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
+
+
 def _where(path: Path_) -> str:
     return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
 
@@ -153,7 +158,7 @@ def validate(model: type[M], data: Any, source: str, lines: dict[Path_, int], pr
             loc = tuple(p for p in err["loc"] if p not in DIST_TAGS)
             loc = tuple(p for i, p in enumerate(loc) if not (p in STEP_KINDS and loc[i + 1 : i + 2] == (p,)))
             full = (*prefix, *loc)
-            line = next((lines[full[:n]] for n in range(len(full), -1, -1) if full[:n] in lines), None)
+            line = _line(lines, full)
             message = _describe(err)
             if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
                 message += did_you_mean(loc[-1], _keys_at(model, loc[:-1]))
@@ -272,9 +277,7 @@ def _check_tasks(stages: list[StageSpec], source: str, lines: dict[Path_, int]) 
     def place(i: int, key: Path_) -> tuple[str, int | None]:
         own = ("stages", i, "tasks", *key)
         path = own if own in lines else ("tasks", *key)
-        return _where(path), lines.get(path) or next(
-            (lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None
-        )
+        return _where(path), _line(lines, path)
 
     problems: list[SpecError] = []
     for i, st in enumerate(stages):
