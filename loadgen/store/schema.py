@@ -117,6 +117,14 @@ def counts(alias: str = "") -> str:
 # which the planned prompt_tokens leave out, are cached too), else as planned.
 SERVER_PROMPT = "coalesce(server_prompt_tokens, prompt_tokens)"
 
+
+def cached_share(where: str | None = None) -> str:
+    """The share of prompt tokens the server's prefix cache held, over the requests (`where`: those of them) whose
+    server said; NULL where none did."""
+    said = "cached_tokens IS NOT NULL" if where is None else f"{where} AND cached_tokens IS NOT NULL"
+    return f"sum(cached_tokens) FILTER (WHERE {said}) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {said}), 0)"
+
+
 # A stage's span, over its measured requests: from its first send to its last stream's end.
 SPAN = "max(end_s) - min(sent_s)"
 
@@ -157,8 +165,7 @@ WITH gaps AS (
     -- of the requests the workload let finish: one it abandoned (cancelled) says nothing of the server's SLO
     count(*) FILTER (WHERE slo_ok) / nullif(count(*) FILTER (WHERE status <> 'cancelled'), 0) AS slo_share,
     -- the share of prompt tokens the server's prefix cache held, over requests whose server said (else NULL)
-    sum(cached_tokens) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL)
-        / nullif(sum({SERVER_PROMPT}) FILTER (WHERE {counts()} AND cached_tokens IS NOT NULL), 0) AS cached_share,
+    {cached_share(counts())} AS cached_share,
     -- a reasoning model's: the answer's first token (TTFT where nothing was thought), and the thinking's share of
     -- the output tokens of the requests that thought (NULL where none did)
     {_pcts("answer_ttft_ms", "answer_ttft", (50, 90))},
@@ -360,7 +367,7 @@ SESSIONS = f"""
 CREATE OR REPLACE VIEW sessions AS
 SELECT run_id, session, count(*) AS turns, max(end_s) - min(sent_s) AS total_s,
        list(CASE WHEN {counts()} THEN ttft_ms END ORDER BY turn, request_id) AS ttft_by_turn_ms,
-       sum(cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+       {cached_share()} AS cached_share
 FROM requests
 WHERE session IS NOT NULL AND status <> 'not_sent'
 GROUP BY run_id, session
@@ -407,8 +414,7 @@ WITH RECURSIVE idle AS (
            count(*) FILTER (WHERE r.status = 'ok') = coalesce(max(r.task_calls), count(*)) AS complete,
            min(r.sent_s) AS first_sent_s, max(r.end_s) AS last_end_s,
            sum(r.prompt_tokens) AS prompt_tokens, sum(r.output_tokens) AS output_tokens,
-           sum(r.cached_tokens) AS cached_tokens,
-           sum({SERVER_PROMPT}) FILTER (WHERE r.cached_tokens IS NOT NULL) AS counted_prompt_tokens,
+           {cached_share()} AS cached_share,
            max(r.ttft_ms) AS max_ttft_ms
     FROM requests r WHERE r.task_id IS NOT NULL GROUP BY r.run_id, r.task_id
 )
@@ -417,7 +423,7 @@ SELECT t.run_id, t.task_id, t.stage, t.calls, t.answered, t.complete, t.first_se
        CASE WHEN t.complete THEN l.critical_path_ms END AS critical_path_ms,
        CASE WHEN t.complete THEN l.idle_critical_path_ms END AS idle_critical_path_ms,
        CASE WHEN t.complete THEN (t.last_end_s - t.first_sent_s) * 1000 / l.idle_critical_path_ms END AS slowdown,
-       t.prompt_tokens, t.output_tokens, t.cached_tokens / nullif(t.counted_prompt_tokens, 0) AS cached_share,
+       t.prompt_tokens, t.output_tokens, t.cached_share,
        t.max_ttft_ms,
        t.complete
            AND coalesce((t.last_end_s - t.first_sent_s) <= (s.spec->>'$.slo.task_s')::DOUBLE, true)
@@ -432,8 +438,7 @@ LEFT JOIN stages s ON s.run_id = t.run_id AND s.stage = t.stage
 TASK_SUMMARY = f"""
 CREATE OR REPLACE VIEW task_summary AS
 WITH cache AS (
-    SELECT run_id, stage,
-           sum(cached_tokens) / nullif(sum({SERVER_PROMPT}) FILTER (WHERE cached_tokens IS NOT NULL), 0) AS cached_share
+    SELECT run_id, stage, {cached_share()} AS cached_share
     FROM requests WHERE task_id IS NOT NULL AND status = 'ok' GROUP BY run_id, stage
 )
 SELECT t.run_id, t.stage, count(*) AS tasks, count(*) FILTER (WHERE t.complete) AS complete,
