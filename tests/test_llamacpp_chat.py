@@ -1,5 +1,6 @@
 """Chat prompts on a real engine: llama.cpp's server (its default ChatML template around every message) counts
-each prompt as long as loadgen planned it, a one-message request's and every turn of a session's alike."""
+each prompt as long as loadgen planned it, a one-message request's, every turn of a session's and every call of an
+agent task's (a sub-agent's inherited context, an answer that reads its sub-agents' answers) alike."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ stages:
                system_prompts: {count: 2, tokens: 48}, max_context: 300, at_context_limit: truncate,
                steady_state: true}
     stop: {requests: 8}
+"""
+# One agent task: a plan, two sub-agents from its context, an answer that reads theirs.
+TASK = """
+tasks: {system_tokens: 64, steps: [{name: plan, call: {prompt_tokens: 120, output_tokens: 8}},
+        {name: look, fan_out: {count: 2, context: inherit, steps: [{call: {prompt_tokens: 80, output_tokens: 8}}]}},
+        {name: answer, call: {prompt_tokens: 60, output_tokens: 8}}]}
+stop: {requests: 4}
 """
 
 
@@ -53,3 +61,23 @@ def test_chat_prompts_are_as_long_as_planned_as_the_server_counts_them(llamacpp,
         "FROM requests r LEFT JOIN requests p ON p.request_id = r.parent_request_id WHERE r.stage = 'truncated'"
     ).fetchone()
     assert covered == (True, True, True)
+
+
+@pytest.mark.slow
+def test_an_agent_tasks_calls_are_as_long_as_planned_as_the_server_counts_them(llamacpp, write, tmp_path):
+    """A run of agent tasks alone calibrates the chat template's tokens per message too (its calls are
+    conversations), and an answer that reads its sub-agents' answers pays for them in their tokens."""
+    w = write(
+        "w.yaml",
+        f"name: task-lengths\nendpoint: {llamacpp}\napi: chat\nload: {{arrival: closed, concurrency: 1}}\n{TASK}",
+    )
+    db = tmp_path / "r.duckdb"
+    res = loadgen("run", str(w), "--db", str(db), "--server-metrics", "0", timeout=300)
+    assert res.returncode == 0, res.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    (note,) = con.execute("SELECT note FROM runs").fetchone()
+    assert "each further message" in note
+    rows = con.execute("SELECT task_step, prompt_tokens, server_prompt_tokens, status FROM requests").fetchall()
+    assert [r[0] for r in rows] == ["plan", "look[0]/call", "look[1]/call", "answer"] and {r[3] for r in rows} == {"ok"}
+    off = [r for r in rows if abs(r[2] / r[1] - 1) > BOUND]
+    assert not off, f"(step, planned, counted, status) beyond {BOUND:.0%}: {off}"

@@ -45,7 +45,7 @@ class TaskRun:
         self.calls = calls
         self.done = {c.request_id: gevent.event.Event() for c in calls}
         self.rows: dict[int, RequestResult] = {}  # each call's row, once it has one
-        self.answers: dict[int, str] = {}
+        self.answers: dict[int, tuple[str, int | None]] = {}  # each answer: its text, its tokens where usage said
         self.contexts: dict[int, Conversation] = {}  # each agent's context, as it grows
         self.forks = {c.task.fork for c in calls if c.task is not None and c.task.fork is not None}
         self.snapshots: dict[int, Conversation] = {}  # an agent's context just after a call that sub-agents fork at
@@ -136,7 +136,7 @@ class TaskRun:
         self.rows[item.request_id] = r
         if r.status == "ok":
             answer = "".join(r.text_parts or ())
-            self.answers[item.request_id] = answer
+            self.answers[item.request_id] = (answer, r.usage_completion_tokens)
             convo.add(message, answer, item.output_tokens, r.usage_completion_tokens, r.server_prompt_tokens)
             if item.request_id in self.forks:
                 self.snapshots[item.request_id] = convo.fork()

@@ -171,8 +171,9 @@ def prepare(ep: Endpoint, stages: Sequence[StageSpec]) -> PromptSetup:
         if cal is None:
             notes.append(f"{api}: the server reports no prompt tokens, so text prompts are one word a token")
             continue
-        if api == "chat" and any(s.sessions is not None for s in untokenized if s.api == "chat"):
-            cal = calibrate_messages(ep, cal)  # only conversations have further messages
+        conversing = [s for s in untokenized if s.api == "chat" and (s.sessions is not None or s.tasks is not None)]
+        if conversing:  # only conversations (sessions, agent tasks) have further messages
+            cal = calibrate_messages(ep, cal)
         calibration[api] = cal
         if (cal.overhead, cal.per_word, cal.per_message) != (0.0, 1.0, 0.0):
             each = f", + {cal.per_message:.0f} each further message" if cal.per_message else ""

@@ -111,17 +111,18 @@ class Targeter:
         system = self._part(stage, t.system_tokens, "agent-system") if t.system_tokens else None
         return Conversation(stage.api, system, None, self._calibration(stage))
 
-    def task_call(self, stage: StageSpec, item: Planned, convo: Conversation, read: list[str]) -> tuple[Target, Part]:
-        """A task's call: its agent's context, then a message of the sub-agents' answers it reads and its own new
-        tokens (returned, to be added with its answer)."""
+    def task_call(
+        self, stage: StageSpec, item: Planned, convo: Conversation, read: list[tuple[str, int | None]]
+    ) -> tuple[Target, Part]:
+        """A task's call: its agent's context, then a message of the sub-agents' answers it reads (each its text and
+        its tokens, where usage said) and its own new tokens (returned, to be added with its answer)."""
         t = item.task
         assert t is not None
-        results = " ".join(read)
+        results = " ".join(text for text, _ in read)
         if convo.cal is None:
             new = self._part(stage, t.message_tokens, item.request_id)
-        else:  # as a session's turn: the message takes what the planned prompt leaves, the answers read included
-            new = make_prompt(
-                max(1, convo.message_words(item.prompt_tokens) - len(results.split())), item.request_id, self.seed
-            )
+        else:  # as a session's turn: the message takes what the planned prompt leaves, the answers read paid first
+            paid = sum(n if n is not None else convo.count(text) for text, n in read)
+            new = make_prompt(convo.message_words(item.prompt_tokens - round(paid)), item.request_id, self.seed)
         message = f"{results} {new}" if results else new
         return self._target(stage, item, convo.prompt(message)), message
