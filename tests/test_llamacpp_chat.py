@@ -77,7 +77,9 @@ def test_an_agent_tasks_calls_are_as_long_as_planned_as_the_server_counts_them(l
     con = duckdb.connect(str(db), read_only=True)
     (note,) = con.execute("SELECT note FROM runs").fetchone()
     assert "each further message" in note
-    rows = con.execute("SELECT task_step, prompt_tokens, server_prompt_tokens, status FROM requests").fetchall()
+    rows = con.execute(
+        "SELECT task_step, prompt_tokens, server_prompt_tokens, status FROM requests ORDER BY request_id"
+    ).fetchall()
     assert [r[0] for r in rows] == ["plan", "look[0]/call", "look[1]/call", "answer"] and {r[3] for r in rows} == {"ok"}
     off = [r for r in rows if abs(r[2] / r[1] - 1) > BOUND]
     assert not off, f"(step, planned, counted, status) beyond {BOUND:.0%}: {off}"
