@@ -7,6 +7,7 @@ the tests and the benchmarks all start servers this way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -39,10 +40,17 @@ class BackgroundServer:
     """The endpoint's server in a child process on a free loopback port; `url` is its OpenAI base URL. A context
     manager, or call `stop()`."""
 
-    def __init__(self, endpoint: EndpointSpec, workdir: Path, timeout_s: float = 120.0, cores: set[int] | None = None):
+    def __init__(
+        self,
+        endpoint: EndpointSpec,
+        workdir: Path,
+        timeout_s: float = 120.0,
+        cores: set[int] | None = None,
+        wait: bool = True,
+    ):
         """`workdir` is a private folder that outlives the child process (its spec and log go there); `cores`
         pins the server to those CPUs (a benchmark keeps it off the load generator's core; an engine's
-        `launch.cores` pins it from inside)."""
+        `launch.cores` pins it from inside). `wait=False` returns once the child is started: call `wait()`."""
         if endpoint.url is not None:
             raise LaunchError(f"endpoint {endpoint.name!r} names a url: there is nothing to start")
         if why := missing(endpoint):
@@ -63,13 +71,19 @@ class BackgroundServer:
             # serving through loadgen's grace period; it still dies with loadgen (above) or when stopped.
             start_new_session=True,
         )
+        self.timeout_s = timeout_s
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until the server listens and its `/health` answers 200 (`url` is then set)."""
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = URL_LINE.search(line)
         if not match:
             self.stop()
             raise LaunchError(f"{self.what} did not start: {(line + self._log_tail()).strip()[-500:]}")
         self.url = match.group(1)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + self.timeout_s
         while not self._healthy():
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
@@ -104,3 +118,12 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_together(endpoints: list[EndpointSpec], workdir: Path, stack: contextlib.ExitStack) -> list[BackgroundServer]:
+    """Start the endpoints' servers at once (each start-up is mostly a model loading, so they overlap), each
+    stopped with `stack`, which stops them all should one fail to start."""
+    servers = [stack.enter_context(BackgroundServer(e, workdir, wait=False)) for e in endpoints]
+    for server in servers:
+        server.wait()
+    return servers

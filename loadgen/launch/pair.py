@@ -20,6 +20,7 @@ move cost: `save_ms`, `copy_ms`, `restore_ms`, their sum `total_ms`, `kv_bytes`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -212,18 +213,18 @@ def _line(line: bytes, prefill: dict, handoff: dict) -> bytes:
 def serve(name: str, launch: LlamaCppPairLaunch, host: str, port: int) -> None:
     """Start both engines (each on a core of its own where there are two), then serve the proxy until SIGINT or
     SIGTERM; prints one line ending in `serving <base URL>` once it listens."""
-    from loadgen.launch.background import BackgroundServer
+    from loadgen.launch.background import start_together
     from loadgen.launch.serving import serve_app
 
     cores = sorted(os.sched_getaffinity(0))
     pinned = ([cores[0]], [cores[1]]) if len(cores) >= 2 else (None, None)
-    with tempfile.TemporaryDirectory(prefix="loadgen-pd-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="loadgen-pd-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         dirs = (work / "prefill-kv", work / "decode-kv")
         engines = [
             EndpointSpec(name=f"{name}-{side}", launch=launch.side(side, str(d), pin))
             for side, d, pin in zip(("prefill", "decode"), dirs, pinned, strict=True)
         ]
-        with BackgroundServer(engines[0], work) as a, BackgroundServer(engines[1], work) as b:
-            pair = Pair(a.url.removesuffix("/v1"), b.url.removesuffix("/v1"), dirs[0], dirs[1], launch)
-            asyncio.run(serve_app(pair.app(), host, port, f"loadgen prefill/decode pair '{name}' (llama.cpp A then B)"))
+        a, b = start_together(engines, work, stack)
+        pair = Pair(a.url.removesuffix("/v1"), b.url.removesuffix("/v1"), dirs[0], dirs[1], launch)
+        asyncio.run(serve_app(pair.app(), host, port, f"loadgen prefill/decode pair '{name}' (llama.cpp A then B)"))
