@@ -32,7 +32,7 @@ def test_shipped_chat_workload_resolves_with_its_emulated_endpoint():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workloads").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_workload_validates_with_its_endpoint_and_trace(path):
-    from loadgen.schedule import preview
+    from loadgen.schedule.plan import preview
     from loadgen.trace.readers import check_traces
 
     spec, wpath = load_workload(path)

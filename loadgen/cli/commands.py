@@ -17,8 +17,7 @@ from loadgen.cli import show
 from loadgen.cli.failure import Failure
 from loadgen.cli.options import numbers
 from loadgen.launch.background import LaunchError
-from loadgen.schedule import preview
-from loadgen.schedule.plan import plan_stage
+from loadgen.schedule.plan import plan_stage, preview
 from loadgen.spec import SpecError, load_endpoint, load_workload, resolve_endpoint
 from loadgen.spec.redact import redact_url
 from loadgen.store import StoreError

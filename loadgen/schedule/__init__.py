@@ -1,5 +1,4 @@
-"""What to send and when: length distributions, arrival pacers and the per-stage plan of requests."""
+"""What to send and when: length distributions, arrival pacers and the per-stage plan of requests.
 
-from loadgen.schedule.plan import Planned, plan_stage, preview
-
-__all__ = ["Planned", "plan_stage", "preview"]
+Import the modules themselves (`loadgen.schedule.plan`): the emulator needs the length sampler only, not the plan's
+trace readers and DuckDB."""
