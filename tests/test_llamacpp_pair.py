@@ -25,7 +25,7 @@ def test_a_run_through_the_pair_stores_every_requests_handoff(write, tmp_path):
         "w.yaml",
         f"name: pair\nendpoint: {ROOT / 'endpoints' / 'llamacpp-gemma-pd.yaml'}\n"
         "load: {arrival: closed, concurrency: 2}\nrequests: {prompt_tokens: 48, output_tokens: 6}\n"
-        "stages:\n  - {name: completions, api: completions, stop: {requests: 4}}\n"
+        "stages:\n  - {name: completions, api: completions, stop: {requests: 2}}\n"
         "  - {name: chat, api: chat, stop: {requests: 2}}\n",
     )
     db = tmp_path / "r.duckdb"
@@ -36,7 +36,7 @@ def test_a_run_through_the_pair_stores_every_requests_handoff(write, tmp_path):
         "SELECT stage, status, output_tokens, kv_handoff_ms, kv_bytes, server_prefill_ms, server_decode_ms, "
         "server_prompt_tokens, cached_tokens FROM requests ORDER BY request_id"
     ).fetchall()
-    assert [r[0] for r in rows] == ["completions"] * 4 + ["chat"] * 2
+    assert [r[0] for r in rows] == ["completions"] * 2 + ["chat"] * 2
     for _, status, out, handoff, size, prefill, decode, prompt, cached in rows:
         assert status == "ok" and out == 6, rows
         assert 0 < handoff < 10_000 and size > 0 and prefill > 0 and decode > 0 and prompt >= 48, rows

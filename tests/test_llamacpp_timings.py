@@ -171,7 +171,7 @@ def test_ttft_contains_the_servers_prefill_and_the_token_span_is_its_decode(llam
 
 
 SESSIONS = (
-    "sessions: {turns: 3, think_s: 0, user_tokens: 24, output_tokens: 12,\n"
+    "sessions: {turns: 3, think_s: 0, user_tokens: 24, output_tokens: 6,\n"
     "           system_prompts: {count: 1, tokens: 48}, max_context: 480}\n"
 )
 
