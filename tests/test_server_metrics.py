@@ -58,8 +58,11 @@ def test_a_run_samples_the_servers_metrics_on_its_own_clock(write, tmp_path):
     )
     (client_ms,) = con.execute("SELECT avg(ttft_ms) FROM requests").fetchone()
     assert rise["ttft_count"] == 12 and 0 < client_ms - rise["ttft_seconds"] / 12 * 1000 < 0.5 * client_ms
+    # Each request with the server's state as last scraped before it was sent: the first wave finds the baseline
+    # (nothing running), the later ones the other users' requests (2.67 on average alone: 0 four times, then 4;
+    # 1.7 once, on a suite that ran slow, where the waves drift apart).
     state = con.execute("SELECT count(*), count(running), avg(running) FROM request_server_state").fetchone()
-    assert state[0] == 12 and state[1] >= 10 and 2.0 <= state[2] <= 4.0
+    assert state[0] == 12 and state[1] >= 10 and 1.0 <= state[2] <= 4.0
 
 
 def test_off_with_an_option(write, tmp_path):
