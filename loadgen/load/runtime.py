@@ -23,8 +23,8 @@ def prepare() -> None:
     # stamp on the load's event loop would wait behind it. Half a millisecond keeps the loop's delays below that.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Runner.stop() names its caller in a debug line through inspect, which reads the source around each frame
-    # (and looks up every module loaded to find the caller's): about 0.2 s of CPU a stop, here. Without the source lines
-    # it names the caller as well, nearly free.
+    # (and looks up every module loaded to find the caller's): about 0.2 s of CPU a stop, here. Without the source
+    # lines it names the caller as well, nearly free.
     from locust import runners
 
     runners.inspect = types.SimpleNamespace(
