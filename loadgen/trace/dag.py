@@ -155,19 +155,17 @@ class _Graph:
         joins: dict[int, list[int]] = {}  # turn -> sub-agents' last calls it waits for
         for i, t in enumerate(convo.turns):
             after = tuple(c for c in (prev,) if c is not None) + tuple(joins.pop(i, ()))
-            k = len(self.calls)
-            self.calls.append(
-                Call(f"{path}{sid}[{i}]", agent, depth, after, t.delay_s, t.message_tokens, t.output_tokens, fork)
-            )
+            k, step = len(self.calls), f"{path}{sid}[{i}]"
+            self.calls.append(Call(step, agent, depth, after, t.delay_s, t.message_tokens, t.output_tokens, fork))
             fork, prev = None, k
             for children, join in t.spawns:
                 for child in children:
-                    last = self._child(child, convo, k, None, depth, f"{path}{sid}[{i}]/", (*visiting, sid))
+                    last = self._child(child, convo, k, None, depth, f"{step}/", (*visiting, sid))
                     target = i + 1 if join is None else join
                     if last is not None and target < len(convo.turns):
                         joins.setdefault(target, []).append(last)
             for child in t.forks:
-                self._child(child, convo, k, k, depth, f"{path}{sid}[{i}]/", (*visiting, sid))
+                self._child(child, convo, k, k, depth, f"{step}/", (*visiting, sid))
         return prev
 
     def _child(

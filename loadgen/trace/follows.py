@@ -31,12 +31,12 @@ class Follows:
         ts, prompt, output, ids, *_ = r
         index, self.rows = self.rows, self.rows + 1
         parent = -1
-        for k in range(min(prompt // self.block, len(ids)) - 1, -1, -1):
+        full = min(prompt // self.block, len(ids))  # its full blocks
+        for k in range(full - 1, -1, -1):
             hit = self.ends.get(ids[k])
             if hit is not None and prompt >= hit[1] + hit[2] and ts >= hit[3]:
                 parent = hit[0]
                 break
-        full = min(prompt // self.block, len(ids))
         if full and ids[full - 1] not in self.seen:
             self.ends[ids[full - 1]] = (index, prompt, output, ts)
         self.seen.update(ids)
