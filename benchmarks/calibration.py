@@ -11,12 +11,18 @@ workloads the fit never saw (issue 23).
 4. Each held-out workload runs three times on the engine: the engine's figure is the median of its three runs,
    as it does not repeat itself (pinned to a core of its own, one Poisson run of the same arrivals still ran
    17-31% slower than the next, lone requests included).
-5. Printed: `loadgen compare`'s figures per held-out stage, the engine's three runs, their median, the twin's,
+5. The engine's own speed, checked around every run of it: a probe of lone requests (160-token prompts, 32-token
+   answers) read from the server's own timings (ms a prompt token, ms an output token). This host's speed for the
+   engine moves by itself (its decode 23 ms a token one day, 46 the next, a Python loop's time unchanged), and a
+   twin predicts the server it measured: an engine run counts where the probes before and after it are within
+   DRIFT of the probes around the study; one outside is shown, dropped and run again (up to RUNS_AT_MOST).
+6. Printed: `loadgen compare`'s figures per held-out stage, the engine's three runs, their median, the twin's,
    the error against the median and the engine's spread (its highest run over its lowest); and the capacity.
    Bounds (the issue's): TTFT, TPOT and E2E p50 within 15%, p90 within 25%; capacity within 20%.
 
 The engine's figures need the machine otherwise idle (docs/endpoints.md, "A real engine"): the engine runs on
-the last core, this process and what it starts (loadgen, the twin) on the others. It takes about 22 minutes.
+the last core, this process and what it starts (loadgen, the twin) on the others. It takes 25 to 45 minutes, as
+the engine's speed on this host.
 
     python benchmarks/calibration.py [--keep DIR]
 """
@@ -47,7 +53,61 @@ OUTPUT_TOKENS = 32  # capacity-cpu's answers: its capacity in requests/s is its 
 BOUND = {50: 15.0, 90: 25.0}
 BOUNDED = ("ttft_ms", "tpot_ms", "e2e_ms")
 CAPACITY_BOUND = 20.0
-ENGINE_RUNS = ("engine-1", "engine-2", "engine-3")
+ENGINE_RUNS = 3  # kept runs of the engine per held-out workload
+RUNS_AT_MOST = 6  # runs of the engine per held-out workload, kept or dropped
+DRIFT = 0.06  # how far the engine's own speed may move from the study's in a run that counts
+PROBE = {
+    "name": "speed-probe",
+    "api": "completions",
+    "seed": 5,
+    "load": {"arrival": "closed", "concurrency": 1},
+    "requests": {"prompt_tokens": 160, "output_tokens": 32},
+    "warmup": {"requests": 1},
+    "stop": {"requests": 5},
+}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The engine's own speed for lone requests, from its timings: medians over the probe's requests."""
+
+    prefill: float  # ms a prompt token
+    decode: float  # ms an output token after the first
+
+    def drift(self, ref: Speed) -> float:
+        return max(abs(self.prefill / ref.prefill - 1), abs(self.decode / ref.decode - 1))
+
+    def __str__(self) -> str:
+        return f"prefill {self.prefill:.2f} ms/token, decode {self.decode:.1f} ms/token"
+
+
+class Probe:
+    """Runs the speed probe on the engine; the reference is the mean of the probes around the study."""
+
+    def __init__(self, engine: Path, d: Path):
+        self.d, self.n = d, 0
+        spec = {**PROBE, "endpoint": str(engine)}
+        self.workload = d / "speed-probe.yaml"
+        self.workload.write_text(yaml.safe_dump(spec, sort_keys=False))
+        self.ref: Speed | None = None
+
+    def __call__(self) -> Speed:
+        self.n += 1
+        db = self.d / f"speed-probe-{self.n}.duckdb"
+        loadgen("run", str(self.workload), "--db", str(db), "--server-metrics", "0")
+        sql = (
+            "SELECT median(server_prefill_ms / prompt_tokens), median(server_decode_ms / (output_tokens - 1)) "
+            "FROM requests WHERE status = 'ok' AND NOT warmup"
+        )
+        ((prefill, decode),) = query(db, sql)
+        if prefill is None or decode is None:
+            raise SystemExit(f"the speed probe ({db}) has no server timings: is the engine llama.cpp?")
+        got = Speed(prefill, decode)
+        print(f"    engine speed: {got}" + (f" ({got.drift(self.ref):.1%} from the study's)" if self.ref else ""))
+        return got
+
+    def within(self, *speeds: Speed) -> bool:
+        return all(s.drift(self.ref) <= DRIFT for s in speeds)
 
 
 def poisson_chat(rate: float, engine: Path) -> dict:
@@ -131,7 +191,13 @@ def main() -> None:
         study, twin = d / "study.duckdb", d / "twin.yaml"
         print(f"  load average before: {os.getloadavg()[0]:.2f} (the engine's figures need an idle machine)")
         engine = pinned(d)
+        probe = Probe(engine, d)
+        before = probe()
         loadgen("study", str(STUDY), "--endpoints", str(engine), "--db", str(study))
+        after = probe()
+        if after.drift(before) > DRIFT:
+            raise SystemExit(f"the engine's speed moved {after.drift(before):.1%} during the study: run again")
+        probe.ref = Speed((before.prefill + after.prefill) / 2, (before.decode + after.decode) / 2)
         (endpoint,) = query(study, "SELECT DISTINCT endpoint FROM runs")[0]
         print(loadgen("calibrate", str(study), "--endpoint", endpoint, "--out", str(twin)))
         caps = {}
@@ -143,16 +209,32 @@ def main() -> None:
             raise SystemExit("the engine passed no load of the capacity search: nothing to take shares of")
         held = d / "held-out-poisson.yaml"
         held.write_text(yaml.safe_dump(poisson_chat(caps["engine"][1], engine), sort_keys=False))
-        # The engine three times on each held-out workload: its figure is the median of the three, as it does
-        # not repeat itself (the runs show by how much).
-        compared = {}
+        # The engine three times on each held-out workload, at the study's speed: its figure is the median of
+        # the three, as it does not repeat itself (the runs show by how much).
+        compared, dropped = {}, 0
+        last = probe()
         for workload in (held, SESSIONS):
-            for who in ("twin", *ENGINE_RUNS):
-                ep = twin if who == "twin" else engine
-                db = d / f"{workload.stem}-{who}.duckdb"
-                loadgen("run", str(workload), "--endpoint", str(ep), "--db", str(db), "--server-metrics", "0")
             twin_db = d / f"{workload.stem}-twin.duckdb"
-            runs = [rows(d / f"{workload.stem}-{who}.duckdb", twin_db) for who in ENGINE_RUNS]
+            run = ("run", str(workload), "--server-metrics", "0")
+            loadgen(*run, "--endpoint", str(twin), "--db", str(twin_db))
+            kept: list[Path] = []
+            for n in range(1, RUNS_AT_MOST + 1):
+                if len(kept) == ENGINE_RUNS:
+                    break
+                db = d / f"{workload.stem}-engine-{n}.duckdb"
+                loadgen(*run, "--endpoint", str(engine), "--db", str(db))
+                first, last = last, probe()
+                if probe.within(first, last):
+                    kept.append(db)
+                else:
+                    dropped += 1
+                    print(f"    dropped {db.name}: the engine's speed moved more than {DRIFT:.0%} from the study's")
+            if len(kept) < ENGINE_RUNS:
+                raise SystemExit(
+                    f"{workload.stem}: {len(kept)} of {RUNS_AT_MOST} engine runs at the study's speed (within "
+                    f"{DRIFT:.0%}): this host's speed moved; nothing to compare the twin with"
+                )
+            runs = [rows(db, twin_db) for db in kept]
             compared[workload.stem] = [Measured(r[0], [x.a for x in r]) for r in zip(*runs, strict=True)]
         took = time.perf_counter() - t0
 
@@ -173,6 +255,7 @@ def main() -> None:
         + ("none" if tw is None else f"{tw[0]:g} users ({tw[1]:.2f} req/s)")
     )
     print(f"  Poisson rates: {', '.join(f'{s:.0%} {s * er:.3f} req/s' for s in SHARES)}")
+    print(f"  the engine's speed at the study: {probe.ref}; {dropped} engine run(s) dropped outside {DRIFT:.0%}")
     print(f"  took {took:.0f} s")
     for workload, got in compared.items():
         # Per stage where the workload has several, else the whole run (its one stage).
