@@ -244,7 +244,7 @@ def test_a_twin_of_the_real_engine_serves_its_figures(engine_study, write, tmp_p
     run = write(
         "w.yaml",
         f"name: twin-b1\nendpoint: {twin}\napi: completions\nload: {{arrival: closed, concurrency: 1}}\n"
-        "requests: {prompt_tokens: 32, output_tokens: 16}\nstop: {requests: 3}\n",
+        "requests: {prompt_tokens: 32, output_tokens: 8}\nstop: {requests: 3}\n",
     )
     res = loadgen("run", str(run), "--db", str(tmp_path / "twin.duckdb"))
     assert res.returncode == 0, res.stderr
