@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,15 +63,20 @@ class _Zygote:
         )
         atexit.register(self.proc.kill)
 
-    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+    def fork(self, args: tuple[str, ...], files: dict[str, str], cwd: Path | None, env: dict | None) -> int:
+        """Starts the command, its stdout and stderr written to `files`; returns its pid."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        job = {"args": list(args), "cwd": str(cwd or ROOT), "env": env, **files}
+        self.proc.stdin.write(orjson.dumps(job).decode() + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def run(self, args: tuple[str, ...], timeout: float, cwd: Path | None, env: dict | None):
         with tempfile.TemporaryDirectory(prefix="loadgen-test-") as tmp:
             files = {k: str(Path(tmp) / k) for k in ("out", "err", "code")}
             Path(files["out"]).touch()
             Path(files["err"]).touch()
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write(orjson.dumps({"args": list(args), "cwd": str(ROOT), **files}).decode() + "\n")
-            self.proc.stdin.flush()
-            pid = int(self.proc.stdout.readline())
+            pid = self.fork(args, files, cwd, env)
             deadline = time.monotonic() + timeout
             while _alive(pid):
                 if time.monotonic() > deadline:
@@ -78,10 +84,69 @@ class _Zygote:
                         os.killpg(pid, signal.SIGKILL)
                     raise subprocess.TimeoutExpired(["loadgen", *args], timeout)
                 time.sleep(0.01)
-            code = Path(files["code"])
-            status = int(code.read_text()) if code.exists() else -signal.SIGKILL  # killed before it could say
             out, err = Path(files["out"]).read_text(), Path(files["err"]).read_text()
-            return subprocess.CompletedProcess(["loadgen", *args], status, out, err)
+            return subprocess.CompletedProcess(["loadgen", *args], _status(files["code"]), out, err)
+
+
+def _status(code_file: str, signalled: int = signal.SIGKILL) -> int:
+    """The exit status a forked command wrote as it exited, or the signal that ended it before it could."""
+    code = Path(code_file)
+    return int(code.read_text()) if code.exists() else -signalled
+
+
+class Forked:
+    """A load command forked from the zygote with Popen's face, for the tests that signal it or read its output
+    as it runs: its pid (its own process group, as a shell gives a command), stdout and stderr as pipes (named
+    ones), poll, wait, send_signal, terminate, communicate and returncode."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        global _zygote
+        if _zygote is None:
+            _zygote = _Zygote()
+        self._tmp = tempfile.TemporaryDirectory(prefix="loadgen-test-")
+        files = {k: str(Path(self._tmp.name) / k) for k in ("out", "err", "code")}
+        for k in ("out", "err"):
+            os.mkfifo(files[k])
+        self.args, self._code, self._signalled = args, files["code"], signal.SIGKILL
+        self.pid = _zygote.fork(args, files, None, env)
+        self.stdout = open(files["out"])  # the command opens its ends in this order
+        self.stderr = open(files["err"])
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _alive(self.pid):
+            self.returncode = _status(self._code, self._signalled)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["loadgen", *self.args], timeout or 0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self._signalled = sig
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """What the command writes to stdout and stderr until it exits (read together: neither pipe fills)."""
+        got: dict[str, str] = {}
+        reader = threading.Thread(target=lambda: got.update(out=self.stdout.read()), daemon=True)
+        reader.start()
+        err = self.stderr.read()
+        reader.join(timeout)
+        self.wait(timeout)
+        for f in (self.stdout, self.stderr):
+            f.close()
+        self._tmp.cleanup()
+        return got.get("out", ""), err
 
 
 def _alive(pid: int) -> bool:
@@ -95,25 +160,18 @@ def _alive(pid: int) -> bool:
 _zygote: _Zygote | None = None
 
 
-def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None):
-    """Run the real command line: in a child process as a user would (forked from a started, imported `loadgen`
-    where the test sets no directory or environment of its own: tests/zygote.py), or in this one where that
-    changes nothing."""
+def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict | None = None, script: bool = False):
+    """Run the real command line: in a child process as a user would (forked from a started, imported `loadgen`:
+    tests/zygote.py; the console script itself where `script`), or in this one where that changes nothing."""
     global _zygote
-    if (not args or args[0] in IN_PROCESS or args[0].startswith("-")) and cwd is None and env is None:
+    in_process = not args or args[0] in IN_PROCESS or args[0].startswith("-")
+    if in_process and cwd is None and env is None and not script:
         return _in_process(args)
-    if cwd is None and env is None:
+    if not script:
         if _zygote is None:
             _zygote = _Zygote()
-        return _zygote.run(args, timeout)
-    return subprocess.run(
-        [*COMMAND, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd or ROOT,
-        env=env,
-    )
+        return _zygote.run(args, timeout, cwd, env)
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
 
 
 # The README's test command runs the tests on 4 pytest-xdist workers (pyproject.toml's addopts): most tests wait
@@ -265,15 +323,12 @@ def run_workload(write, tmp_path: Path, endpoint: str, workload: str, db_name: s
 @contextlib.contextmanager
 def served(endpoint_file: Path):
     """`loadgen serve` in a child process on a free loopback port; yields its base URL (…/v1)."""
-    proc = subprocess.Popen(
-        [*COMMAND, "serve", str(endpoint_file), "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+    proc = Forked("serve", str(endpoint_file), "--port", "0")
     try:
-        assert proc.stdout is not None
         yield proc.stdout.readline().split()[-1]
     finally:
         proc.terminate()
-        proc.wait()
+        proc.communicate(timeout=60)
 
 
 # A phase study in four small stages: Prefill at two prompt lengths one at a time, Decode at batch 1 and 8.
@@ -351,7 +406,7 @@ def gemma(tmp_path_factory):
     yield from _engine(tmp_path_factory, "gemma")
 
 
-def streaming(proc: subprocess.Popen, after_s: float, timeout: float = 90) -> str:
+def streaming(proc: subprocess.Popen | Forked, after_s: float, timeout: float = 90) -> str:
     """Wait until a run started with stderr piped has begun its first stage (its first plain progress line), then
     `after_s` more; returns what it wrote to stderr until then. A fixed sleep from the command's start would race
     its start-up, which a busy machine stretches."""
@@ -385,13 +440,7 @@ def interrupted_run(write, tmp_path: Path, workload: str, after_s: float = 3):
     its first stage: it exits 130, and the database it leaves is returned, open to read."""
     write("ep.yaml", SLOW_ENDPOINT)
     db = tmp_path / "r.duckdb"
-    proc = subprocess.Popen(
-        [*COMMAND, "run", str(write("w.yaml", workload)), "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = Forked("run", str(write("w.yaml", workload)), "--db", str(db))
     began = streaming(proc, after_s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

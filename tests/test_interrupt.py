@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from conftest import COMMAND, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, streaming
+from conftest import INTERRUPTIBLE, SLOW_ENDPOINT, Forked, check_interrupted, streaming
 
 
 @pytest.mark.slow
@@ -21,14 +20,7 @@ def test_signals_mark_the_run_interrupted_and_keep_what_was_measured(write, tmp_
     # Ctrl-C, which signals loadgen's whole process group; the background emulator must outlive the grace period.
     cases = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "group": signal.SIGINT}
     runs = {
-        case: subprocess.Popen(
-            [*COMMAND, "run", str(w), "--db", str(tmp_path / f"{case}.duckdb")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            start_new_session=True,  # its own process group, as a shell gives a command
-        )
+        case: Forked("run", str(w), "--db", str(tmp_path / f"{case}.duckdb"))  # its own process group
         for case in cases
     }
     began = {case: streaming(proc, 0) for case, proc in runs.items()}

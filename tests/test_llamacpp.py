@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import duckdb
@@ -14,7 +13,7 @@ import orjson
 import pytest
 import yaml
 
-from conftest import COMMAND, INTERRUPTIBLE, MINI_STUDY, ROOT, check_interrupted, loadgen, streaming
+from conftest import INTERRUPTIBLE, MINI_STUDY, ROOT, Forked, check_interrupted, loadgen, streaming
 
 GEMMA_TAIL = "GET /props model_path: sliding-window attention (gemma3.attention.sliding_window 512 in the GGUF file)"
 
@@ -172,14 +171,7 @@ def test_ctrl_c_keeps_every_row_with_real_streams_in_flight(tiny_model, write, t
     grace period, in-flight streams are stored as interrupted with the tokens they had, every planned row is kept."""
     write("ep.yaml", f"name: llamacpp-ctrl-c\nlaunch: {{kind: llamacpp, slots: 3, ctx: 6144, model: {tiny_model}}}\n")
     w = write("w.yaml", INTERRUPTIBLE)
-    proc = subprocess.Popen(
-        [*COMMAND, "run", str(w), "--db", str(tmp_path / "r.duckdb")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    proc = Forked("run", str(w), "--db", str(tmp_path / "r.duckdb"))
     began = streaming(proc, 1)  # after the engine's start and the probes: a second of streams
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

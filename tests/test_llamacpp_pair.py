@@ -3,7 +3,6 @@ moves to engine B through a file, B decodes; loadgen stores each request's hando
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 
@@ -86,6 +85,6 @@ def test_the_pair_serves_any_client_and_gives_its_slots_back(tiny_model, write):
 
 def test_an_engine_pinned_to_cores_the_machine_lacks_is_one_line(write):
     ep = write("ep.yaml", "name: pinned\nlaunch: {kind: llamacpp, cores: [4096]}\n")
-    res = loadgen("serve", str(ep), "--port", "0", env=dict(os.environ))  # the console script, as a user runs it
+    res = loadgen("serve", str(ep), "--port", "0", script=True)  # the console script, as a user runs it
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "cores [4096] are not all among this machine's" in res.stderr

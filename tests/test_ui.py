@@ -8,8 +8,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import FAST_ENDPOINT, ROOT, chromium
+from conftest import FAST_ENDPOINT, Forked, chromium
 from loadgen.live.webtab import shown
 
 TWO_STAGES = (
@@ -47,7 +45,7 @@ def get(url: str, data: bytes | None = None) -> bytes:
 class UI:
     base: str
     db: Path
-    proc: subprocess.Popen
+    proc: Forked
     up: datetime  # the run was set up before this
     deadline: float
     out: str = ""
@@ -70,14 +68,7 @@ def web_ui(write, tmp_path: Path, workload: str, workers: int = 1) -> Iterator[U
     write("ep.yaml", FAST_ENDPOINT)
     w = write("w.yaml", workload)
     db, port = tmp_path / "ui.duckdb", free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "ui", str(w), "--db", str(db), "--web-port", str(port)]
-        + ["--workers", str(workers)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = Forked("ui", str(w), "--db", str(db), "--web-port", str(port), "--workers", str(workers))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     try:

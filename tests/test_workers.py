@@ -11,7 +11,15 @@ import duckdb
 import psutil
 import pytest
 
-from conftest import COMMAND, FAST_ENDPOINT, INTERRUPTIBLE, ROOT, SLOW_ENDPOINT, check_interrupted, loadgen, streaming
+from conftest import (
+    FAST_ENDPOINT,
+    INTERRUPTIBLE,
+    SLOW_ENDPOINT,
+    Forked,
+    check_interrupted,
+    loadgen,
+    streaming,
+)
 from loadgen.schedule.plan import plan_stage
 from loadgen.spec import load_workload
 
@@ -100,15 +108,8 @@ def _workers_of(proc: subprocess.Popen, count: int, timeout_s: float = 30) -> li
     raise AssertionError("the worker processes did not start")
 
 
-def _run(w, db) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*COMMAND, "run", str(w), "--db", str(db), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,  # its own process group, as a shell gives a command
-    )
+def _run(w, db) -> Forked:
+    return Forked("run", str(w), "--db", str(db), "--workers", "2")
 
 
 @pytest.mark.slow
@@ -187,14 +188,10 @@ def test_a_worker_without_the_api_key_fails_with_one_line_before_sending(write, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    master = subprocess.Popen(
-        [*COMMAND, "master", str(w), "--db", str(db), "--expect-workers", "1", "--bind", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    master = Forked(
+        "master", str(w), "--db", str(db), "--expect-workers", "1", "--bind", f"127.0.0.1:{port}",
         env={**os.environ, "LOADGEN_TEST_KEY": "sk-master-only"},
-    )
+    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "LOADGEN_TEST_KEY"}
     worker = loadgen("worker", "--master", f"127.0.0.1:{port}", env=env, timeout=60)
     _, err = master.communicate(timeout=60)
@@ -225,19 +222,13 @@ def test_a_worker_that_connects_after_the_start_takes_no_part(write, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         where = f"127.0.0.1:{s.getsockname()[1]}"
-    master = subprocess.Popen(
-        [*COMMAND, "master", str(w), "--db", str(db), "--expect-workers", "1", "--bind", where],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    first = subprocess.Popen([*COMMAND, "worker", "--master", where], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    master = Forked("master", str(w), "--db", str(db), "--expect-workers", "1", "--bind", where)
+    first = Forked("worker", "--master", where)
     began = streaming(master, 1)  # the first worker has connected and the run started (its load lasts 4 s)
     late = loadgen("worker", "--master", where, timeout=60)
     _, err = master.communicate(timeout=90)
     err = began + err
-    first.wait(timeout=30)
+    first.communicate(timeout=30)
     assert late.returncode == 1 and "had started before this worker connected" in late.stderr, late.stderr
     assert master.returncode == 0, err
     assert query(db, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(80, 80)]

@@ -6,7 +6,7 @@ DuckDB, pydantic, rich). Forked from this process, which has done both, it start
 otherwise the child a user's shell would start: its own process (and process group), its own stdout and stderr,
 the real `main()` with the real arguments.
 
-The test process writes one job a line (JSON: args, cwd, out, err, code files) to this process's stdin and reads
+The test process writes one job a line (JSON: args, cwd, env, out, err, code files) to this process's stdin and reads
 the forked command's pid back; the command writes its exit status to the code file as it exits.
 """
 
@@ -31,6 +31,9 @@ def _child(job: dict) -> None:
             os.dup2(target, fd)
             os.close(target)
         os.chdir(job["cwd"])
+        if job.get("env") is not None:  # the test's environment, as a shell would give it
+            os.environ.clear()
+            os.environ.update(job["env"])
         from loadgen.cli.app import main
 
         code = main(job["args"])
