@@ -9,6 +9,7 @@ import urllib.request
 import duckdb
 import orjson
 import pytest
+import yaml
 
 from conftest import ROOT, loadgen, served
 
@@ -16,13 +17,16 @@ pytest.importorskip("xllamacpp", reason="the real-engine tests need the llamacpp
 
 
 @pytest.mark.slow
-def test_a_run_through_the_pair_stores_every_requests_handoff(write, tmp_path):
-    """endpoints/llamacpp-gemma-pd.yaml starts both engines and the proxy for the run; every request, streamed,
-    completions and chat, comes back whole with its KV move timed and sized, and the pair's own account: the
-    prefill engine's prompt figures, the decode engine's decode."""
+def test_a_run_through_the_pair_stores_every_requests_handoff(tiny_model, write, tmp_path):
+    """endpoints/llamacpp-gemma-pd.yaml (on the tiny model) starts both engines and the proxy for the run; every
+    request, streamed, completions and chat, comes back whole with its KV move timed and sized, and the pair's own
+    account: the prefill engine's prompt figures, the decode engine's decode."""
+    pair = yaml.safe_load((ROOT / "endpoints" / "llamacpp-gemma-pd.yaml").read_text())
+    pair["launch"]["model"] = str(tiny_model)
+    ep = write("pair.yaml", yaml.safe_dump(pair))
     w = write(
         "w.yaml",
-        f"name: pair\nendpoint: {ROOT / 'endpoints' / 'llamacpp-gemma-pd.yaml'}\n"
+        f"name: pair\nendpoint: {ep}\n"
         "load: {arrival: closed, concurrency: 2}\nrequests: {prompt_tokens: 48, output_tokens: 6}\n"
         "stages:\n  - {name: completions, api: completions, stop: {requests: 2}}\n"
         "  - {name: chat, api: chat, stop: {requests: 2}}\n",
