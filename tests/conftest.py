@@ -20,6 +20,8 @@ import duckdb
 import orjson
 import pytest
 
+from loadgen.cli.app import LOAD_COMMANDS  # the commands with gevent's patching, which the zygote has
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # real trace samples, with their licenses (tests/data/README.md)
 
@@ -101,6 +103,7 @@ class Forked:
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
         global _zygote
+        assert args[0] in LOAD_COMMANDS, f"{args[0]} runs unpatched: start the console script"
         if _zygote is None:
             _zygote = _Zygote()
         self._tmp = tempfile.TemporaryDirectory(prefix="loadgen-test-")
@@ -167,7 +170,7 @@ def loadgen(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict
     in_process = not args or args[0] in IN_PROCESS or args[0].startswith("-")
     if in_process and cwd is None and env is None and not script:
         return _in_process(args)
-    if not script:
+    if not script and args[0] in LOAD_COMMANDS:  # the zygote has a load command's gevent patching
         if _zygote is None:
             _zygote = _Zygote()
         return _zygote.run(args, timeout, cwd, env)
@@ -323,12 +326,17 @@ def run_workload(write, tmp_path: Path, endpoint: str, workload: str, db_name: s
 @contextlib.contextmanager
 def served(endpoint_file: Path):
     """`loadgen serve` in a child process on a free loopback port; yields its base URL (…/v1)."""
-    proc = Forked("serve", str(endpoint_file), "--port", "0")
+    # The console script: `serve` runs its server in its own process unpatched, where the zygote has gevent's
+    # patching (a load command's).
+    proc = subprocess.Popen(
+        [*COMMAND, "serve", str(endpoint_file), "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
+        assert proc.stdout is not None
         yield proc.stdout.readline().split()[-1]
     finally:
         proc.terminate()
-        proc.communicate(timeout=60)
+        proc.wait()
 
 
 # A phase study in four small stages: Prefill at two prompt lengths one at a time, Decode at batch 1 and 8.
