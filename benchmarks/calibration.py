@@ -182,6 +182,11 @@ def rows(a: Path, b: Path) -> list[Row]:
         return compare_runs(ca, ca.execute(run).fetchone()[0], cb, cb.execute(run).fetchone()[0])
 
 
+def held_out(workload: Path, endpoint: Path, db: Path) -> None:
+    """A held-out workload's run on the engine or its twin."""
+    loadgen("run", str(workload), "--endpoint", str(endpoint), "--db", str(db), "--server-metrics", "0")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the databases and the twin here")
@@ -220,14 +225,13 @@ def main() -> None:
         # the three, as it does not repeat itself (the runs show by how much). Then the twin, which does not move.
         kept_runs, dropped, short = {}, 0, {}
         for workload in (held, SESSIONS):
-            run = ("run", str(workload), "--server-metrics", "0")
             kept: list[Path] = []
             ran: list[Path] = []
             for n in range(1, RUNS_AT_MOST + 1):
                 if len(kept) == ENGINE_RUNS:
                     break
                 db = d / f"{workload.stem}-engine-{n}.duckdb"
-                loadgen(*run, "--endpoint", str(engine), "--db", str(db))
+                held_out(workload, engine, db)
                 ran.append(db)
                 first, last = last, probe()
                 if probe.within(first, last):
@@ -244,7 +248,7 @@ def main() -> None:
         compared = {}
         for workload, kept in kept_runs.items():
             twin_db = d / f"{workload.stem}-twin.duckdb"
-            loadgen("run", str(workload), "--server-metrics", "0", "--endpoint", str(twin), "--db", str(twin_db))
+            held_out(workload, twin, twin_db)
             runs = [rows(db, twin_db) for db in kept]
             compared[workload.stem] = [Measured(r[0], [x.a for x in r]) for r in zip(*runs, strict=True)]
         caps["twin"] = search(twin, d / "search-twin.duckdb")
