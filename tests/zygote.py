@@ -4,7 +4,8 @@ A load command (run, study, search, ui) patches the standard library for gevent,
 process; started as a child process it first spends about a second on Python and its imports (Locust, gevent,
 DuckDB, pydantic, rich). Forked from this process, which has done both, it starts in milliseconds and is
 otherwise the child a user's shell would start: its own process (and process group), its own stdout and stderr,
-the real `main()` with the real arguments.
+the real `main()` with the real arguments. The servers its commands start (an emulator, an engine) fork in turn
+from tests/launcher.py, which it forks first.
 
 The test process writes one job a line (JSON: args, cwd, env, out, err, code files) to this process's stdin and reads
 the forked command's pid back; the command writes its exit status to the code file as it exits.
@@ -16,13 +17,14 @@ import json
 import os
 import signal
 import sys
-import traceback
+
+import launcher as tests_launcher  # tests/launcher.py, beside this file
 
 
 def _child(job: dict) -> None:
     """In the forked process: the command's own process group, files and directory, then `main()`; never returns."""
-    code = 70
-    try:
+
+    def command() -> int:
         os.setpgrp()  # a timeout kills the command and what it started (its emulator, its workers)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits for its own children
         files = ((0, os.devnull, os.O_RDONLY), (1, job["out"], os.O_WRONLY), (2, job["err"], os.O_WRONLY))
@@ -36,21 +38,13 @@ def _child(job: dict) -> None:
             os.environ.update(job["env"])
         from loadgen.cli.app import main
 
-        code = main(job["args"])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        return main(job["args"])
+
+    def report(code: int) -> None:
         with open(job["code"], "w") as f:
             f.write(str(code))
-        os._exit(code)
+
+    tests_launcher.exit_after(command, report)
 
 
 def serve() -> None:
@@ -58,12 +52,16 @@ def serve() -> None:
     from loadgen.load.runtime import prepare
 
     one_blas_thread()  # as `main()` does first, before numpy's import below
+    launcher = tests_launcher.start()  # before gevent's patching, which the servers run without
     prepare()  # Locust's import: gevent's patching, as `main()` does for a load command
     import gevent
     from gevent import monkey
 
     import loadgen.cli.commands  # noqa: F401  (the commands' own imports, done once)
     import loadgen.cli.run  # noqa: F401
+    from loadgen.launch import background
+
+    background.LAUNCH = (sys.executable, "-I", "-S", tests_launcher.__file__, launcher)
 
     # The plain fork, not gevent's (which watches the child from a hub this loop never runs, leaving it a zombie
     # the tests would wait on): the kernel reaps the children, and each child starts its own hub.

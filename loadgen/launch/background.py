@@ -34,6 +34,9 @@ def _child_setup(cores: set[int] | None) -> None:
 
 
 URL_LINE = re.compile(r"serving (http://\S+/v1)\s*$")
+# The command that serves an endpoint file (its path is appended). The tests' zygote points it at a launcher that
+# forks the server from a process that has done its imports (tests/launcher.py).
+LAUNCH: tuple[str, ...] = (sys.executable, "-m", "loadgen.launch")
 
 
 class BackgroundServer:
@@ -62,7 +65,7 @@ class BackgroundServer:
         self.log_path = workdir / f"{stem}.log"
         self.log = open(self.log_path, "w+")  # a file, so a chatty child can never block on a pipe
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadgen.launch", str(spec_file)],
+            [*LAUNCH, str(spec_file)],
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
