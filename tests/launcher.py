@@ -1,16 +1,16 @@
-"""Servers for the tests' runs, forked from a process that has done their imports.
+"""The processes a test's run starts (its server, its local workers), forked from a process that has done their
+imports.
 
 A run starts its endpoint's server (the emulator, a llama.cpp engine) as `python -m loadgen.launch SPEC`
-(`loadgen.launch.background.LAUNCH`), which spends about 0.4 s of CPU and of wall time on Python and its imports
-before it listens; the suite starts some seventy. The zygote (tests/zygote.py) forks this launcher before gevent's
-patching, and points `LAUNCH` at this file's client: `python -I -S tests/launcher.py NAME SPEC [HOST PORT]`
-(NAME: the launcher's socket, in Linux's abstract namespace).
+(`loadgen.launch.background.LAUNCH`) and `--workers N` as `python -m loadgen worker` (`loadgen.load.spawn.WORKER`):
+each spends 0.4 to 1 s of CPU on Python and its imports before it serves; the suite starts some ninety. The zygote
+(tests/zygote.py) forks a launcher for each, and points those commands at this file's client:
+`python -I -S tests/launcher.py NAME ARGS...` (NAME: the launcher's socket, in Linux's abstract namespace).
 
 The client is what the run starts, waits on and signals, as it would the real command: it hands the launcher its
-stdin, stdout and stderr, directory, environment and CPUs over a Unix socket; the launcher forks a server that takes
-them and runs `python -m loadgen.launch`'s own code. The client passes SIGTERM and SIGINT on to the server and exits
-with its status; the server stops when the client dies (so a run that dies takes its server with it, as
-`die_with_parent` does for the real command).
+stdin, stdout and stderr, directory, environment and CPUs over the socket; the launcher forks a child that takes
+them and runs the command's own code with ARGS. The client passes SIGTERM and SIGINT on to the child and exits with
+its status (128 + SIGTERM where a signal ended it); a client killed outright takes the child with it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ from collections.abc import Callable
 from typing import NoReturn
 
 
-def start() -> str:
-    """Fork the launcher (which dies with this process); returns its socket's name. Call before any thread starts."""
-    name = f"loadgen-launcher-{os.getpid()}"
+def start(name: str, run: Callable[[list[str]], int], prepare: Callable[[], None] = lambda: None, fork=os.fork) -> str:
+    """Fork a launcher (which dies with this process) that forks `run(args)` for each client; returns its socket's
+    name. `prepare` runs in the launcher first (its imports); a gevent-patched caller passes a `fork` that
+    reinitialises gevent in the child. Call before any thread starts."""
+    name = f"loadgen-{name}-{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(_abstract(name))
     listener.listen(16)
-    if os.fork() == 0:
-        _launcher(listener)
+    if fork() == 0:
+        _launcher(listener, run, prepare, fork)
     listener.close()
     return name
 
@@ -41,32 +43,27 @@ def _abstract(name: str) -> str:
     return "\0" + name
 
 
-def _launcher(listener: socket.socket) -> None:
+def _launcher(listener: socket.socket, run: Callable[[list[str]], int], prepare: Callable[[], None], fork) -> None:
     from loadgen.children import die_with_parent
 
     die_with_parent()
-    import runpy
-
-    import loadgen.emulator.server  # noqa: F401  (the imports a server needs, done once)
-    import loadgen.launch.engines  # noqa: F401
-    import loadgen.spec  # noqa: F401
-
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the servers
+    prepare()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps what it forks
     while True:
         conn, _ = listener.accept()
         msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-        if os.fork() == 0:
+        if fork() == 0:
             listener.close()
-            _server(conn, json.loads(msg), fds, runpy)
+            _child(conn, json.loads(msg), fds, run)
         conn.close()
         for fd in fds:
             os.close(fd)
 
 
-def _server(conn: socket.socket, job: dict, fds: list[int], runpy) -> None:
-    """In the forked server: the client's files, directory, environment and CPUs, then `python -m loadgen.launch`."""
+def _child(conn: socket.socket, job: dict, fds: list[int], run: Callable[[list[str]], int]) -> None:
+    """In the forked child: the client's files, directory, environment and CPUs, then `run` with its arguments."""
 
-    def launch() -> int:
+    def body() -> int:
         conn.sendall(f"{os.getpid()}\n".encode())
         os.setsid()  # as the real command's own session
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -79,11 +76,27 @@ def _server(conn: socket.socket, job: dict, fds: list[int], runpy) -> None:
         os.environ.update(job["env"])
         os.sched_setaffinity(0, job["cores"])
         _stop_with(conn)
-        sys.argv = ["loadgen.launch", *job["args"]]
+        return run(job["args"])
+
+    exit_after(body, lambda code: conn.sendall(f"{code}\n".encode()))
+
+
+def servers() -> str:
+    """The launcher of `python -m loadgen.launch SPEC [HOST PORT]`: the servers a run starts."""
+
+    def imports() -> None:
+        import loadgen.emulator.server  # noqa: F401  (what a server needs, imported once)
+        import loadgen.launch.engines  # noqa: F401
+        import loadgen.spec  # noqa: F401
+
+    def launch(args: list[str]) -> int:
+        import runpy
+
+        sys.argv = ["loadgen.launch", *args]
         runpy.run_module("loadgen.launch", run_name="__main__", alter_sys=True)
         return 0
 
-    exit_after(launch, lambda code: conn.sendall(f"{code}\n".encode()))
+    return start("servers", launch, imports)
 
 
 def exit_after(body: Callable[[], int], report: Callable[[int], None]) -> NoReturn:
@@ -112,13 +125,14 @@ def exit_after(body: Callable[[], int], report: Callable[[int], None]) -> NoRetu
 
 
 def _stop_with(conn: socket.socket) -> None:
-    """SIGTERM to this server once the client's end of `conn` closes (the client died without passing a signal)."""
+    """Once the client's end of `conn` closes, this process is killed, as the client was (its signals it passes on;
+    it closes only when it dies without passing one, as a SIGKILL or a test's kill ends it)."""
     import threading
 
     def watch() -> None:
         while conn.recv(1):
             pass
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()
 

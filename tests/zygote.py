@@ -4,8 +4,8 @@ A load command (run, study, search, ui) patches the standard library for gevent,
 process; started as a child process it first spends about a second on Python and its imports (Locust, gevent,
 DuckDB, pydantic, rich). Forked from this process, which has done both, it starts in milliseconds and is
 otherwise the child a user's shell would start: its own process (and process group), its own stdout and stderr,
-the real `main()` with the real arguments. The servers its commands start (an emulator, an engine) fork in turn
-from tests/launcher.py, which it forks first.
+the real `main()` with the real arguments. The servers and local workers its commands start fork in turn from
+launchers (tests/launcher.py).
 
 The test process writes one job a line (JSON: args, cwd, env, out, err, code files) to this process's stdin and reads
 the forked command's pid back; the command writes its exit status to the code file as it exits.
@@ -52,27 +52,38 @@ def serve() -> None:
     from loadgen.load.runtime import prepare
 
     one_blas_thread()  # as `main()` does first, before numpy's import below
-    launcher = tests_launcher.start()  # before gevent's patching, which the servers run without
+    servers = tests_launcher.servers()  # before gevent's patching, which the servers run without
     prepare()  # Locust's import: gevent's patching, as `main()` does for a load command
     import gevent
     from gevent import monkey
 
     import loadgen.cli.commands  # noqa: F401  (the commands' own imports, done once)
     import loadgen.cli.run  # noqa: F401
+    from loadgen.cli.app import main
     from loadgen.launch import background
-
-    background.LAUNCH = (sys.executable, "-I", "-S", tests_launcher.__file__, launcher)
+    from loadgen.load import spawn
 
     # The plain fork, not gevent's (which watches the child from a hub this loop never runs, leaving it a zombie
     # the tests would wait on): the kernel reaps the children, and each child starts its own hub.
-    fork = monkey.get_original("os", "fork")
+    plain_fork = monkey.get_original("os", "fork")
+
+    def fork() -> int:
+        pid = plain_fork()
+        if pid == 0:
+            gevent.reinit()
+        return pid
+
+    workers = tests_launcher.start("workers", main, fork=fork)
+    client = (sys.executable, "-I", "-S", tests_launcher.__file__)
+    background.LAUNCH = (*client, servers)
+    spawn.WORKER = (*client, workers, "worker")
+
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     for line in sys.stdin:
         job = json.loads(line)
         sys.stdout.flush()
         pid = fork()
         if pid == 0:
-            gevent.reinit()
             _child(job)
         print(pid, flush=True)
 

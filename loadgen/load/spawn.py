@@ -12,6 +12,9 @@ from pathlib import Path
 from loadgen.children import die_with_parent
 
 EXIT_WAIT_S = 10.0
+# The command of a worker (`--master HOST:PORT` is appended). The tests' zygote points it at a launcher that forks
+# the worker from a process that has done its imports (tests/launcher.py).
+WORKER: tuple[str, ...] = (sys.executable, "-m", "loadgen", "worker")
 
 
 class LocalWorkers:
@@ -19,7 +22,7 @@ class LocalWorkers:
         self.logs = [open(logdir / f"worker-{i}.log", "w+") for i in range(count)]
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "loadgen", "worker", "--master", master],
+                [*WORKER, "--master", master],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
