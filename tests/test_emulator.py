@@ -186,6 +186,28 @@ def test_slot_cache_reuses_a_conversation_until_another_prompt_takes_its_slot():
     assert (cache.queried_tokens, cache.hit_tokens) == (150 + 199 + 150 + 150 + 209, 145 + 100 + 100)
 
 
+def test_slot_cache_picks_slots_as_llamacpp_does():
+    """llama.cpp's get_available_slot: of equal matches the first slot, and with no match the slot released
+    longest ago, the last of equals (never-used slots first): a new conversation with a shared system prompt takes
+    the first slot holding it, though that slot's conversation was the one released last."""
+
+    def seq(tokens: list[int]) -> Seq:
+        keys = block_keys(tokens + [-1], 1)
+        return Seq(len(tokens), 2, keys[: len(tokens)], keys)
+
+    system = list(range(100))
+    cache = SlotCache(slots=3)
+    a, b = seq(system + [200]), seq(system + [300])
+    assert (cache.admitted(a), cache.owner[id(a)]) == (0, 2)  # nothing held: the last never-used slot
+    assert (cache.admitted(b), cache.owner[id(b)]) == (0, 1)  # slot 2 is busy (held nothing yet): slot 1
+    cache.retired(b)
+    cache.retired(a)  # released after b: slot 1 (b's) was released longest ago
+    c = seq(system + [400])
+    assert (cache.admitted(c), cache.owner[id(c)]) == (100, 1)  # equal matches in slots 1 and 2: the first
+    d = seq(list(range(1000, 1100)))  # shares nothing: the slot released longest ago, slot 0 (never used)
+    assert (cache.admitted(d), cache.owner[id(d)]) == (0, 0)
+
+
 @pytest.mark.exclusive  # TTFTs in this process's event loop, to a quarter
 def test_cached_prefixes_skip_prefill_and_a_kv_transfer_the_decode_side_holds():
     keys = tuple(block_keys(list(range(2048)), 16))

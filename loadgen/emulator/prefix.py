@@ -91,14 +91,16 @@ class PrefixCache:
 class SlotCache:
     """llama.cpp's prompt cache, as its server keeps it and the packaged engine showed it: per slot.
 
-    Each slot holds the KV of the last prompt it served. A request takes the idle slot whose held prompt shares the
-    longest prefix with its own, where that prefix is more than `similarity` of its prompt (llama.cpp's
-    --slot-prompt-similarity, 0.1 by default), else the least recently used idle slot; its cached tokens are the
-    prefix it shares with that slot (at most all but its last token). What a slot keeps of a request is its
-    prompt and `kept_offset` tokens more (negative: fewer): on Gemma-3 with its chat template, a conversation's
-    next turn found its previous prompt less 5 tokens, never the answer (a sliding-window model restores from a
-    checkpoint a few tokens before the prompt's end). Another request with the same system prompt that takes the
-    slot overwrites the conversation, which then finds only the system prompt.
+    Each slot holds the KV of the last prompt it served. A request takes, of the idle slots, the first (in slot
+    order) whose held prompt shares the longest prefix with its own, where that prefix is more than `similarity` of
+    its prompt (llama.cpp's --slot-prompt-similarity, 0.1 by default); else the slot released longest ago (of
+    equals, the last; a slot never used counts as released first), as llama.cpp's get_available_slot picks. Its
+    cached tokens are the prefix it shares with that slot (at most all but its last token). What a slot keeps of a
+    request is its prompt and `kept_offset` tokens more (negative: fewer): on Gemma-3 with its chat template, a
+    conversation's next turn found its previous prompt less 5 tokens, never the answer (a sliding-window model
+    restores from a checkpoint a few tokens before the prompt's end). A new conversation with the same system
+    prompt as several idle slots takes the first of them, even where that one holds a conversation still going:
+    that conversation's next turn then finds only the system prompt.
 
     Keys are per token (`block_keys(tokens, 1)`): two prompts share a prefix of n tokens where their n-th keys are
     equal. The server's RAM prompt cache (--cache-ram) is not modelled: the engine's data showed no conversation
@@ -110,7 +112,7 @@ class SlotCache:
     def __init__(self, slots: int, similarity: float = 0.1, kept_offset: int = 0):
         self.similarity, self.kept_offset = similarity, kept_offset
         self.held: list[Sequence[int]] = [() for _ in range(slots)]
-        self.used = [0] * slots  # when each slot was last taken (a counter): the least recently used goes first
+        self.released = [-1] * slots  # when each slot was last released (a counter; -1: never used)
         self.owner: dict[int, int] = {}  # id(seq) -> its slot
         self.clock = 0
         self.queried_tokens = 0
@@ -134,14 +136,16 @@ class SlotCache:
         keys, prompt = seq.keys, seq.prompt
         busy = set(self.owner.values())
         idle = [s for s in range(len(self.held)) if s not in busy]
-        shared = {s: self._shared(self.held[s], keys) for s in idle}
-        best = max(idle, key=lambda s: (shared[s], -self.used[s]))
-        if shared[best] <= self.similarity * prompt:
-            best = min(idle, key=lambda s: self.used[s])
-        self.clock += 1
-        self.used[best] = self.clock
+        best, longest = None, 0
+        for s in idle:  # the first with the longest shared prefix, above the threshold
+            shared = self._shared(self.held[s], keys)
+            if shared > longest and shared > self.similarity * prompt:
+                best, longest = s, shared
+        if best is None:  # the least recently released, the last of equals
+            best = min(reversed(idle), key=lambda s: self.released[s])
+            longest = self._shared(self.held[best], keys)
         self.owner[id(seq)] = best
-        cached = min(shared[best], prompt - 1)
+        cached = min(longest, prompt - 1)
         self.queried_tokens += prompt
         self.hit_tokens += cached
         return cached
@@ -154,3 +158,5 @@ class SlotCache:
         slot = self.owner.pop(id(seq), None)
         if slot is not None:
             self.held[slot] = seq.answer_keys[: max(seq.prompt + self.kept_offset, 0)]
+            self.clock += 1
+            self.released[slot] = self.clock
