@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from common import Bounds, loadgen, query
+from common import Bounds, loadgen, overrides, query
 
 from loadgen.report.compare import Row, compare_runs
 from loadgen.store.read import reading
@@ -56,13 +56,13 @@ CAPACITY = ROOT / "workloads" / "capacity-cpu.yaml"
 SESSIONS = ROOT / "workloads" / "sessions-cpu.yaml"
 # sessions-cpu twice over: its 30 requests (ten conversations) put a turn's wait on the few that met another's
 # prefill, and the engine's own TTFT p90 ranged 1.2 to 1.8 s over five runs
-LONGER = {SESSIONS: ("stop.requests=60", "stop.duration_s=300")}
+LONGER = {SESSIONS: {"stop.requests": 60, "stop.duration_s": 300}}
 SHARES = (0.3, 0.6, 0.9)  # of the engine's capacity, in requests per second
 OUTPUT_TOKENS = 32  # capacity-cpu's answers
 # capacity-cpu's requests as a Poisson process from 0.5 requests/s (a trial's in flight capped at 16); its SLO's
 # TPOT at 150 ms, not 100: random arrivals put 3 sequences beside one another at any load, and this engine's step at
 # 3 (98 ms) would fail a request at 0.125 requests/s (a twin's search: trials of 200 s each)
-POISSON = ("load.arrival=poisson", "load.rate=0.5", "load.concurrency=16", "slo.tpot_ms=150")
+POISSON = {"load.arrival": "poisson", "load.rate": 0.5, "load.concurrency": 16, "slo.tpot_ms": 150}
 BOUND = {50: 15.0, 90: 25.0}
 BOUNDED = ("ttft_ms", "tpot_ms", "e2e_ms")
 CAPACITY_BOUND = 20.0
@@ -159,7 +159,7 @@ def pinned(d: Path) -> Path:
 
 def search(endpoint: Path, db: Path) -> float | None:
     """The capacity search on `endpoint`: the highest request rate that passed, in requests/s."""
-    sets = [x for kv in POISSON for x in ("--set", kv)]
+    sets = overrides(POISSON)
     loadgen("search", str(CAPACITY), "--over", "rate", *sets, "--endpoint", str(endpoint), "--db", str(db))
     got = query(db, "SELECT highest_passing FROM capacity")
     return got[0][0] if got else None
@@ -194,7 +194,7 @@ def rows(a: Path, b: Path) -> list[Row]:
 
 def held_out(workload: Path, endpoint: Path, db: Path) -> None:
     """A held-out workload's run on the engine or its twin."""
-    sets = [x for kv in LONGER.get(workload, ()) for x in ("--set", kv)]
+    sets = overrides(LONGER.get(workload, {}))
     loadgen("run", str(workload), *sets, "--endpoint", str(endpoint), "--db", str(db), "--server-metrics", "0")
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import Bounds, query, run_loadgen
+from common import Bounds, overrides, query, run_loadgen
 
 from loadgen.store.schema import HELD_BACK_MS
 
@@ -35,7 +35,7 @@ PINNED = {"load.rate": START, "stop.requests": 160, "warmup.requests": 40, "stop
 def search(db: Path) -> tuple[float | None, int, float]:
     t0 = time.perf_counter()
     args = [sys.executable, "-m", "loadgen", "search", str(WORKLOAD), "--db", str(db)]
-    args += ["--goodput", str(TARGET), *(a for key, v in PINNED.items() for a in ("--set", f"{key}={v}"))]
+    args += ["--goodput", str(TARGET), *overrides(PINNED)]
     res = subprocess.run(args, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"loadgen search failed ({res.returncode}):\n{res.stderr[-2000:]}")

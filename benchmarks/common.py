@@ -54,6 +54,11 @@ def loadgen(*args: str) -> str:
     return res.stdout
 
 
+def overrides(keys: dict[str, object]) -> list[str]:
+    """`--set KEY=VALUE` for each workload key, as a command's arguments."""
+    return [a for key, value in keys.items() for a in ("--set", f"{key}={value}")]
+
+
 def write_workload(path: Path, name: str, endpoint: Path, stages: list[dict]) -> Path:
     """A completions workload of these stages against `endpoint`, written to `path`."""
     path.write_text(
