@@ -99,7 +99,9 @@ def test_ttft_is_the_first_thought_and_the_answer_has_its_own_first_token_and_ra
         assert (out, thought, slo_ok) == (THOUGHTS + ANSWER, THOUGHTS, True)
         # Sleeps on a shared machine run long, never short: lower bounds are the server's, upper ones generous.
         assert FIRST_S * 1000 <= ttft < answer_ttft
-        assert answer_ttft - ttft >= THOUGHTS * GAP_S * 1000
+        # The server spaces them by at least 40 gaps; the client reads the first a little later than the others
+        # (199.5 ms once, in a fresh clone's suite): the 0.9 the rates below allow.
+        assert answer_ttft - ttft >= THOUGHTS * GAP_S * 1000 * 0.9
         assert GAP_S * 1000 * 0.9 <= tpot < GAP_S * 1000 * 3
         assert GAP_S * 1000 * 0.9 <= reasoning_tpot < GAP_S * 1000 * 3
         assert GAP_S * 1000 * 0.9 <= answer_tpot < GAP_S * 1000 * 3
